@@ -1,0 +1,42 @@
+// The schemas of minivlm's custom ops. Kernels register themselves per device in csrc/cpu/ and csrc/cuda/
+// (TORCH_LIBRARY_IMPL); the fake kernels and autograd formulas live in minivlm/ops.py.
+//
+// Importing minivlm._C loads this shared library, which runs the registrations below; the ops then
+// appear as torch.ops.minivlm.<name>. There is no Python binding: the empty module init is only there so
+// that `import minivlm._C` can load the library.
+
+#include <Python.h>
+#include <torch/library.h>
+
+#ifndef MINIVLM_ISA
+#define MINIVLM_ISA "NONE"
+#endif
+
+namespace minivlm {
+
+// Which vector instruction set the CPU kernels were compiled for (chosen by setup.py).
+static std::string cpu_isa() { return MINIVLM_ISA; }
+
+TORCH_LIBRARY(minivlm, m) {
+  // attention returns (out, lse): lse = log(sum_j exp(s_ij)) per query row, in float32 (float64 for
+  // float64 input), -inf for a row that sees no key. The backward recomputes the probabilities from it.
+  m.def("attention(Tensor q, Tensor k, Tensor v, Tensor? attn_mask, bool is_causal, float scale, "
+        "int? window) -> (Tensor, Tensor)");
+  // Returns (dq, dk, dv, dscores). dscores = dL/d(scores) on the full (B, Hq, Lq, Lk) grid, in the
+  // accumulation dtype, when mask_grad is true (Python sums it down to the mask's shape); empty otherwise.
+  m.def("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? attn_mask, "
+        "Tensor out, Tensor lse, bool is_causal, float scale, int? window, bool mask_grad) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
+  // The gradient of rope with respect to x (rope is linear in x, so it needs only cos and sin).
+  m.def("rope_backward(Tensor grad, Tensor cos, Tensor sin) -> Tensor");
+  m.def("causal_mask(Tensor padding_mask, int q_len, ScalarType dtype, int? window) -> Tensor");
+  m.def("cpu_isa() -> str", &cpu_isa);
+}
+
+}  // namespace minivlm
+
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}

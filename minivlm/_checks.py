@@ -1,0 +1,127 @@
+"""Argument checks shared by the compiled ops (`minivlm.ops`) and the reference math (`minivlm.reference`).
+
+Both paths promise the same contract, so they validate the same way: every malformed call raises a
+TypeError (wrong kind of thing) or ValueError (right kind, wrong shape or value) whose message names the
+function, the argument, what was expected and what arrived.
+"""
+
+import torch
+
+FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+def _tensor(fn, name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _float_dtype(fn, name, t):
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{fn}: {name} must be float64, float32, bfloat16 or float16, got {t.dtype}")
+
+
+def _ndim(fn, name, t, ndims, layout):
+    if t.dim() not in ndims:
+        raise ValueError(f"{fn}: {name} must be {layout}, got shape {tuple(t.shape)}")
+
+
+def _same_device(fn, ref_name, ref, name, t):
+    if t.device != ref.device:
+        raise ValueError(f"{fn}: {name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def _optional_int(fn, name, value, minimum):
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{fn}: {name} must be an int or None, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
+
+
+def check_attention(q, k, v, attn_mask, is_causal, scale, window):
+    fn = "attention"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _tensor(fn, name, t)
+        _float_dtype(fn, name, t)
+        _ndim(fn, name, t, (4,), "4-D (batch, heads, length, head_dim)")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{fn}: {name} has dtype {t.dtype} but q has {q.dtype}; q, k and v must share one dtype")
+        _same_device(fn, "q", q, name, t)
+    B, Hq, Lq, D = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"{fn}: k and v must have the same shape, got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    Bk, Hkv, Lk, Dk = k.shape
+    if Bk != B:
+        raise ValueError(f"{fn}: k has batch size {Bk} but q has {B}")
+    if Dk != D:
+        raise ValueError(f"{fn}: k has head_dim {Dk} but q has {D}")
+    if D == 0:
+        raise ValueError(f"{fn}: head_dim must be >= 1, got q of shape {tuple(q.shape)}")
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"{fn}: k has {Hkv} heads, which does not divide q's {Hq} heads")
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"{fn}: is_causal must be a bool, got {type(is_causal).__name__}")
+    if is_causal and Lq > Lk:
+        raise ValueError(
+            f"{fn}: with is_causal the queries are the last Lq of the Lk key positions, so Lq <= Lk is "
+            f"required; got Lq={Lq}, Lk={Lk}")
+    _optional_int(fn, "window", window, 1)
+    if window is not None and not is_causal:
+        raise ValueError(f"{fn}: window={window} needs is_causal=True (a sliding window is a causal band)")
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise TypeError(f"{fn}: scale must be a float or None, got {type(scale).__name__}")
+        if scale != scale or scale in (float("inf"), float("-inf")):
+            raise ValueError(f"{fn}: scale must be finite, got {scale}")
+    if attn_mask is not None:
+        _tensor(fn, "attn_mask", attn_mask)
+        if attn_mask.dtype != torch.bool and attn_mask.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"{fn}: attn_mask must be bool (True = may attend) or a floating tensor added to the "
+                f"scores, got {attn_mask.dtype}")
+        _same_device(fn, "q", q, "attn_mask", attn_mask)
+        full = (B, Hq, Lq, Lk)
+        ok = attn_mask.dim() <= 4 and all(
+            m in (1, f) for m, f in zip(reversed(attn_mask.shape), reversed(full)))
+        if not ok:
+            raise ValueError(
+                f"{fn}: attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to "
+                f"(batch, q_heads, Lq, Lk) = {full}")
+
+
+def check_rope(x, cos, sin):
+    fn = "rope"
+    _tensor(fn, "x", x)
+    _float_dtype(fn, "x", x)
+    _ndim(fn, "x", x, (4,), "4-D (batch, heads, length, head_dim)")
+    B, H, L, D = x.shape
+    if D % 2 != 0:
+        raise ValueError(f"{fn}: head_dim must be even to rotate its two halves, got x of shape {tuple(x.shape)}")
+    for name, t in (("cos", cos), ("sin", sin)):
+        _tensor(fn, name, t)
+        _float_dtype(fn, name, t)
+        _same_device(fn, "x", x, name, t)
+        _ndim(fn, name, t, (2, 3), "(length, head_dim) or (batch, length, head_dim)")
+        want = (L, D) if t.dim() == 2 else (B, L, D)
+        if tuple(t.shape) != want:
+            raise ValueError(f"{fn}: {name} must have shape {want} to match x {tuple(x.shape)}, got {tuple(t.shape)}")
+    if cos.shape != sin.shape:
+        raise ValueError(f"{fn}: cos and sin must have the same shape, got {tuple(cos.shape)} and {tuple(sin.shape)}")
+
+
+def check_causal_mask(padding_mask, q_len, dtype, window):
+    fn = "causal_mask"
+    _tensor(fn, "padding_mask", padding_mask)
+    _ndim(fn, "padding_mask", padding_mask, (2,), "2-D (batch, key_length)")
+    if padding_mask.is_floating_point() or padding_mask.is_complex():
+        raise TypeError(f"{fn}: padding_mask must be bool or an integer tensor of 0/1, got {padding_mask.dtype}")
+    if isinstance(q_len, bool) or not isinstance(q_len, int):
+        raise TypeError(f"{fn}: q_len must be an int, got {type(q_len).__name__}")
+    Lk = padding_mask.shape[1]
+    if not 1 <= q_len <= Lk:
+        raise ValueError(f"{fn}: q_len must satisfy 1 <= q_len <= key_length={Lk}, got {q_len}")
+    if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{fn}: dtype must be float64, float32, bfloat16 or float16, got {dtype}")
+    _optional_int(fn, "window", window, 1)

@@ -1,0 +1,173 @@
+"""minivlm's three kernels: attention, rotary embedding and the causal mask.
+
+Each public function checks its arguments, then calls a custom op registered by the compiled extension
+`minivlm._C` (C++ in csrc/, visible as torch.ops.minivlm.*). This module adds what the C++ side leaves to
+Python: the fake (meta) kernels that let torch.compile trace the ops, and the autograd formulas that tie
+each forward op to its backward op. The math each op computes is spelled out in `minivlm.reference`.
+
+Inside `with minivlm.use_reference():` (or with MINIVLM_REFERENCE=1 in the environment) the public
+functions run the reference math instead, so a reader can step through a whole model in a debugger.
+"""
+
+import contextlib
+import os
+import threading
+
+import torch
+
+from . import reference
+from ._checks import check_attention, check_causal_mask, check_rope
+from ._extension import load_extension
+
+load_extension()  # registers torch.ops.minivlm.*
+
+_state = threading.local()
+
+
+def reference_enabled() -> bool:
+    """True where the public ops run minivlm.reference instead of the compiled kernels."""
+    flag = getattr(_state, "reference", None)
+    if flag is None:
+        return os.environ.get("MINIVLM_REFERENCE", "0") not in ("", "0", "false", "False")
+    return flag
+
+
+@contextlib.contextmanager
+def use_reference(enabled: bool = True):
+    """Run every minivlm op on the naive reference math (True) or the compiled kernels (False) inside."""
+    previous = getattr(_state, "reference", None)
+    _state.reference = enabled
+    try:
+        yield
+    finally:
+        _state.reference = previous
+
+
+# --------------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------------
+
+def attention(q, k, v, attn_mask=None, *, is_causal=False, scale=None, window=None):
+    """softmax(scale * q k^T + mask) v over the visible keys; see `minivlm.reference.attention`.
+
+    q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D) with Hkv dividing Hq (grouped-query attention).
+    attn_mask: None, bool (True = may attend) or float (added to the scores), broadcastable to
+    (B, Hq, Lq, Lk). is_causal: query i is at position i + Lk - Lq and sees keys up to it. window: with
+    is_causal, each query sees at most `window` keys ending at itself. scale defaults to D ** -0.5.
+    Returns (B, Hq, Lq, D) in q's dtype; a query with no visible key gives 0.
+    """
+    check_attention(q, k, v, attn_mask, is_causal, scale, window)
+    if reference_enabled():
+        return reference.attention(q, k, v, attn_mask, is_causal=is_causal, scale=scale, window=window)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    out, _lse = torch.ops.minivlm.attention(q, k, v, attn_mask, is_causal, float(scale), window)
+    return out
+
+
+def rope(x, cos, sin):
+    """Rotary embedding x * cos + rotate_half(x) * sin; see `minivlm.reference.rope`.
+
+    x: (B, H, L, D) with D even; cos, sin: (L, D) or (B, L, D), shared by all heads.
+    """
+    check_rope(x, cos, sin)
+    if reference_enabled():
+        return reference.rope(x, cos, sin)
+    return torch.ops.minivlm.rope(x, cos, sin)
+
+
+def causal_mask(padding_mask, q_len, *, dtype=torch.float32, window=None):
+    """The additive (B, 1, q_len, Lk) mask of a causal decoder; see `minivlm.reference.causal_mask`."""
+    check_causal_mask(padding_mask, q_len, dtype, window)
+    if reference_enabled():
+        return reference.causal_mask(padding_mask, q_len, dtype=dtype, window=window)
+    return torch.ops.minivlm.causal_mask(padding_mask, q_len, dtype, window)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fake kernels: output shapes and dtypes only, for torch.compile and meta tensors
+# --------------------------------------------------------------------------------------------------
+
+@torch.library.register_fake("minivlm::attention")
+def _attention_fake(q, k, v, attn_mask, is_causal, scale, window):
+    B, Hq, Lq, D = q.shape
+    out = q.new_empty((B, Hq, Lq, D))
+    lse = q.new_empty((B, Hq, Lq), dtype=reference.accumulation_dtype(q.dtype))
+    return out, lse
+
+
+@torch.library.register_fake("minivlm::attention_backward")
+def _attention_backward_fake(grad_out, q, k, v, attn_mask, out, lse, is_causal, scale, window, mask_grad):
+    B, Hq, Lq, _ = q.shape
+    Lk = k.shape[2]
+    shape = (B, Hq, Lq, Lk) if mask_grad else (0,)
+    dmask = q.new_empty(shape, dtype=reference.accumulation_dtype(q.dtype))
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask
+
+
+@torch.library.register_fake("minivlm::rope")
+def _rope_fake(x, cos, sin):
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("minivlm::rope_backward")
+def _rope_backward_fake(grad, cos, sin):
+    return torch.empty_like(grad)
+
+
+@torch.library.register_fake("minivlm::causal_mask")
+def _causal_mask_fake(padding_mask, q_len, dtype, window):
+    B = padding_mask.shape[0]
+    return padding_mask.new_empty((B, 1, q_len, padding_mask.shape[1]), dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Autograd
+# --------------------------------------------------------------------------------------------------
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, attn_mask, is_causal, scale, window = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, attn_mask, out, lse)
+    ctx.is_causal, ctx.scale, ctx.window = is_causal, scale, window
+
+
+def _attention_backward(ctx, grad_out, _grad_lse):
+    q, k, v, attn_mask, out, lse = ctx.saved_tensors
+    mask_grad = attn_mask is not None and ctx.needs_input_grad[3]
+    dq, dk, dv, dmask = torch.ops.minivlm.attention_backward(
+        grad_out, q, k, v, attn_mask, out, lse, ctx.is_causal, ctx.scale, ctx.window, mask_grad)
+    if mask_grad:
+        # The kernel returns dL/dscores for the full (B, Hq, Lq, Lk) grid; a broadcast mask receives
+        # the sum over the dimensions it was broadcast along.
+        dmask = dmask.sum_to_size(attn_mask.shape).to(attn_mask.dtype)
+    else:
+        dmask = None
+    return dq, dk, dv, dmask, None, None, None
+
+
+torch.library.register_autograd("minivlm::attention", _attention_backward, setup_context=_attention_setup)
+
+
+def _rope_setup(ctx, inputs, output):
+    x, cos, sin = inputs
+    ctx.save_for_backward(x if (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]) else None, cos, sin)
+
+
+def _rope_backward(ctx, grad):
+    x, cos, sin = ctx.saved_tensors
+    dx = torch.ops.minivlm.rope_backward(grad, cos, sin) if ctx.needs_input_grad[0] else None
+    dcos = dsin = None
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        # Rarely needed (cos and sin are usually constants): plain torch math, summed over the heads.
+        acc = reference.accumulation_dtype(x.dtype)
+        g, xa = grad.to(acc), x.to(acc)
+        shape = cos.shape if cos.dim() == 3 else (1,) + tuple(cos.shape)
+        if ctx.needs_input_grad[1]:
+            dcos = (g * xa).sum(dim=1).sum_to_size(shape).reshape(cos.shape).to(cos.dtype)
+        if ctx.needs_input_grad[2]:
+            dsin = (g * reference.rotate_half(xa)).sum(dim=1).sum_to_size(shape).reshape(sin.shape).to(sin.dtype)
+    return dx, dcos, dsin
+
+
+torch.library.register_autograd("minivlm::rope", _rope_backward, setup_context=_rope_setup)
