@@ -18,14 +18,16 @@ namespace minivlm {
 static std::string cpu_isa() { return MINIVLM_ISA; }
 
 TORCH_LIBRARY(minivlm, m) {
-  // attention returns (out, lse): lse = log(sum_j exp(s_ij)) per query row, in float32 (float64 for
-  // float64 input), -inf for a row that sees no key. The backward recomputes the probabilities from it.
+  // attention returns (out, stats): stats is (2, B, Hq, Lq) in float32 (float64 for float64 input),
+  // stats[0] the row maximum m of the scores (-inf for a row that sees no key) and stats[1] log of the
+  // softmax denominator, so the log-sum-exp is m + log(l). The backward recomputes the probabilities
+  // from them.
   m.def("attention(Tensor q, Tensor k, Tensor v, Tensor? attn_mask, bool is_causal, float scale, "
         "int? window) -> (Tensor, Tensor)");
   // Returns (dq, dk, dv, dscores). dscores = dL/d(scores) on the full (B, Hq, Lq, Lk) grid, in the
   // accumulation dtype, when mask_grad is true (Python sums it down to the mask's shape); empty otherwise.
   m.def("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? attn_mask, "
-        "Tensor out, Tensor lse, bool is_causal, float scale, int? window, bool mask_grad) "
+        "Tensor out, Tensor stats, bool is_causal, float scale, int? window, bool mask_grad) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
   // The gradient of rope with respect to x (rope is linear in x, so it needs only cos and sin).

@@ -61,7 +61,7 @@ def attention(q, k, v, attn_mask=None, *, is_causal=False, scale=None, window=No
         return reference.attention(q, k, v, attn_mask, is_causal=is_causal, scale=scale, window=window)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    out, _lse = torch.ops.minivlm.attention(q, k, v, attn_mask, is_causal, float(scale), window)
+    out, _stats = torch.ops.minivlm.attention(q, k, v, attn_mask, is_causal, float(scale), window)
     return out
 
 
@@ -92,12 +92,12 @@ def causal_mask(padding_mask, q_len, *, dtype=torch.float32, window=None):
 def _attention_fake(q, k, v, attn_mask, is_causal, scale, window):
     B, Hq, Lq, D = q.shape
     out = q.new_empty((B, Hq, Lq, D))
-    lse = q.new_empty((B, Hq, Lq), dtype=reference.accumulation_dtype(q.dtype))
-    return out, lse
+    stats = q.new_empty((2, B, Hq, Lq), dtype=reference.accumulation_dtype(q.dtype))  # row max, log(sum)
+    return out, stats
 
 
 @torch.library.register_fake("minivlm::attention_backward")
-def _attention_backward_fake(grad_out, q, k, v, attn_mask, out, lse, is_causal, scale, window, mask_grad):
+def _attention_backward_fake(grad_out, q, k, v, attn_mask, out, stats, is_causal, scale, window, mask_grad):
     B, Hq, Lq, _ = q.shape
     Lk = k.shape[2]
     shape = (B, Hq, Lq, Lk) if mask_grad else (0,)
@@ -127,16 +127,16 @@ def _causal_mask_fake(padding_mask, q_len, dtype, window):
 
 def _attention_setup(ctx, inputs, output):
     q, k, v, attn_mask, is_causal, scale, window = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, attn_mask, out, lse)
+    out, stats = output
+    ctx.save_for_backward(q, k, v, attn_mask, out, stats)
     ctx.is_causal, ctx.scale, ctx.window = is_causal, scale, window
 
 
-def _attention_backward(ctx, grad_out, _grad_lse):
-    q, k, v, attn_mask, out, lse = ctx.saved_tensors
+def _attention_backward(ctx, grad_out, _grad_stats):
+    q, k, v, attn_mask, out, stats = ctx.saved_tensors
     mask_grad = attn_mask is not None and ctx.needs_input_grad[3]
     dq, dk, dv, dmask = torch.ops.minivlm.attention_backward(
-        grad_out, q, k, v, attn_mask, out, lse, ctx.is_causal, ctx.scale, ctx.window, mask_grad)
+        grad_out, q, k, v, attn_mask, out, stats, ctx.is_causal, ctx.scale, ctx.window, mask_grad)
     if mask_grad:
         # The kernel returns dL/dscores for the full (B, Hq, Lq, Lk) grid; a broadcast mask receives
         # the sum over the dimensions it was broadcast along.

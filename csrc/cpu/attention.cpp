@@ -8,8 +8,10 @@
 //     l     = exp(m - m_new) * l + rowsum(P)          rescale the old sum to the new maximum, add
 //     O     = exp(m - m_new) * O + P V                and the same for the output
 //
-// After the last block O / l is the softmax-weighted sum, and lse = m + log(l) is saved for the
-// backward pass, which recomputes P = exp(S - lse) block by block instead of storing it.
+// After the last block O / l is the softmax-weighted sum. m and log(l) (together the log-sum-exp,
+// lse = m + log(l)) are saved for the backward pass, which recomputes P = exp(S - m - log(l)) block by
+// block instead of storing it. They are kept apart because a mask of finfo.min values makes m about
+// -3.4e38, next to which log(l) would vanish in the sum: S - m must be taken first.
 //
 // Which keys a query row sees:
 //   * causal: query i sits at position p = i + Lk - Lq (the queries are the last Lq positions) and sees
@@ -17,7 +19,7 @@
 //   * window w: also j > p - w; key blocks wholly before the band are skipped the same way;
 //   * attn_mask: a float tensor added to S (a bool mask arrives here already turned into 0 / -inf),
 //     read through its strides, so a mask broadcast over batch, heads or queries is never expanded.
-// A row that sees no key keeps m = -inf and l = 0; it outputs 0 and lse = -inf, and its gradient is 0.
+// A row that sees no key keeps m = -inf and l = 0; it outputs 0, saves m = -inf, and its gradient is 0.
 //
 // Grouped-query attention: query head h reads key/value head h / (Hq / Hkv). Nothing is copied; the
 // pointer arithmetic picks the head. For decoding (Lq = 1) the group's query heads are stacked as the
@@ -103,11 +105,12 @@ std::pair<int64_t, int64_t> key_range(const Problem<acc_t>& P, const Rows& R) {
 // Forward
 // ---------------------------------------------------------------------------------------------------
 
-// Runs the online softmax for one block of rows; writes O (rows x D) normalised and lse (rows).
+// Runs the online softmax for one block of rows; writes O (rows x D) normalised, and per row the
+// maximum m and log(l) (m is -inf for a row that saw nothing).
 // S is scratch of rows x kBlockK; O has leading dimension D.
 template <typename acc_t>
 void forward_rows(const Problem<acc_t>& P, const Rows& R, int64_t q_ld, acc_t* S, acc_t* O, acc_t* m,
-                  acc_t* l, acc_t* lse) {
+                  acc_t* l) {
   using Vec = Vectorized<acc_t>;
   constexpr acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
   const int64_t D = P.D, kvh = R.h0 / P.group;
@@ -158,43 +161,46 @@ void forward_rows(const Problem<acc_t>& P, const Rows& R, int64_t q_ld, acc_t* S
     // O += P V_j                                                          (rows x D)
     gemm<acc_t>(false, false, R.rows, D, n, acc_t(1), S, kBlockK, V + kb * P.vs_l, P.vs_l, acc_t(1), O, D);
   }
-  // O = O / l and lse = m + log(l); a row that saw nothing gives 0 and -inf.
+  // O = O / l, and l becomes log(l); a row that saw nothing gives 0 (and keeps m = -inf).
   for (int64_t r = 0; r < R.rows; ++r) {
     acc_t* o = O + r * D;
     if (l[r] == acc_t(0)) {
       std::fill(o, o + D, acc_t(0));
-      lse[r] = neg_inf;
+      m[r] = neg_inf;
     } else {
       const acc_t inv = acc_t(1) / l[r];
       at::vec::map<acc_t>([inv](Vec x) { return x * Vec(inv); }, o, o, D);
-      lse[r] = m[r] + std::log(l[r]);
+      l[r] = std::log(l[r]);
     }
   }
 }
 
 template <typename scalar_t, typename acc_t>
-void attention_forward(const Problem<acc_t>& P, at::Tensor& out, at::Tensor& lse_t) {
+void attention_forward(const Problem<acc_t>& P, at::Tensor& out, at::Tensor& stats) {
   scalar_t* out_p = out.mutable_data_ptr<scalar_t>();  // contiguous (B, Hq, Lq, D)
-  acc_t* lse_p = lse_t.mutable_data_ptr<acc_t>();      // contiguous (B, Hq, Lq)
+  // stats: contiguous (2, B, Hq, Lq); stats[0] = row max m, stats[1] = log(l)
+  acc_t* max_p = stats.mutable_data_ptr<acc_t>();
+  acc_t* logl_p = max_p + P.B * P.Hq * P.Lq;
   const int64_t D = P.D;
 
   // Writes a finished block of rows (rows x D in acc_t) to the output.
-  auto store = [&](const Rows& R, const acc_t* O, const acc_t* lse) {
+  auto store = [&](const Rows& R, const acc_t* O, const acc_t* m, const acc_t* logl) {
     for (int64_t r = 0; r < R.rows; ++r) {
       const int64_t row = (R.b * P.Hq + R.h0 + r * R.dh) * P.Lq + R.i0 + r * R.di;
       convert(O + r * D, out_p + row * D, D);
-      lse_p[row] = lse[r];
+      max_p[row] = m[r];
+      logl_p[row] = logl[r];
     }
   };
 
   if (P.Lq == 1) {
     // Decode: one task per (batch, key/value head); the rows are the group's query heads.
     at::parallel_for(0, P.B * P.Hkv, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> S(P.group * kBlockK), O(P.group * D), m(P.group), l(P.group), lse(P.group);
+      std::vector<acc_t> S(P.group * kBlockK), O(P.group * D), m(P.group), l(P.group);
       for (int64_t t = begin; t < end; ++t) {
         const Rows R{t / P.Hkv, (t % P.Hkv) * P.group, 1, 0, 0, P.group};
-        forward_rows(P, R, P.qs_h, S.data(), O.data(), m.data(), l.data(), lse.data());
-        store(R, O.data(), lse.data());
+        forward_rows(P, R, P.qs_h, S.data(), O.data(), m.data(), l.data());
+        store(R, O.data(), m.data(), l.data());
       }
     });
     return;
@@ -205,14 +211,14 @@ void attention_forward(const Problem<acc_t>& P, at::Tensor& out, at::Tensor& lse
   // tasks, so the blocks of a head are dealt in zig-zag order (0, n-1, 1, n-2, ...) to even the load.
   const int64_t n_qblocks = (P.Lq + kBlockQ - 1) / kBlockQ;
   at::parallel_for(0, P.B * P.Hq * n_qblocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> S(kBlockQ * kBlockK), O(kBlockQ * D), m(kBlockQ), l(kBlockQ), lse(kBlockQ);
+    std::vector<acc_t> S(kBlockQ * kBlockK), O(kBlockQ * D), m(kBlockQ), l(kBlockQ);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t z = t % n_qblocks, bh = t / n_qblocks;
       const int64_t qb = (z % 2 == 0) ? z / 2 : n_qblocks - 1 - z / 2;
       const int64_t i0 = qb * kBlockQ;
       const Rows R{bh / P.Hq, bh % P.Hq, 0, i0, 1, std::min(kBlockQ, P.Lq - i0)};
-      forward_rows(P, R, P.qs_l, S.data(), O.data(), m.data(), l.data(), lse.data());
-      store(R, O.data(), lse.data());
+      forward_rows(P, R, P.qs_l, S.data(), O.data(), m.data(), l.data());
+      store(R, O.data(), m.data(), l.data());
     }
   });
 }
@@ -220,7 +226,7 @@ void attention_forward(const Problem<acc_t>& P, at::Tensor& out, at::Tensor& lse
 // ---------------------------------------------------------------------------------------------------
 // Backward
 // ---------------------------------------------------------------------------------------------------
-// With P = softmax(S) recomputed from lse, dO the incoming gradient and Di = rowsum(dO_i * O_i):
+// With P = softmax(S) recomputed from the saved m and log(l), dO the incoming gradient and Di = rowsum(dO_i * O_i):
 //     dV = P^T dO,   dP = dO V^T,   dS = P * (dP - Di),   dQ = scale dS K,   dK = scale dS^T Q
 // and dS itself is the gradient of a float mask (the mask is added to the scores after scaling).
 // One task per (batch, query head) owns that head's dQ rows and its own dK, dV accumulators (B, Hq, Lk,
@@ -229,7 +235,7 @@ void attention_forward(const Problem<acc_t>& P, at::Tensor& out, at::Tensor& lse
 template <typename acc_t>
 struct Grads {
   const acc_t *dout, *out_dot;  // dO (B, Hq, Lq, D) contiguous; Di = rowsum(dO * O) (B, Hq, Lq)
-  const acc_t* lse;             // (B, Hq, Lq)
+  const acc_t *row_max, *log_sum;  // m and log(l) of the forward pass, each (B, Hq, Lq)
   acc_t *dq, *dk, *dv;          // (B, Hq, Lq, D), (B, Hq, Lk, D), (B, Hq, Lk, D), contiguous
   acc_t* dmask;                 // (B, Hq, Lq, Lk) or nullptr
 };
@@ -248,23 +254,24 @@ void backward_head(const Problem<acc_t>& P, const Grads<acc_t>& G, int64_t b, in
     const Rows R{b, h, 0, i0, 1, std::min(kBlockQ, P.Lq - i0)};
     const acc_t* Q = P.q + b * P.qs_b + h * P.qs_h + i0 * P.qs_l;
     const acc_t* dO = G.dout + (bh * P.Lq + i0) * D;
-    const acc_t* lse = G.lse + bh * P.Lq + i0;
+    const acc_t* m = G.row_max + bh * P.Lq + i0;
+    const acc_t* logl = G.log_sum + bh * P.Lq + i0;
     const acc_t* Di = G.out_dot + bh * P.Lq + i0;
     acc_t* dQ = G.dq + (bh * P.Lq + i0) * D;
 
     const auto [k_begin, k_end] = key_range(P, R);
     for (int64_t kb = k_begin; kb < k_end; kb += kBlockK) {
       const int64_t n = std::min(kBlockK, k_end - kb);
-      // S = scale Q K_j^T + mask, then P = exp(S - lse) (0 where masked, 0 for rows that see nothing)
+      // S = scale Q K_j^T + mask, then P = exp((S - m) - log l) (0 where masked or the row sees nothing)
       gemm<acc_t>(false, true, R.rows, n, D, P.scale, Q, P.qs_l, K + kb * P.ks_l, P.ks_l, acc_t(0), S, kBlockK);
       mask_scores(P, R, kb, n, S, kBlockK);
       for (int64_t r = 0; r < R.rows; ++r) {
         acc_t* s = S + r * kBlockK;
-        if (lse[r] == neg_inf) { std::fill(s, s + n, acc_t(0)); continue; }
-        const Vec vlse(lse[r]);
+        if (m[r] == neg_inf) { std::fill(s, s + n, acc_t(0)); continue; }
+        const Vec vm(m[r]), vlogl(logl[r]);
         int64_t c = 0;
-        for (; c + Vec::size() <= n; c += Vec::size()) vexp(Vec::loadu(s + c) - vlse).store(s + c);
-        for (; c < n; ++c) s[c] = std::exp(s[c] - lse[r]);
+        for (; c + Vec::size() <= n; c += Vec::size()) vexp((Vec::loadu(s + c) - vm) - vlogl).store(s + c);
+        for (; c < n; ++c) s[c] = std::exp((s[c] - m[r]) - logl[r]);
       }
       // dV_j += P^T dO                                                    (n x D)
       gemm<acc_t>(true, false, n, D, R.rows, acc_t(1), S, kBlockK, dO, D, acc_t(1), dV + kb * D, D);
@@ -353,25 +360,26 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q_in, const a
   const at::ScalarType acc = acc_type(q_in.scalar_type());
   const int64_t B = q_in.size(0), Hq = q_in.size(1), Lq = q_in.size(2), D = q_in.size(3), Lk = k_in.size(2);
   at::Tensor out = at::empty({B, Hq, Lq, D}, q_in.options().memory_format(at::MemoryFormat::Contiguous));
-  at::Tensor lse = at::empty({B, Hq, Lq}, q_in.options().dtype(acc));
-  if (out.numel() == 0) return {out, lse};
+  at::Tensor stats = at::empty({2, B, Hq, Lq}, q_in.options().dtype(acc));
+  if (out.numel() == 0) return {out, stats};
   if (Lk == 0) {  // no keys at all: every row sees nothing
     out.zero_();
-    lse.fill_(-std::numeric_limits<double>::infinity());
-    return {out, lse};
+    stats[0].fill_(-std::numeric_limits<double>::infinity());
+    stats[1].zero_();
+    return {out, stats};
   }
   at::Tensor q = prepare(q_in, acc), k = prepare(k_in, acc), v = prepare(v_in, acc);
   at::Tensor mask = prepare_mask(attn_mask, acc, {B, Hq, Lq, Lk});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q_in.scalar_type(), "minivlm_attention", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    attention_forward<scalar_t, acc_t>(make_problem<acc_t>(q, k, v, mask, is_causal, scale, window), out, lse);
+    attention_forward<scalar_t, acc_t>(make_problem<acc_t>(q, k, v, mask, is_causal, scale, window), out, stats);
   });
-  return {out, lse};
+  return {out, stats};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-    const std::optional<at::Tensor>& attn_mask, const at::Tensor& out, const at::Tensor& lse_in,
+    const std::optional<at::Tensor>& attn_mask, const at::Tensor& out, const at::Tensor& stats_in,
     bool is_causal, double scale, std::optional<int64_t> window, bool mask_grad) {
   check_inputs(q_in, k_in, v_in, is_causal, window);
   const at::ScalarType acc = acc_type(q_in.scalar_type());
@@ -386,12 +394,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
     at::Tensor q = prepare(q_in, acc), k = prepare(k_in, acc), v = prepare(v_in, acc);
     at::Tensor mask = prepare_mask(attn_mask, acc, {B, Hq, Lq, Lk});
     at::Tensor dout = grad_out.to(acc).contiguous();
-    at::Tensor lse = lse_in.to(acc).contiguous();
+    at::Tensor stats = stats_in.to(acc).contiguous();
     at::Tensor out_dot = (dout * out.to(acc)).sum(-1).contiguous();  // Di = rowsum(dO * O)
     AT_DISPATCH_FLOATING_TYPES(acc, "minivlm_attention_backward", [&] {
       using acc_t = scalar_t;
       const Problem<acc_t> P = make_problem<acc_t>(q, k, v, mask, is_causal, scale, window);
-      const Grads<acc_t> G{dout.const_data_ptr<acc_t>(), out_dot.const_data_ptr<acc_t>(), lse.const_data_ptr<acc_t>(),
+      const acc_t* row_max = stats.const_data_ptr<acc_t>();
+      const Grads<acc_t> G{dout.const_data_ptr<acc_t>(), out_dot.const_data_ptr<acc_t>(), row_max, row_max + B * Hq * Lq,
                            dq.mutable_data_ptr<acc_t>(), dk_heads.mutable_data_ptr<acc_t>(),
                            dv_heads.mutable_data_ptr<acc_t>(), mask_grad ? dmask.mutable_data_ptr<acc_t>() : nullptr};
       at::parallel_for(0, B * Hq, 1, [&](int64_t begin, int64_t end) {
