@@ -1,0 +1,7 @@
+"""`python -m minivlm ...`: the same command line as the `minivlm` console script."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,77 @@
+"""The `minivlm` command line (also `python -m minivlm`).
+
+    minivlm bench kernels [--json PATH] [--quick] [--threads N] [--reps N]
+    minivlm demo [--threads N]
+
+Each subcommand imports its module (and with it torch's heavier parts and Transformers) only when it
+runs, so `minivlm --help` answers at once.
+"""
+
+import argparse
+import sys
+
+#: What `minivlm bench` can measure; each name maps to the function in minivlm.bench that runs it.
+BENCHMARKS = {
+    "kernels": "run_kernels",
+}
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def run_bench(args) -> int:
+    from . import bench
+
+    run = getattr(bench, BENCHMARKS[args.what])
+    return run(json_path=args.json, quick=args.quick, threads=args.threads, reps=args.reps)
+
+
+def run_demo(args) -> int:
+    from . import demo
+
+    return demo.run(threads=args.threads)
+
+
+def add_bench_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="time minivlm against its reference and PyTorch / Transformers",
+        description="Time minivlm's kernels side by side with the reference math and the library "
+                    "implementations they replace, and check them against the performance targets.")
+    p.add_argument("what", choices=list(BENCHMARKS), help="what to benchmark")
+    p.add_argument("--json", metavar="PATH", help="also write every number to PATH as JSON")
+    p.add_argument("--quick", action="store_true", help="small shapes: a smoke test of a few seconds")
+    p.add_argument("--threads", type=positive_int, metavar="N", help="torch.set_num_threads(N) first")
+    p.add_argument("--reps", type=positive_int, metavar="N", help="timed repetitions per case")
+    p.set_defaults(func=run_bench)
+
+
+def add_demo_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo", help="run each piece of minivlm on a small example against the reference",
+        description="Run each kernel on a small random example and print its difference from the "
+                    "reference math and its timing.")
+    p.add_argument("--threads", type=positive_int, metavar="N", help="torch.set_num_threads(N) first")
+    p.set_defaults(func=run_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minivlm", description="minivlm: a minimal, educational PyTorch reference of vision-language models")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_bench_parser(subparsers)
+    add_demo_parser(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Parse argv (default sys.argv[1:]), run the subcommand, return its exit status."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
