@@ -1,0 +1,122 @@
+"""Shared test setup: hypothesis profiles, seeding and the numerics helpers every kernel test uses.
+
+Hypothesis profiles (choose with MINIVLM_HYPOTHESIS_PROFILE):
+  ci  (default) derandomized, so CI runs the same examples every time; few enough to stay quick on 2 cores.
+  dev           1000 examples per property, for a long local hunt after changing a kernel.
+A failing example prints its reproduction blob (print_blob) so it can be replayed with @reproduce_failure.
+"""
+
+import os
+import sys
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+# Run against this checkout even where the package is not installed in editable mode.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=60,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "dev",
+    max_examples=1000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("MINIVLM_HYPOTHESIS_PROFILE", "ci"))
+
+DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+def seed_torch(seed: int = 0) -> torch.Generator:
+    """Seed torch's global generator and return a private generator with the same seed."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(autouse=True)
+def _seeded(monkeypatch):
+    """Every test starts from the same global torch seed, so a failure reproduces on its own, and runs
+    the compiled kernels even where MINIVLM_REFERENCE is set in the environment (the tests compare the
+    kernels with the reference; test_reference_switch.py sets it where it means to)."""
+    monkeypatch.delenv("MINIVLM_REFERENCE", raising=False)
+    seed_torch(0)
+    yield
+
+
+@pytest.fixture
+def seeded():
+    """A torch.Generator seeded with 0, for tests that want explicit randomness."""
+    return seed_torch(0)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute in: float64 for float64, float32 for the rest."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """Largest relative error of rounding a real to `dtype` (half its machine epsilon): 2^-53, 2^-24,
+    2^-8 for bfloat16 (8 significant bits), 2^-11 for float16 (11 significant bits)."""
+    return torch.finfo(dtype).eps / 2
+
+
+def rounding_error(dtype: torch.dtype, exact: torch.Tensor) -> torch.Tensor:
+    """Largest error of rounding the float64 values `exact` once to `dtype`: u * |x| for normal numbers,
+    and half the subnormal spacing (u * smallest_normal) below them (matters for float16: 3e-8)."""
+    return unit_roundoff(dtype) * (exact.detach().double().abs() + torch.finfo(dtype).smallest_normal)
+
+
+def randn(shape, dtype, gen, layout="contiguous"):
+    """A standard-normal tensor of `shape` in `dtype`, laid out in memory as `layout` says.
+
+    contiguous: plain row-major.  transposed: a (B, L, H, D) buffer viewed as (B, H, L, D) (the layout a
+    linear projection followed by .view().transpose(1, 2) produces).  sliced: every other element of a
+    last dimension twice as long (stride 2 on the innermost dimension).  expanded: dimension 1 has stride 0
+    (one head repeated).  Values are drawn in float64 and rounded to `dtype`, and those rounded values are
+    what every implementation sees.
+    """
+    shape = tuple(shape)
+    if layout == "contiguous":
+        return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    if layout == "transposed":
+        assert len(shape) == 4
+        b, h, l, d = shape
+        return torch.randn((b, l, h, d), generator=gen, dtype=torch.float64).to(dtype).transpose(1, 2)
+    if layout == "sliced":
+        buf = torch.randn(shape[:-1] + (2 * shape[-1],), generator=gen, dtype=torch.float64).to(dtype)
+        return buf[..., ::2]
+    if layout == "expanded":
+        assert len(shape) >= 2
+        base = torch.randn(shape[:1] + (1,) + shape[2:], generator=gen, dtype=torch.float64).to(dtype)
+        return base.expand(shape)
+    raise ValueError(layout)
+
+
+def assert_within(actual, exact, bound, what):
+    """Assert |actual - exact| <= bound elementwise (in float64), NaN-free, with a readable report."""
+    a = actual.detach().to(torch.float64)
+    e = exact.detach().to(torch.float64)
+    assert a.shape == e.shape, f"{what}: shape {tuple(a.shape)} != expected {tuple(e.shape)}"
+    assert not torch.isnan(a).any(), f"{what}: contains NaN"
+    both_inf = torch.isinf(a) & torch.isinf(e) & (torch.sign(a) == torch.sign(e))
+    err = torch.where(both_inf, torch.zeros_like(a), (a - e).abs())
+    bound = torch.broadcast_to(bound.detach().to(torch.float64), err.shape)
+    bad = ~(err <= bound)
+    if bad.any():
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        ratio = (err / bound.clamp_min(1e-300)).max().item()
+        raise AssertionError(
+            f"{what}: {int(bad.sum())}/{err.numel()} elements out of tolerance; max error "
+            f"{err.max().item():.3e}, max error/bound {ratio:.3g}; first at {idx}: got {a[idx].item()!r}, "
+            f"expected {e[idx].item()!r}, bound {bound[idx].item():.3e}")
