@@ -25,6 +25,7 @@ import dataclasses
 import gc
 import json
 import math
+import resource
 import statistics
 import sys
 import time
@@ -48,9 +49,14 @@ MIB = 1 << 20
 
 @dataclass
 class Timing:
-    """The per-repetition times (ms) of one implementation on one case."""
+    """The per-repetition times (ms) of one implementation on one case, and its page faults per call.
+
+    The page faults (minor faults: the kernel handing the process a fresh zeroed page on first touch) are
+    kept because for the memory-bound ops they are most of the time: a new 128 MiB output is 32768 pages.
+    """
 
     samples: list
+    page_faults: list = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -73,16 +79,23 @@ class Timing:
 
     def to_json(self) -> dict:
         q1, q3 = self.quartiles()
+        faults = statistics.median(self.page_faults) if self.page_faults else None
         return {"median_ms": self.median, "min_ms": self.low, "max_ms": self.high,
-                "q1_ms": q1, "q3_ms": q3, "samples_ms": list(self.samples)}
+                "q1_ms": q1, "q3_ms": q3, "samples_ms": list(self.samples), "page_faults_per_call": faults}
 
 
-def _time_call(fn: Callable, number: int) -> float:
-    """Seconds per call of fn, averaged over `number` back-to-back calls."""
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _time_call(fn: Callable, number: int):
+    """(seconds, minor page faults) per call of fn, averaged over `number` back-to-back calls."""
+    faults = _minor_faults()
     start = time.perf_counter()
     for _ in range(number):
         fn()
-    return (time.perf_counter() - start) / number
+    seconds = time.perf_counter() - start
+    return seconds / number, (_minor_faults() - faults) / number
 
 
 def time_side_by_side(fns: dict, reps: int, warmup: int, min_sample_s: float) -> dict:
@@ -94,13 +107,15 @@ def time_side_by_side(fns: dict, reps: int, warmup: int, min_sample_s: float) ->
     """
     number = {}
     for name, fn in fns.items():
-        seconds = min(_time_call(fn, 1) for _ in range(max(1, warmup)))
+        seconds = min(_time_call(fn, 1)[0] for _ in range(max(1, warmup)))
         number[name] = max(1, math.ceil(min_sample_s / max(seconds, 1e-9)))
-    samples = {name: [] for name in fns}
+    timings = {name: Timing([]) for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():                      # A, B, C, A, B, C, ...
-            samples[name].append(1e3 * _time_call(fn, number[name]))
-    return {name: Timing(s) for name, s in samples.items()}
+            seconds, faults = _time_call(fn, number[name])
+            timings[name].samples.append(1e3 * seconds)
+            timings[name].page_faults.append(faults)
+    return timings
 
 
 def paired_ratios(numerator: Timing, denominator: Timing) -> list:
@@ -135,10 +150,11 @@ class Comparison:
             return "-"
         return f">= {self.limit:g}x" if self.speedup else f"<= {self.limit:g}x"
 
-    def evaluate(self, timings: dict) -> Optional[dict]:
-        """The median and spread of the per-repetition ratio, and PASS/MISS; None if a side was skipped."""
+    def evaluate(self, timings: dict) -> dict:
+        """The median and spread of the per-repetition ratio, and PASS/MISS (or "skipped")."""
         if self.impl not in timings or self.baseline not in timings:
-            return None
+            return {"ratio": self.label, "value": None, "min": None, "max": None, "target": self.target,
+                    "result": None if self.limit is None else "skipped"}
         a, b = timings[self.impl], timings[self.baseline]
         ratios = paired_ratios(b, a) if self.speedup else paired_ratios(a, b)
         value = statistics.median(ratios)
@@ -450,7 +466,7 @@ def run_case(case: Case, suite: Suite) -> dict:
         "times": timings, "skipped": skipped,
         "max_abs_diff": None if check is None else check[0],
         "diff_against": None if check is None else check[1],
-        "comparisons": [c for c in comparisons if c is not None],
+        "comparisons": comparisons,
     }
 
 
@@ -516,6 +532,8 @@ def fmt_timing(t: Optional[Timing]) -> str:
 
 
 def fmt_ratio(c: dict) -> str:
+    if c["value"] is None:
+        return f"{c['ratio']} -"
     return f"{c['ratio']} {c['value']:.2f}x [{c['min']:.2f}-{c['max']:.2f}]"
 
 
@@ -542,6 +560,16 @@ def print_section(op: str, results: list) -> None:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
     print(f"\n{SECTION_TITLES[op]}; median [min-max] of the repetitions")
     print_table(rows, widths)
+    print_page_faults(results)
+
+
+def print_page_faults(results: list, threshold: int = 1024) -> None:
+    """A footnote for the rows where fresh memory (minor page faults) is a large part of the time."""
+    for r in results:
+        faults = {name: statistics.median(t.page_faults) for name, t in r["times"].items()}
+        if max(faults.values()) >= threshold:
+            counts = ", ".join(f"{name} {n:.0f}" for name, n in faults.items())
+            print(f"  page faults per call, {r['shape']} {r['direction']}: {counts}")
 
 
 def print_memory(rows: list) -> None:
@@ -569,9 +597,10 @@ def print_memory(rows: list) -> None:
 
 def print_targets(results: list) -> None:
     """The PASS/MISS summary of every comparison that has a target."""
-    checked = [(r, c) for r in results for c in r["comparisons"] if c["result"] is not None]
+    checked = [(r, c) for r in results for c in r["comparisons"] if c["result"] in ("PASS", "MISS")]
     passed = sum(c["result"] == "PASS" for _, c in checked)
-    print(f"\ntargets: {passed}/{len(checked)} PASS")
+    skipped = sum(c["result"] == "skipped" for r in results for c in r["comparisons"])
+    print(f"\ntargets: {passed}/{len(checked)} PASS" + (f" ({skipped} skipped: a side was not run)" if skipped else ""))
     for r, c in checked:
         if c["result"] == "MISS":
             print(f"  MISS {r['op']} {r['direction']} {r['shape']}: "
@@ -603,7 +632,7 @@ def rope_isa_timing(dims) -> float:
     """Median ms of ops.rope on `dims`: a one-line proof that the compiled vector path runs."""
     x, cos, sin = rope_inputs(*dims)
     ops.rope(x, cos, sin)
-    return 1e3 * statistics.median(_time_call(lambda: ops.rope(x, cos, sin), 3) for _ in range(5))
+    return 1e3 * statistics.median(_time_call(lambda: ops.rope(x, cos, sin), 3)[0] for _ in range(5))
 
 
 def print_header(env: dict, rope_dims, rope_ms: float, suite: Suite, quick: bool) -> None:
@@ -613,6 +642,8 @@ def print_header(env: dict, rope_dims, rope_ms: float, suite: Suite, quick: bool
     print("ops.rope B{} H{} L{} D{} float32 on the {} path: {} ms".format(
         *rope_dims, env["extension_isa"], fmt_ms(rope_ms)))
     print(f"{suite.reps} repetitions after {suite.warmup} warm-up, implementations alternating within each")
+    if quick:
+        print("the targets are set for the full shapes; on --quick's small ones PASS/MISS mean little")
 
 
 def to_json(env, rope_ms, suite, results, memory) -> dict:
