@@ -102,17 +102,18 @@ def _attention_backward_fake(grad_out, q, k, v, attn_mask, out, stats, is_causal
     Lk = k.shape[2]
     shape = (B, Hq, Lq, Lk) if mask_grad else (0,)
     dmask = q.new_empty(shape, dtype=reference.accumulation_dtype(q.dtype))
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask
+    # The kernels return fresh contiguous tensors, whatever the inputs' strides.
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask
 
 
 @torch.library.register_fake("minivlm::rope")
 def _rope_fake(x, cos, sin):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)  # contiguous, like the kernel's output
 
 
 @torch.library.register_fake("minivlm::rope_backward")
 def _rope_backward_fake(grad, cos, sin):
-    return torch.empty_like(grad)
+    return grad.new_empty(grad.shape)
 
 
 @torch.library.register_fake("minivlm::causal_mask")

@@ -31,7 +31,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minivlm
@@ -53,15 +53,19 @@ def acc_err(dtype):
 # --------------------------------------------------------------------------------------------------
 
 @st.composite
-def attention_cases(draw, dtype, max_lq=100, max_lk=150):
-    """A dict describing one attention call; the tensors are built from it by `build`."""
+def attention_cases(draw, dtype, max_lq=100, max_lk=150, long=False):
+    """A dict describing one attention call; the tensors are built from it by `build`. `long` draws
+    several key blocks (Lk > 256) with fewer heads and smaller head dims."""
     B = draw(st.integers(1, 2))
-    Hkv = draw(st.integers(1, 3))
+    Hkv = draw(st.integers(1, 2 if long else 3))
     group = draw(st.integers(1, 4))          # 1 = MHA; Hkv = 1 with group > 1 = MQA; else GQA
-    D = draw(st.sampled_from(HEAD_DIMS))
+    D = draw(st.sampled_from(HEAD_DIMS[:5] if long else HEAD_DIMS))
     # Lengths around the kernel's tiles (64 query rows, 256 keys) are drawn on purpose, the rest at random.
     # (sampled_from over a range draws lengths uniformly; st.integers would favour tiny ones.)
-    Lk = draw(st.one_of(st.sampled_from([1, 2, 63, 64, 65, 127, 129]), st.sampled_from(range(1, max_lk + 1))))
+    if long:
+        Lk = draw(st.one_of(st.sampled_from([256, 257, 511, 512, 513]), st.sampled_from(range(257, max_lk + 1))))
+    else:
+        Lk = draw(st.one_of(st.sampled_from([1, 2, 63, 64, 65, 127, 129]), st.sampled_from(range(1, max_lk + 1))))
     is_causal = draw(st.booleans())
     if is_causal:
         Lq = draw(st.one_of(st.just(1), st.just(min(Lk, max_lq)), st.sampled_from(range(1, min(Lk, max_lq) + 1))))
@@ -103,7 +107,10 @@ def _layout_mask(m, layout, full, gen):
     if layout == "expanded":
         return m.expand(full)                                     # stride 0 on every broadcast dim
     if layout == "strided" and m.dim() >= 1:
-        buf = torch.zeros(m.shape[:-1] + (2 * m.shape[-1],), dtype=m.dtype)
+        # Every other element of a buffer whose skipped elements are bait (NaN, or the opposite bool):
+        # a kernel that ignores the mask's strides reads them.
+        buf = torch.empty(m.shape[:-1] + (2 * m.shape[-1],), dtype=m.dtype)
+        buf[..., 0::2] = ~m if m.dtype == torch.bool else float("nan")
         buf[..., 1::2] = m
         return buf[..., 1::2]
     return m
@@ -312,6 +319,16 @@ def test_backward_matches_reference(dtype, data):
     check_backward(case)
 
 
+# Several key blocks: fewer examples (each is larger), forward and backward in one go.
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@settings(max_examples=max(5, settings().max_examples // 4))
+@given(data=st.data())
+def test_long_sequences_match_reference(dtype, data):
+    case = data.draw(attention_cases(dtype, max_lq=140, max_lk=700, long=True), label="case")
+    check_forward(case)
+    check_backward(case)
+
+
 # Shapes that cross the kernel's tiles: more than 64 query rows and more than 256 keys, with ragged
 # last tiles (Lq = 130 = 2*64 + 2, Lk = 300, 513 = 2*256 + 1), long decode rows, and masks.
 LARGE = [
@@ -323,6 +340,13 @@ LARGE = [
     dict(B=1, Hkv=1, Hq=3, Lq=1, Lk=600, D=128, is_causal=True, window=None, mask_kind="none"),
     dict(B=1, Hkv=3, Hq=3, Lq=100, Lk=40, D=8, is_causal=False, window=None, mask_kind="bool",
          mask_shape=(100, 40), mask_layout="strided", kill_rows=True, mask_p=0.5),
+    # Decoding with a group of 4 query heads per kv head, a window reaching back over a block boundary.
+    dict(B=2, Hkv=2, Hq=8, Lq=1, Lk=700, D=64, is_causal=True, window=300, mask_kind="bool",
+         mask_shape=(2, 1, 1, 700), mask_layout="contiguous", kill_rows=False, mask_p=0.1),
+    # A narrow window far from the start: whole key blocks before the band must be skipped, not read.
+    dict(B=1, Hkv=1, Hq=2, Lq=200, Lk=1000, D=32, is_causal=True, window=50, mask_kind="float",
+         mask_shape=(1, 2, 1, 1000), mask_layout="expanded", kill_rows=False, mask_dtype=None,
+         mask_grad=True, p_inf=0.1, p_min=0.1),
 ]
 
 
@@ -375,10 +399,19 @@ def test_finfo_min_row_is_not_masked(dtype):
     torch.testing.assert_close(out[:, :, 1].double(), v64[:, :, 3:].mean(2), rtol=u, atol=u)
     assert (out[:, :, 2] == 0).all()
     torch.testing.assert_close(out[:, :, 3].double(), v64[:, :, 0], rtol=u, atol=u)
-    out.backward(torch.ones_like(out))
-    for t in (qq, kk, vv, mm):
-        assert torch.isfinite(t.grad).all()
+    g = torch.randn(out.shape).to(dtype)
+    out.backward(g)
     assert (qq.grad[:, :, 2] == 0).all() and (mm.grad[2] == 0).all()
+    # The gradients too treat finfo.min as a finite bias: the uniform rows' probabilities are 1/7 and 1/4
+    # in the backward as well (recomputing them from a log-sum-exp m + log(l) rounded into one number
+    # would lose log(l) next to finfo.min and give 1 for each key).
+    leaves64 = [t.double().requires_grad_() for t in (q, k, v, mask)]
+    reference.attention(*leaves64).backward(g.double())
+    for name, t, t64 in zip(("q", "k", "v", "mask"), (qq, kk, vv, mm), leaves64):
+        assert torch.isfinite(t.grad).all(), name
+        tol = 4 * unit_roundoff(dtype) + 1e-5
+        torch.testing.assert_close(t.grad.double(), t64.grad, rtol=tol, atol=tol * t64.grad.abs().max().item(),
+                                   msg=lambda m, name=name: f"d{name}: {m}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

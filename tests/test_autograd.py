@@ -138,20 +138,25 @@ def test_opcheck_causal_mask(dtype):
             torch.library.opcheck(torch.ops.minivlm.causal_mask.default, (pm, q_len, dtype, window))
 
 
-def test_opcheck_non_contiguous_inputs():
+@pytest.mark.parametrize("op", ["attention", "attention_backward", "rope", "rope_backward"])
+def test_opcheck_non_contiguous_inputs(op):
     """The fake kernels promise output layouts (empty_like of the input for rope and for the attention
-    gradients); the real kernels must produce the same shapes, dtypes and strides for strided inputs."""
-    q = torch.randn(1, 5, 4, 8).transpose(1, 2).requires_grad_()
-    k = torch.randn(1, 7, 2, 8).transpose(1, 2).requires_grad_()
-    v = torch.randn(1, 2, 7, 16)[..., ::2].requires_grad_()
-    torch.library.opcheck(torch.ops.minivlm.attention.default, (q, k, v, None, True, 0.3, None))
-    out, stats = torch.ops.minivlm.attention(q.detach(), k.detach(), v.detach(), None, True, 0.3, None)
-    torch.library.opcheck(torch.ops.minivlm.attention_backward.default,
-                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(), None, out, stats,
-                           True, 0.3, None, False))
+    gradients); the real kernels must produce the same shapes, dtypes and strides for strided inputs
+    (q and x transposed views, v with stride 2 in its last dimension)."""
+    q = torch.randn(1, 5, 4, 8).transpose(1, 2)
+    k = torch.randn(1, 7, 2, 8).transpose(1, 2)
+    v = torch.randn(1, 2, 7, 16)[..., ::2]
     cos, sin = torch.randn(5, 8), torch.randn(5, 8)
-    torch.library.opcheck(torch.ops.minivlm.rope.default, (q, cos, sin))
-    torch.library.opcheck(torch.ops.minivlm.rope_backward.default, (q.detach(), cos, sin))
+    if op == "attention":
+        args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), None, True, 0.3, None)
+    elif op == "attention_backward":
+        out, stats = torch.ops.minivlm.attention(q, k, v, None, True, 0.3, None)
+        args = (torch.randn_like(out), q, k, v, None, out, stats, True, 0.3, None, False)
+    elif op == "rope":
+        args = (q.requires_grad_(), cos, sin)
+    else:
+        args = (q, cos, sin)
+    torch.library.opcheck(getattr(torch.ops.minivlm, op).default, args)
 
 
 # --------------------------------------------------------------------------------------------------
