@@ -54,12 +54,6 @@ def _seeded(monkeypatch):
     yield
 
 
-@pytest.fixture
-def seeded():
-    """A torch.Generator seeded with 0, for tests that want explicit randomness."""
-    return seed_torch(0)
-
-
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the kernels compute in: float64 for float64, float32 for the rest."""
     return torch.float64 if dtype == torch.float64 else torch.float32

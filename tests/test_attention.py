@@ -27,7 +27,6 @@ Rows that see no key (all False / -inf / outside the causal band) must be exactl
 gradient, and nothing may be NaN anywhere.
 """
 
-import math
 
 import pytest
 import torch
@@ -102,7 +101,7 @@ def attention_cases(draw, dtype, max_lq=100, max_lk=150, long=False):
     return case
 
 
-def _layout_mask(m, layout, full, gen):
+def _layout_mask(m, layout, full):
     """Give a mask the memory layout the case asks for (values unchanged)."""
     if layout == "expanded":
         return m.expand(full)                                     # stride 0 on every broadcast dim
@@ -140,7 +139,7 @@ def build(case):
         if case["kill_rows"] and mask.dim() >= 2:
             rows = torch.rand(mask.shape[-2], generator=gen) < 0.3
             mask[..., rows, :] = False if kind == "bool" else float("-inf")
-        mask = _layout_mask(mask, case["mask_layout"], (B, Hq, Lq, Lk), gen)
+        mask = _layout_mask(mask, case["mask_layout"], (B, Hq, Lq, Lk))
     return q, k, v, mask
 
 
@@ -216,7 +215,7 @@ def check_forward(case):
     assert out.shape == (case["B"], case["Hq"], case["Lq"], case["D"])
 
     exact, _ = run_reference(q, k, v, mask, case, torch.float64)
-    in_acc, _ = run_reference(q, k, v, mask, case, acc_dtype(dtype))
+    in_acc = exact if dtype == torch.float64 else run_reference(q, k, v, mask, case, acc_dtype(dtype))[0]
     p, vis, s = exact_probs(q, k, mask, case)
     group = case["Hq"] // case["Hkv"]
     v_abs = v.detach().double().abs().repeat_interleave(group, dim=1)
@@ -259,7 +258,7 @@ def check_backward(case):
     got = dict(q=qq.grad, k=kk.grad, v=vv.grad, mask=mm.grad if mm is not None else None)
 
     _, exact = run_reference(q, k, v, mask, case, torch.float64, go)
-    _, in_acc = run_reference(q, k, v, mask, case, acc_dtype(dtype), go)
+    in_acc = exact if dtype == torch.float64 else run_reference(q, k, v, mask, case, acc_dtype(dtype), go)[1]
     out_exact, _ = run_reference(q, k, v, mask, case, torch.float64)
 
     # Condition scales of the backward (module docstring, term 2).
@@ -321,7 +320,7 @@ def test_backward_matches_reference(dtype, data):
 
 # Several key blocks: fewer examples (each is larger), forward and backward in one go.
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@settings(max_examples=max(5, settings().max_examples // 4))
+@settings(max_examples=max(5, settings().max_examples // 6))
 @given(data=st.data())
 def test_long_sequences_match_reference(dtype, data):
     case = data.draw(attention_cases(dtype, max_lq=140, max_lk=700, long=True), label="case")

@@ -12,7 +12,6 @@ gradients in cos and sin are sums over heads (and over the batch for (L, D) tabl
 of n terms rounded in turn costs at most (n + 1) * u(acc) of the sum of their absolute values.
 """
 
-import math
 
 import pytest
 import torch
@@ -67,11 +66,9 @@ def build(case):
     if layout == "sliced":
         cos, sin = (torch.stack((t, torch.full_like(t, float("nan"))), dim=-1)[..., 0] for t in (cos, sin))
     elif layout == "expanded":
-        # Every sequence of the batch (or, for an (L, D) table, every position) shares one row.
-        if case["batched"]:
-            cos, sin = cos[:1].expand(shape), sin[:1].expand(shape)
-        else:
-            cos, sin = cos[:1].expand(shape), sin[:1].expand(shape)
+        # Stride 0 in the first dimension: every sequence of the batch (or, for an (L, D) table, every
+        # position) shares one row.
+        cos, sin = cos[:1].expand(shape), sin[:1].expand(shape)
     return x, cos, sin
 
 
