@@ -78,7 +78,7 @@ setup(
     python_requires=">=3.10",
     # torch is deliberately unpinned: install it first (pip install torch==2.13.0 takes the CPU build), then
     # build with --no-build-isolation so this requirement is already met and nothing is downloaded.
-    install_requires=["torch>=2.13", "numpy", "pillow", "ninja"],
+    install_requires=["torch>=2.13", "numpy", "pillow", "ninja", "safetensors", "tokenizers", "tqdm"],
     extras_require={
         "test": ["pytest", "hypothesis", "transformers==5.23.0"],
     },
