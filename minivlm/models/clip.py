@@ -1,0 +1,215 @@
+"""The CLIP vision encoder: a ViT that turns an image into one vector per patch plus a class token.
+
+Follows Radford et al. 2021, "Learning Transferable Visual Models From Natural Language Supervision"
+(CLIP), itself the ViT of Dosovitskiy et al. 2020 with one extra LayerNorm before the encoder, and
+Transformers 5.23's `models/clip/modeling_clip.py` (CLIPVisionModel), whose parameter names this module
+mirrors so that its checkpoints load by a near-identity copy.
+
+    pixels (B, 3, S, S) --patch conv--> (B, N, D) --prepend class token, add positions--> (B, 1+N, D)
+    --pre_layrnorm--> L pre-LN encoder layers --> last_hidden_state (B, 1+N, D)
+    pooler_output = post_layernorm(last_hidden_state[:, 0])
+
+LLaVA-NeXT reads the second-to-last layer's hidden states (no post-LayerNorm); Kosmos-2, AltCLIP and
+IDEFICS (with hidden_act "gelu") import this same tower.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .. import ops
+from ._common import activation
+
+
+@dataclass
+class CLIPVisionConfig:
+    """The vision half of a CLIP config.json (model_type "clip_vision_model"); defaults are
+    Transformers 5.23's, i.e. openai/clip-vit-base-patch32."""
+    hidden_size: int = 768            # width D of every token vector
+    intermediate_size: int = 3072     # hidden width of each layer's MLP
+    num_hidden_layers: int = 12       # encoder layers L
+    num_attention_heads: int = 12     # heads per layer; head_dim = hidden_size // num_attention_heads
+    num_channels: int = 3             # input image channels (RGB)
+    image_size: int = 224             # side S of the square input image, in pixels
+    patch_size: int = 32              # side of one patch; (S // patch_size) ** 2 patches per image
+    hidden_act: str = "quick_gelu"    # MLP activation: quick_gelu for OpenAI CLIP, gelu for IDEFICS's tower
+    layer_norm_eps: float = 1e-5      # epsilon of every LayerNorm
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CLIPVisionConfig":
+        """Read a vision config dict (as found under "vision_config" in a VLM's config.json) or a whole
+        CLIP config.json (its "vision_config" is taken). Unknown keys are ignored, missing ones get the
+        defaults above."""
+        if not isinstance(d, dict):
+            raise TypeError(f"CLIPVisionConfig.from_dict: expected a dict, got {type(d).__name__}")
+        if d.get("model_type") == "clip" or "vision_config" in d:
+            d = d.get("vision_config") or {}
+        names = {f.name for f in fields(cls)}
+        config = cls(**{k: v for k, v in d.items() if k in names})
+        config.validate()
+        return config
+
+    def validate(self):
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_channels", "image_size", "patch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"CLIPVisionConfig: {name} must be a positive int, got {value!r}")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(f"CLIPVisionConfig: hidden_size {self.hidden_size} is not a multiple of "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if self.patch_size > self.image_size:
+            raise ValueError(f"CLIPVisionConfig: patch_size {self.patch_size} is larger than "
+                             f"image_size {self.image_size}")
+        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
+            raise ValueError(f"CLIPVisionConfig: layer_norm_eps must be a positive float, "
+                             f"got {self.layer_norm_eps!r}")
+        activation(self.hidden_act)  # raises ValueError naming hidden_act if unsupported
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass
+class CLIPVisionOutput:
+    """last_hidden_state (B, 1+N, D): output of the last layer run; pooler_output (B, D): post_layernorm
+    of its class token; hidden_states: None, or a tuple of (B, 1+N, D), [0] the pre-LayerNormed
+    embeddings and [i] the output of layer i."""
+    last_hidden_state: torch.Tensor
+    pooler_output: torch.Tensor
+    hidden_states: Optional[tuple] = None
+
+
+class CLIPVisionEmbeddings(nn.Module):
+    """Patches by a strided convolution, a learned class token in front, learned absolute positions."""
+
+    def __init__(self, config: CLIPVisionConfig):
+        super().__init__()
+        D = config.hidden_size
+        self.class_embedding = nn.Parameter(torch.randn(D))    # random until loaded, never garbage
+        self.patch_embedding = nn.Conv2d(config.num_channels, D, kernel_size=config.patch_size,
+                                         stride=config.patch_size, bias=False)
+        self.position_embedding = nn.Embedding(config.num_patches + 1, D)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        B = pixel_values.shape[0]
+        x = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))  # (B, D, S/p, S/p)
+        x = x.flatten(2).transpose(1, 2)                                             # (B, N, D)
+        cls = self.class_embedding.expand(B, 1, -1)                                   # (B, 1, D)
+        x = torch.cat([cls, x], dim=1)                                                # (B, 1+N, D)
+        # Position ids are 0..N in order, so looking them up is reading the whole table row by row.
+        return x + self.position_embedding.weight                                     # (B, 1+N, D)
+
+
+class CLIPAttention(nn.Module):
+    """Bidirectional multi-head self-attention (every patch sees every patch, no mask)."""
+
+    def __init__(self, config: CLIPVisionConfig):
+        super().__init__()
+        D = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = D // self.num_heads
+        self.q_proj = nn.Linear(D, D)
+        self.k_proj = nn.Linear(D, D)
+        self.v_proj = nn.Linear(D, D)
+        self.out_proj = nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        # softmax(q k^T / sqrt(hd)) v; the naive math is minivlm.reference.attention.
+        y = ops.attention(q, k, v)                                                     # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, D)                                         # (B, T, D)
+        return self.out_proj(y)
+
+
+class CLIPMLP(nn.Module):
+    def __init__(self, config: CLIPVisionConfig):
+        super().__init__()
+        self.act = activation(config.hidden_act)
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))  # (B, T, D) -> (B, T, intermediate) -> (B, T, D)
+
+
+class CLIPEncoderLayer(nn.Module):
+    """Pre-LN transformer layer: x + attn(LN1(x)), then x + mlp(LN2(x))."""
+
+    def __init__(self, config: CLIPVisionConfig):
+        super().__init__()
+        self.self_attn = CLIPAttention(config)
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = CLIPMLP(config)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x))
+        x = x + self.mlp(self.layer_norm2(x))
+        return x
+
+
+class CLIPEncoder(nn.Module):
+    """Only a holder of the layers, so that parameter names read encoder.layers.N.* as in checkpoints."""
+
+    def __init__(self, config: CLIPVisionConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(CLIPEncoderLayer(config) for _ in range(config.num_hidden_layers))
+
+
+class CLIPVisionModel(nn.Module):
+    """The CLIP vision tower; parameter names are those Transformers 5.23's save_pretrained writes."""
+
+    config_class = CLIPVisionConfig
+    # Standalone CLIP vision checkpoints from the hub (and Transformers 4.x) nest everything under
+    # "vision_model."; Transformers 5.x and LLaVA-NeXT's own files do not.
+    checkpoint_renames = [(r"^vision_model\.", "")]
+
+    def __init__(self, config: CLIPVisionConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.embeddings = CLIPVisionEmbeddings(config)
+        self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # sic: CLIP's spelling
+        self.encoder = CLIPEncoder(config)
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def tied_weights(self) -> dict[str, str]:
+        return {}
+
+    def forward(self, pixel_values: torch.Tensor, *, output_hidden_states: bool = False,
+                num_layers: Optional[int] = None) -> CLIPVisionOutput:
+        """Encode pixel_values (B, num_channels, image_size, image_size), cast to the weights' dtype.
+
+        num_layers=n runs only the first n encoder layers (default: all). Then last_hidden_state is the
+        output of layer n (not of the last layer), pooler_output is post_layernorm of that output's class
+        token, and hidden_states has n + 1 entries; they equal the first n + 1 entries of a full run.
+        """
+        c = self.config
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"CLIPVisionModel: pixel_values must be a torch.Tensor, "
+                            f"got {type(pixel_values).__name__}")
+        expected = (c.num_channels, c.image_size, c.image_size)
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(f"CLIPVisionModel: pixel_values must have shape (batch, {expected[0]}, "
+                             f"{expected[1]}, {expected[2]}), got {tuple(pixel_values.shape)}")
+        n = c.num_hidden_layers if num_layers is None else num_layers
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= c.num_hidden_layers:
+            raise ValueError(f"CLIPVisionModel: num_layers must be an int in [0, {c.num_hidden_layers}] "
+                             f"or None, got {num_layers!r}")
+
+        x = self.pre_layrnorm(self.embeddings(pixel_values))  # (B, 1+N, D)
+        hidden_states = [x]
+        for layer in self.encoder.layers[:n]:
+            x = layer(x)                                      # (B, 1+N, D)
+            hidden_states.append(x)
+        pooled = self.post_layernorm(x[:, 0])                 # (B, D): the class token
+        return CLIPVisionOutput(last_hidden_state=x, pooler_output=pooled,
+                                hidden_states=tuple(hidden_states) if output_hidden_states else None)
