@@ -1,0 +1,228 @@
+"""LLaVA-NeXT's image preprocessing: PIL images -> pixel_values (B, P, 3, S, S) and image_sizes (B, 2).
+
+Follows the "anyres" scheme of the LLaVA-NeXT blog post (Liu et al., 2024) as Transformers 5.23's
+`LlavaNextImageProcessorPil` (models/llava_next/image_processing_pil_llava_next.py) implements it, step
+for step and in the same order, so that the values agree with it (the tests check this). For each image:
+
+    convert to RGB (transparency composited onto white)
+    best = select_best_resolution((h, w), image_grid_pinpoints)    e.g. (672, 672) for a square photo
+    resize to fit inside best, keeping the aspect ratio (PIL, `resample`, sides rounded up)
+    pad to best with black, centred (an odd leftover goes to the bottom / right)
+    cut into crops of crop_size, row by row                       (best_h / S) * (best_w / S) crops
+    base = the whole image squashed to size x size (no aspect ratio kept), put in front of the crops
+    each of the P = 1 + crops images: resize (shortest edge to `size`), centre crop to crop_size,
+    x * rescale_factor (in float64, stored as float32), (x - image_mean) / image_std (float32)
+
+Images with fewer crops than the batch's largest count are padded with all-zero crops; the model reads
+only the first `num_patches(image_size)` of each. image_sizes holds each original (height, width).
+How many image tokens an image needs in input_ids: `num_image_tokens(image_size, config)`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .models.llava_next import image_feature_count, select_best_resolution
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class LlavaNextImageProcessor:
+    """The fields of a LLaVA-NeXT preprocessor_config.json; defaults are Transformers 5.23's class
+    defaults (hub checkpoints set size and crop_size to 336)."""
+    # (height, width) resolutions an image may be tiled at; each a multiple of the crop size
+    image_grid_pinpoints: list = field(default_factory=lambda: [[336, 672], [672, 336], [672, 672],
+                                                                [1008, 336], [336, 1008]])
+    size: dict = field(default_factory=lambda: {"shortest_edge": 224})         # resize target of each crop
+    crop_size: dict = field(default_factory=lambda: {"height": 224, "width": 224})  # side S of the crops
+    image_mean: tuple = OPENAI_CLIP_MEAN     # per-channel mean subtracted after rescaling
+    image_std: tuple = OPENAI_CLIP_STD       # per-channel std divided by after subtracting the mean
+    rescale_factor: float = 1 / 255          # uint8 -> [0, 1]
+    do_resize: bool = True                   # resize each crop to `size` (a no-op when it is already S)
+    do_center_crop: bool = True              # centre crop each crop to crop_size (a no-op likewise)
+    do_rescale: bool = True                  # multiply by rescale_factor
+    do_normalize: bool = True                # subtract image_mean, divide by image_std
+    do_pad: bool = True                      # pad ragged crop counts of a batch with zero crops
+    do_convert_rgb: bool = True              # convert every image to RGB first
+    resample: int = 3                        # PIL filter: 3 = BICUBIC (0 nearest, 2 bilinear, 1 lanczos)
+
+    def __post_init__(self):
+        # Older configs give sizes as an int (Transformers reads size=n as a shortest edge).
+        if isinstance(self.size, int) and not isinstance(self.size, bool):
+            self.size = {"shortest_edge": self.size}
+        if isinstance(self.crop_size, int) and not isinstance(self.crop_size, bool):
+            self.crop_size = {"height": self.crop_size, "width": self.crop_size}
+        self.validate()
+
+    def validate(self):
+        def bad(name, expected):
+            return ValueError(f"LlavaNextImageProcessor: {name} must be {expected}, got {getattr(self, name)!r}")
+
+        pins = self.image_grid_pinpoints
+        if not isinstance(pins, (list, tuple)) or not pins or not all(
+                isinstance(p, (list, tuple)) and len(p) == 2 and all(_positive_int(x) for x in p) for p in pins):
+            raise bad("image_grid_pinpoints", "a non-empty list of [height, width] pairs of positive ints")
+        if not isinstance(self.size, dict) or not (
+                _positive_int(self.size.get("shortest_edge"))
+                or (_positive_int(self.size.get("height")) and _positive_int(self.size.get("width")))):
+            raise bad("size", 'a dict with "shortest_edge", or "height" and "width" (positive ints)')
+        if not isinstance(self.crop_size, dict) or not (
+                _positive_int(self.crop_size.get("height")) and _positive_int(self.crop_size.get("width"))):
+            raise bad("crop_size", 'a dict with "height" and "width" (positive ints)')
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or len(value) != 3:
+                raise bad(name, "3 numbers, one per RGB channel")
+        if any(s == 0 for s in self.image_std):
+            raise bad("image_std", "non-zero")
+        if not isinstance(self.rescale_factor, (int, float)) or isinstance(self.rescale_factor, bool):
+            raise bad("rescale_factor", "a number")
+        if self.resample not in {int(r) for r in Image.Resampling}:
+            raise bad("resample", f"a PIL resampling filter, one of {sorted(int(r) for r in Image.Resampling)}")
+
+    @classmethod
+    def from_pretrained(cls, path) -> "LlavaNextImageProcessor":
+        """Read preprocessor_config.json from a local folder (unknown keys are ignored)."""
+        file = Path(path) / "preprocessor_config.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"LlavaNextImageProcessor.from_pretrained: no preprocessor_config.json "
+                                    f"in {str(path)!r}")
+        with open(file) as f:
+            d = json.load(f)
+        if not isinstance(d, dict):
+            raise ValueError(f"LlavaNextImageProcessor.from_pretrained: {file} holds a {type(d).__name__}, "
+                             f"expected a JSON object")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    # -- the pipeline ------------------------------------------------------------------------------
+
+    def __call__(self, images) -> dict:
+        """images: one PIL image or a list of them. Returns {"pixel_values": float32 (B, P, 3, S, S),
+        "image_sizes": int64 (B, 2) as (height, width)}."""
+        if isinstance(images, Image.Image):
+            images = [images]
+        if not isinstance(images, (list, tuple)) or not images:
+            raise TypeError(f"LlavaNextImageProcessor: images must be a PIL image or a non-empty list of "
+                            f"them, got {images!r:.80}")
+        for i, image in enumerate(images):
+            if not isinstance(image, Image.Image):
+                raise TypeError(f"LlavaNextImageProcessor: images[{i}] must be a PIL.Image.Image, "
+                                f"got {type(image).__name__}")
+        rgb = [self._to_rgb(image) for image in images]
+        per_image = [self._patches(image) for image in rgb]               # each (P_i, 3, S, S) float32
+        counts = [p.shape[0] for p in per_image]
+        if not self.do_pad and len(set(counts)) > 1:
+            raise ValueError(f"LlavaNextImageProcessor: the images give {counts} crops each and do_pad is "
+                             f"False, so they cannot be stacked into one batch")
+        P = max(counts)
+        pixel_values = np.zeros((len(per_image), P) + per_image[0].shape[1:], dtype=np.float32)
+        for b, patches in enumerate(per_image):
+            pixel_values[b, :len(patches)] = patches                       # zero crops after the real ones
+        image_sizes = [(image.height, image.width) for image in rgb]
+        return {"pixel_values": torch.from_numpy(pixel_values),            # (B, P, 3, S, S)
+                "image_sizes": torch.tensor(image_sizes, dtype=torch.long)}  # (B, 2)
+
+    def _to_rgb(self, image: Image.Image) -> Image.Image:
+        if not self.do_convert_rgb:
+            if image.mode != "RGB":
+                raise ValueError(f"LlavaNextImageProcessor: do_convert_rgb is False, so images must be RGB, "
+                                 f"got mode {image.mode!r}")
+            return image
+        if "A" in image.getbands() or image.info.get("transparency") is not None:
+            # Transparent pixels become white (not the black a plain convert("RGB") would leave).
+            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+        return image.convert("RGB")
+
+    def _patches(self, image: Image.Image) -> np.ndarray:
+        """One RGB image -> (1 + crops, 3, S, S) float32: the base image, then the crops row by row."""
+        h, w = image.height, image.width
+        best_h, best_w = select_best_resolution((h, w), self.image_grid_pinpoints)
+
+        # Fit inside (best_h, best_w): the side that limits the scale fills it, the other rounds up.
+        # h * (best_w / w), not h * best_w / w: the rounded scale can push an exact integer over (a
+        # 85x272 image in 32x96 is 31 rows tall, not 30), and the pixels follow Transformers' rounding.
+        scale_h, scale_w = best_h / h, best_w / w
+        if scale_w < scale_h:
+            new_h, new_w = min(math.ceil(h * scale_w), best_h), best_w
+        else:
+            new_h, new_w = best_h, min(math.ceil(w * scale_h), best_w)
+        fitted = self._resize(np.asarray(image), new_h, new_w)            # (new_h, new_w, 3) uint8
+
+        # Letterbox on black, centred: the smaller half of the padding on the top / left.
+        top, left = (best_h - new_h) // 2, (best_w - new_w) // 2
+        canvas = np.zeros((best_h, best_w, 3), dtype=np.uint8)             # (best_h, best_w, 3)
+        canvas[top:top + new_h, left:left + new_w] = fitted
+
+        S = self.crop_size["height"]                                       # side of the crops
+        crops = [canvas[i:i + S, j:j + S] for i in range(0, best_h, S) for j in range(0, best_w, S)]
+
+        # The base image: the whole picture squashed to a square, whatever its aspect ratio.
+        side_h, side_w = ((self.size["height"], self.size["width"]) if "height" in self.size
+                          else (self.size["shortest_edge"], self.size["shortest_edge"]))
+        base = self._resize(np.asarray(image), side_h, side_w)
+
+        return np.stack([self._finish(x) for x in [base] + crops])        # (P, 3, S, S)
+
+    def _finish(self, x: np.ndarray) -> np.ndarray:
+        """The per-crop steps: resize, centre crop, rescale, normalize; (h, w, 3) uint8 -> (3, S, S)."""
+        if self.do_resize:
+            x = self._resize(x, *self._resized_shape(x.shape[0], x.shape[1]))
+        if self.do_center_crop:
+            x = _center_crop(x, self.crop_size["height"], self.crop_size["width"])
+        if self.do_rescale:
+            x = (x.astype(np.float64) * self.rescale_factor).astype(np.float32)  # as Transformers: f64 then f32
+        x = x.astype(np.float32)
+        if self.do_normalize:
+            x = (x - np.array(self.image_mean, dtype=np.float32)) / np.array(self.image_std, dtype=np.float32)
+        return x.transpose(2, 0, 1)                                        # (h, w, 3) -> (3, h, w)
+
+    def _resize(self, x: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Resize an (h, w, 3) uint8 array with PIL's `resample` filter (an unchanged size is a copy)."""
+        return np.asarray(Image.fromarray(x).resize((width, height), Image.Resampling(self.resample)))
+
+    def _resized_shape(self, h: int, w: int) -> tuple[int, int]:
+        """Where `size` sends an (h, w) crop: (height, width) as given, or the shortest edge to
+        size["shortest_edge"] with the long edge scaled and truncated."""
+        if "height" in self.size and "width" in self.size:
+            return self.size["height"], self.size["width"]
+        short = self.size["shortest_edge"]
+        if w <= h:
+            return int(short * h / w), short
+        return short, int(short * w / h)
+
+
+def _center_crop(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Centre crop an (h, w, C) array to (height, width); an image smaller than that is first placed on a
+    black canvas, at the centre rounded towards the bottom-right (as Transformers does)."""
+    h, w = x.shape[:2]
+    if h < height or w < width:
+        H, W = max(h, height), max(w, width)
+        canvas = np.zeros((H, W) + x.shape[2:], dtype=x.dtype)
+        top, left = math.ceil((H - h) / 2), math.ceil((W - w) / 2)
+        canvas[top:top + h, left:left + w] = x
+        x, h, w = canvas, H, W
+    top, left = (h - height) // 2, (w - width) // 2
+    return x[top:top + height, left:left + width]
+
+
+def num_image_tokens(image_size, config) -> int:
+    """How many image tokens input_ids must hold for one image of image_size = (height, width) under a
+    LlavaNextConfig: minivlm.models.llava_next.image_feature_count, here next to the processor."""
+    return image_feature_count(image_size, config)
+
+
+def _positive_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x > 0
+
+
+__all__ = ["LlavaNextImageProcessor", "num_image_tokens", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
