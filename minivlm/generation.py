@@ -1,0 +1,209 @@
+"""Text generation shared by every decoder model in minivlm: greedy decoding or sampling, with a KV cache.
+
+    tokens = model.generate(input_ids, attention_mask=mask, max_new_tokens=20)   # (B, T + N)
+
+The loop (the same as Transformers 5.23's `generate` for greedy search and multinomial sampling):
+1. Prefill: the whole prompt goes through the model once, filling a preallocated KV cache
+   (`model.new_cache`); extra inputs such as pixel_values go to this call only.
+2. Each step feeds only the token just chosen; its position is the previous one + 1.
+3. Positions of a left-padded prompt: cumsum(attention_mask) - 1, with pads at 0 (they are masked out
+   anyway), so every row's first real token sits at position 0.
+4. The next token is the argmax of the last logits (greedy), or a draw from softmax(logits) after
+   temperature, then top-k, then top-p filtering (Transformers' warper order), all in float32.
+5. A row that produced an end-of-sequence token is finished: its later tokens are the pad id (the first
+   eos id when no pad id is set, as Transformers does). Generation stops when every row is finished or
+   after max_new_tokens.
+
+A model that uses this mixin provides `new_cache(batch_size, max_length) -> cache` and a forward
+`model(input_ids, attention_mask=..., position_ids=..., cache=..., logits_to_keep=1, **model_inputs)`
+returning an object with `.logits`; `model.generation_config` (set by minivlm.from_pretrained) gives the
+default eos / pad ids, else `model.config`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+# Where a composite (vision-language) config.json keeps its decoder's settings, as Transformers looks.
+TEXT_CONFIG_KEYS = ("decoder", "generator", "text_config")
+TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+@dataclass
+class GenerationConfig:
+    bos_token_id: Optional[int] = None      # start of sequence (kept for completeness: prompts carry their own)
+    eos_token_id: Union[int, list, None] = None   # end of sequence: an int or a list, stored as a list or None
+    pad_token_id: Optional[int] = None      # fills finished rows; None = the first eos id
+    max_new_tokens: int = 20                # tokens to generate when generate() is not told
+
+    def __post_init__(self):
+        if isinstance(self.eos_token_id, int) and not isinstance(self.eos_token_id, bool):
+            self.eos_token_id = [self.eos_token_id]
+        elif self.eos_token_id is not None:
+            self.eos_token_id = list(self.eos_token_id) or None
+        for name in ("bos_token_id", "pad_token_id"):
+            _check_id(f"GenerationConfig: {name}", getattr(self, name))
+        for token in self.eos_token_id or []:
+            _check_id("GenerationConfig: eos_token_id", token)
+        _check_int("GenerationConfig: max_new_tokens", self.max_new_tokens, 1)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GenerationConfig":
+        kwargs = {k: d[k] for k in TOKEN_FIELDS + ("max_new_tokens",) if d.get(k) is not None}
+        return cls(**kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path) -> "GenerationConfig":
+        """From a checkpoint folder: generation_config.json if there is one (alone: Transformers does not
+        complete it from config.json), else config.json's top level, then its decoder's text_config."""
+        folder = Path(path)
+        for name in ("generation_config.json", "config.json"):
+            if (folder / name).is_file():
+                with open(folder / name) as f:
+                    d = json.load(f)
+                if name == "generation_config.json":
+                    return cls.from_dict(d)
+                text = next((d[k] for k in TEXT_CONFIG_KEYS if isinstance(d.get(k), dict)), {})
+                return cls.from_dict({k: d.get(k) if d.get(k) is not None else text.get(k) for k in TOKEN_FIELDS})
+        return cls()
+
+    @classmethod
+    def from_model_config(cls, config) -> "GenerationConfig":
+        """From a model's config dataclass: its own ids, then its text_config's for those it lacks."""
+        text = next((getattr(config, k) for k in TEXT_CONFIG_KEYS if getattr(config, k, None) is not None), None)
+        values = {}
+        for k in TOKEN_FIELDS:
+            value = getattr(config, k, None)
+            values[k] = value if value is not None else getattr(text, k, None)
+        return cls.from_dict(values)
+
+
+class GenerationMixin:
+    """Adds `generate` to a decoder model (see the module docstring for what it needs)."""
+
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, *, attention_mask=None, max_new_tokens: Optional[int] = None,
+                 eos_token_id=None, pad_token_id=None, do_sample: bool = False, temperature: float = 1.0,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None,
+                 generator: Optional[torch.Generator] = None, **model_inputs) -> torch.LongTensor:
+        """The prompt (B, T) followed by up to max_new_tokens new tokens: a LongTensor (B, T + N).
+
+        attention_mask: (B, T), 1 = real token, 0 = left padding (None = no padding). eos_token_id,
+        pad_token_id, max_new_tokens: default to `self.generation_config`. do_sample: draw from the
+        distribution instead of taking the argmax, after dividing the logits by temperature and keeping
+        the top_k most likely tokens (None = all) and the smallest set whose probability reaches top_p
+        (None = all); generator makes the draws reproducible. model_inputs (pixel_values, image_sizes,
+        ...) go to the prefill forward only.
+        """
+        defaults = getattr(self, "generation_config", None) or GenerationConfig.from_model_config(self.config)
+        N = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens
+        eos = defaults.eos_token_id if eos_token_id is None else GenerationConfig(eos_token_id=eos_token_id).eos_token_id
+        pad = defaults.pad_token_id if pad_token_id is None else pad_token_id
+        if pad is None and eos:
+            pad = eos[0]
+        _check_generate_args(input_ids, attention_mask, N, pad, do_sample, temperature, top_k, top_p, generator)
+
+        B, T = input_ids.shape
+        device = input_ids.device
+        tokens = torch.empty(B, T + N, dtype=torch.long, device=device)      # prompt, then new tokens
+        tokens[:, :T] = input_ids
+        cache = self.new_cache(B, T + N)
+        # Without padding neither a mask nor positions are passed: the model then uses the causal band and
+        # positions past, ..., past + T - 1 (what cumsum(mask) - 1 would give), so each step stays cheap.
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        mask = positions = None
+        if padded:
+            mask = torch.ones(B, T + N, dtype=torch.long, device=device)     # new tokens are all real
+            mask[:, :T] = attention_mask
+            positions = (mask[:, :T].cumsum(-1) - 1).masked_fill(mask[:, :T] == 0, 0)   # (B, T); pads at 0
+
+        logits = self(input_ids, attention_mask=None if mask is None else mask[:, :T], position_ids=positions,
+                      cache=cache, logits_to_keep=1, **model_inputs).logits[:, -1]          # (B, vocab)
+        eos_ids = torch.tensor(eos, device=device) if eos else None
+        unfinished = torch.ones(B, dtype=torch.bool, device=device)
+        for i in range(N):
+            scores = logits.float()                      # Transformers picks tokens from float32 scores
+            if do_sample:
+                next_tokens = sample(scores, temperature, top_k, top_p, generator)
+            else:
+                next_tokens = scores.argmax(-1)                                           # (B,)
+            if eos_ids is not None:
+                next_tokens = torch.where(unfinished, next_tokens, pad)   # finished rows get pad
+                unfinished &= ~torch.isin(next_tokens, eos_ids)
+            tokens[:, T + i] = next_tokens
+            if i == N - 1 or (eos_ids is not None and not bool(unfinished.any())):
+                return tokens[:, :T + i + 1]
+            if padded:
+                positions = positions[:, -1:] + 1                                         # (B, 1)
+            logits = self(next_tokens[:, None], attention_mask=None if mask is None else mask[:, :T + i + 1],
+                          position_ids=positions, cache=cache, logits_to_keep=1).logits[:, -1]
+        return tokens
+
+
+def sample(scores: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+           top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One token per row of scores (B, vocab), drawn from softmax of the filtered scores."""
+    probs = filter_scores(scores, temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]                       # (B,)
+
+
+def filter_scores(scores: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                  top_p: Optional[float] = None) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (Transformers' order); filtered-out tokens get -inf."""
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_k is not None:
+        kth_best = torch.topk(scores, min(top_k, scores.shape[-1])).values[:, -1:]     # (B, 1)
+        scores = scores.masked_fill(scores < kth_best, float("-inf"))                  # ties with it stay
+    if top_p is not None and top_p < 1.0:
+        # Drop the least likely tokens while their total probability stays <= 1 - top_p; keep the best one.
+        sorted_scores, order = torch.sort(scores)                                       # ascending
+        drop = sorted_scores.softmax(-1).cumsum(-1) <= 1 - top_p
+        drop[:, -1] = False
+        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return scores
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_id(name, value):
+    if value is not None:
+        _check_int(name, value, 0)
+
+
+def _check_generate_args(input_ids, attention_mask, max_new_tokens, pad, do_sample, temperature, top_k, top_p,
+                         generator):
+    fn = "generate"
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0 or \
+            input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        got = f"shape {tuple(input_ids.shape)}, {input_ids.dtype}" if isinstance(input_ids, torch.Tensor) \
+            else type(input_ids).__name__
+        raise ValueError(f"{fn}: input_ids must be an integer tensor (batch, sequence) with sequence >= 1, got {got}")
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+            got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+            raise ValueError(f"{fn}: attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got {got}")
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError(f"{fn}: attention_mask must hold only 0 (pad) and 1 (real token)")
+        if not bool(attention_mask[:, -1].all()):
+            raise ValueError(f"{fn}: attention_mask has a pad at the end of a row; generation needs left padding "
+                             f"(new tokens follow the last prompt token)")
+    _check_int(f"{fn}: max_new_tokens", max_new_tokens, 1)
+    _check_id(f"{fn}: pad_token_id", pad)
+    if not isinstance(do_sample, bool):
+        raise TypeError(f"{fn}: do_sample must be a bool, got {type(do_sample).__name__}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+        raise ValueError(f"{fn}: temperature must be a finite number > 0, got {temperature!r}")
+    if top_k is not None:
+        _check_int(f"{fn}: top_k", top_k, 1)
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ValueError(f"{fn}: top_p must be in (0, 1], got {top_p!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{fn}: generator must be a torch.Generator, got {type(generator).__name__}")

@@ -1,0 +1,365 @@
+"""The Llama / Mistral decoder: the language model of LLaVA-NeXT (Vicuna, Mistral-7B, Yi-34B), and a
+standalone causal LM for `model_type` "llama" and "mistral".
+
+Papers: LLaMA (Touvron et al. 2023: pre-RMSNorm, SwiGLU MLP, rotary positions), RoFormer (Su et al.
+2021: rotary position embedding), GQA (Ainslie et al. 2023: fewer key/value heads than query heads),
+Mistral 7B (Jiang et al. 2023: sliding-window attention). Reference implementation: Transformers 5.23's
+modeling_llama.py / modeling_mistral.py and modeling_rope_utils.py (rope types "default", "linear",
+"llama3"), whose outputs the tests match.
+
+    x = embed_tokens(ids)                                  # (B, T, C)
+    for each layer:
+        x = x + o_proj(attention(rope(q), rope(k), v))     # q, k, v from input_layernorm(x)
+        x = x + down_proj(silu(gate_proj(h)) * up_proj(h)) # h = post_attention_layernorm(x)
+    logits = lm_head(norm(x))                              # (B, T, vocab)
+
+What differs from Transformers (same numbers, less machinery):
+- Grouped-query attention is done by the kernel (`ops.attention` reads kv head h // group for query
+  head h): keys and values are never copied with repeat_kv.
+- The KV cache (`KVCache`) is preallocated for the whole generation: each forward writes the new rotated
+  keys/values in place and attends to a strided view of the filled prefix, with no torch.cat per step.
+  A sliding-window (Mistral) layer keeps every key, not only the last window - 1 as Transformers does: the
+  window mask hides the old ones, so the outputs are the same.
+- Without padding no mask tensor is built at all: the kernel's is_causal (and window) does the masking.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..generation import GenerationMixin
+from ._common import ModelOutput, activation, causal_lm_loss
+
+ROPE_TYPES = ("default", "linear", "llama3")
+# Defaults of Transformers' MistralConfig where they differ from LlamaConfig's.
+MISTRAL_DEFAULTS = dict(intermediate_size=14336, num_key_value_heads=8, max_position_embeddings=4096 * 32,
+                        sliding_window=4096)
+
+
+@dataclass
+class LlamaConfig:
+    model_type: str = "llama"              # "llama" or "mistral" (Mistral = Llama + sliding window, no biases)
+    vocab_size: int = 32000
+    hidden_size: int = 4096                # C, the residual stream width
+    intermediate_size: int = 11008         # SwiGLU hidden width (Mistral: 14336)
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32          # query heads
+    num_key_value_heads: Optional[int] = None   # key/value heads (GQA); None = num_attention_heads (Mistral: 8)
+    head_dim: Optional[int] = None         # None = hidden_size // num_attention_heads
+    hidden_act: str = "silu"               # the SwiGLU gate's activation
+    max_position_embeddings: int = 2048    # only used as llama3 rope's default original context (Mistral: 131072)
+    rms_norm_eps: float = 1e-6
+    # Rotary settings as Transformers 5.x writes them; from_dict also reads top-level rope_theta/rope_scaling.
+    rope_parameters: dict = field(default_factory=lambda: {"rope_type": "default", "rope_theta": 10000.0})
+    attention_bias: bool = False           # bias on q/k/v/o_proj (Llama only)
+    mlp_bias: bool = False                 # bias on gate/up/down_proj (Llama only)
+    tie_word_embeddings: bool = False      # lm_head shares embed_tokens' weight
+    sliding_window: Optional[int] = None   # Mistral: a query sees the last W positions; None/0 = off (Mistral: 4096)
+    bos_token_id: Optional[int] = 1
+    eos_token_id: Union[int, list, None] = 2
+    pad_token_id: Optional[int] = None
+
+    def __post_init__(self):
+        if self.model_type not in ("llama", "mistral"):
+            raise ValueError(f"LlamaConfig: model_type must be 'llama' or 'mistral', got {self.model_type!r}")
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.sliding_window == 0:
+            self.sliding_window = None
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"LlamaConfig: {name} must be a positive int, got {value!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"LlamaConfig: num_key_value_heads={self.num_key_value_heads} must divide "
+                             f"num_attention_heads={self.num_attention_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"LlamaConfig: head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window < 0):
+            raise ValueError(f"LlamaConfig: sliding_window must be None or an int >= 0, got {self.sliding_window!r}")
+        activation(self.hidden_act)   # raises for an activation minivlm does not implement
+        _check_rope(self.rope_parameters)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LlamaConfig":
+        """Read a config.json dict; omitted fields get Transformers 5.23's defaults for its model_type."""
+        model_type = d.get("model_type", "llama")
+        kwargs = {f.name: d[f.name] for f in fields(cls) if f.name in d and f.name != "rope_parameters"}
+        if model_type == "mistral":
+            kwargs = {**MISTRAL_DEFAULTS, **kwargs}
+            kwargs.pop("attention_bias", None)      # Transformers' Mistral has no biases, whatever the file says
+            kwargs.pop("mlp_bias", None)
+        else:
+            kwargs.pop("sliding_window", None)      # Llama has no sliding window
+        # Rotary settings: Transformers 5.x writes rope_parameters {rope_type, rope_theta, ...}; hub configs
+        # have top-level rope_theta and rope_scaling {type or rope_type, factor, ...} (which wins if both).
+        rope = dict(d.get("rope_scaling") or d.get("rope_parameters") or {})
+        rope.setdefault("rope_type", rope.pop("type", "default"))
+        rope.setdefault("rope_theta", d["rope_theta"] if d.get("rope_theta") is not None else 10000.0)
+        if rope["rope_type"] == "llama3":
+            rope.setdefault("original_max_position_embeddings",
+                            kwargs.get("max_position_embeddings", cls.max_position_embeddings))
+        return cls(rope_parameters=rope, **kwargs)
+
+
+def _check_rope(rope: dict):
+    rope_type = rope.get("rope_type")
+    if rope_type not in ROPE_TYPES:
+        raise ValueError(f"LlamaConfig: rope_type {rope_type!r} is not supported; minivlm implements {ROPE_TYPES}")
+    needed = {"default": [], "linear": ["factor"],
+              "llama3": ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"]}
+    missing = [k for k in ["rope_theta"] + needed[rope_type] if rope.get(k) is None]
+    if missing:
+        raise ValueError(f"LlamaConfig: rope_parameters of type {rope_type!r} lack {missing}, got {rope}")
+    theta = rope["rope_theta"]
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta <= 0:
+        raise ValueError(f"LlamaConfig: rope_theta must be a positive number, got {theta!r}")
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError(f"LlamaConfig: partial_rotary_factor is not supported, got {rope['partial_rotary_factor']}")
+
+
+def rope_inv_freq(config: LlamaConfig, device=None) -> torch.Tensor:
+    """The rotation speed of each of the head_dim / 2 dimension pairs, (head_dim / 2,) in float32."""
+    p, D = config.rope_parameters, config.head_dim
+    inv_freq = 1.0 / (p["rope_theta"] ** (torch.arange(0, D, 2, device=device).float() / D))   # theta^(-2i/D)
+    if p["rope_type"] == "linear":          # position interpolation: positions divided by factor
+        inv_freq = inv_freq / p["factor"]
+    elif p["rope_type"] == "llama3":        # Llama 3.1: slow down only the long wavelengths, blend in between
+        factor, old_len = p["factor"], p["original_max_position_embeddings"]
+        low_freq_wavelen = old_len / p["low_freq_factor"]
+        high_freq_wavelen = old_len / p["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - p["low_freq_factor"]) / (p["high_freq_factor"] - p["low_freq_factor"])
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+        inv_freq = torch.where(medium, blended, scaled)
+    return inv_freq
+
+
+class LlamaRotaryEmbedding(nn.Module):
+    """cos and sin of position * inv_freq for the given positions only. No buffers (the loader builds
+    models on the meta device): inv_freq is computed on first use and kept per device."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self._inv_freq = {}
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype):
+        """position_ids (T,) or (B, T) -> cos, sin (T, D) or (B, T, D) in `dtype`."""
+        device = position_ids.device
+        if device not in self._inv_freq:
+            self._inv_freq[device] = rope_inv_freq(self.config, device)
+        angles = position_ids[..., None].float() * self._inv_freq[device]     # (..., T, D/2) in float32
+        angles = torch.cat((angles, angles), dim=-1)                           # (..., T, D): half-split layout
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+class LlamaRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x):
+        # Normalise in float32, round back to the input dtype, then scale (Transformers' order).
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class KVCache:
+    """Rotated keys and values of every layer, preallocated as (B, Hkv, max_length, D) per layer.
+
+    `length` tokens are stored. A forward over T new tokens writes them at [length, length + T) of every
+    layer, attends to the view [:length + T] (no copy: the attention kernel reads strides), and then
+    advances `length` by T. Sliding-window layers keep every key too (the window mask hides old ones).
+    """
+
+    def __init__(self, num_layers, batch_size, num_kv_heads, max_length, head_dim, *, dtype, device=None):
+        shape = (batch_size, num_kv_heads, max_length, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.batch_size, self.max_length, self.dtype = batch_size, max_length, dtype
+        self.length = 0
+
+    def check(self, batch_size: int, new_tokens: int, dtype: torch.dtype):
+        if batch_size != self.batch_size:
+            raise ValueError(f"cache: built for batch size {self.batch_size}, got a batch of {batch_size}")
+        if self.length + new_tokens > self.max_length:
+            raise ValueError(f"cache: holds {self.length} of max_length={self.max_length} tokens; "
+                             f"{new_tokens} more do not fit (make the cache with a larger max_length)")
+        if dtype != self.dtype:
+            raise ValueError(f"cache: stores {self.dtype} but the activations are {dtype}")
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v (B, Hkv, T, D) after the cached tokens; return all keys and values so far."""
+        end = self.length + k.shape[2]
+        self.keys[layer][:, :, self.length:end] = k
+        self.values[layer][:, :, self.length:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]   # (B, Hkv, length + T, D)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: LlamaConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.window = config.sliding_window
+        C, D, bias = config.hidden_size, config.head_dim, config.attention_bias
+        self.q_proj = nn.Linear(C, self.num_heads * D, bias=bias)
+        self.k_proj = nn.Linear(C, self.num_kv_heads * D, bias=bias)
+        self.v_proj = nn.Linear(C, self.num_kv_heads * D, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * D, C, bias=bias)
+
+    def forward(self, x, cos, sin, mask=None, cache: Optional[KVCache] = None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)      # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)   # (B, nkv, T, hd)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)   # (B, nkv, T, hd)
+        q, k = ops.rope(q, cos, sin), ops.rope(k, cos, sin)     # rotate before caching: keys keep their position
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)                                      # (B, nkv, past+T, hd)
+        if mask is None:   # no padding: the kernel's causal band (and window) is the whole mask
+            y = ops.attention(q, k, v, is_causal=True, window=self.window)
+        else:              # padding: the (B, 1, T, past+T) additive mask already holds causality and window
+            y = ops.attention(q, k, v, mask)                                               # (B, nh, T, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU: down(act(gate(x)) * up(x))."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        C, H, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(C, H, bias=bias)
+        self.up_proj = nn.Linear(C, H, bias=bias)
+        self.down_proj = nn.Linear(H, C, bias=bias)
+        self.act_fn = activation(config.hidden_act)
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = LlamaAttention(config, layer_idx)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask=None, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    """The decoder stack without the head: embeddings (or given inputs_embeds) -> final normed states."""
+    config_class = LlamaConfig
+    checkpoint_renames: list = []
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        pad = config.pad_token_id   # as Transformers: the pad row gets no gradient
+        pad = pad if isinstance(pad, int) and 0 <= pad < config.vocab_size else None
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=pad)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(config)
+
+    def tied_weights(self) -> dict:
+        return {}
+
+    def new_cache(self, batch_size: int, max_length: int, *, dtype=None, device=None) -> KVCache:
+        """An empty KV cache for `batch_size` rows of up to `max_length` tokens (prompt + generated);
+        dtype and device default to the embedding weight's."""
+        weight = self.embed_tokens.weight
+        c = self.config
+        return KVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, max_length, c.head_dim,
+                       dtype=dtype or weight.dtype, device=device or weight.device)
+
+    def forward(self, input_ids=None, *, inputs_embeds=None, attention_mask=None, position_ids=None,
+                cache: Optional[KVCache] = None) -> torch.Tensor:
+        """Final normed hidden states (B, T, C). attention_mask: (B, past + T), 1 = real token, 0 = pad,
+        over the cached tokens too. position_ids: (B, T) or (T,); default past, ..., past + T - 1."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("LlamaModel: pass exactly one of input_ids and inputs_embeds")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds     # (B, T, C)
+        if x.dim() != 3 or x.shape[-1] != self.config.hidden_size:
+            raise ValueError(f"LlamaModel: expected input_ids (B, T) or inputs_embeds (B, T, "
+                             f"{self.config.hidden_size}), got embeddings of shape {tuple(x.shape)}")
+        B, T, _ = x.shape
+        past = 0
+        if cache is not None:
+            cache.check(B, T, x.dtype)
+            past = cache.length
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=x.device)                 # (T,)
+        elif position_ids.dim() == 2 and position_ids.shape[0] == 1:
+            position_ids = position_ids[0]                                               # one row for all
+        if position_ids.shape[-1] != T or position_ids.dim() not in (1, 2) or \
+                (position_ids.dim() == 2 and position_ids.shape[0] != B):
+            raise ValueError(f"LlamaModel: position_ids must be ({B}, {T}) or ({T},), got {tuple(position_ids.shape)}")
+        cos, sin = self.rotary_emb(position_ids, x.dtype)                                # (T, hd) or (B, T, hd)
+
+        # One mask for all layers, and only when some token is padding.
+        mask = None
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != (B, past + T):
+                raise ValueError(f"LlamaModel: attention_mask must be (batch, cached + new tokens) = "
+                                 f"({B}, {past + T}), got {tuple(attention_mask.shape)}")
+            if not bool(attention_mask.all()):
+                mask = ops.causal_mask(attention_mask, T, dtype=x.dtype, window=self.config.sliding_window)
+
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.length += T
+        return self.norm(x)
+
+
+class LlamaForCausalLM(nn.Module, GenerationMixin):
+    """LlamaModel + lm_head: next-token logits, loss, and `generate` (minivlm.generation)."""
+    config_class = LlamaConfig
+    # Hub Llama/Mistral checkpoints already use this module's names (model.*, lm_head.*).
+    checkpoint_renames: list = []
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight      # one Parameter under two names
+
+    def tied_weights(self) -> dict:
+        return {"lm_head.weight": "model.embed_tokens.weight"} if self.config.tie_word_embeddings else {}
+
+    def new_cache(self, batch_size: int, max_length: int, *, dtype=None, device=None) -> KVCache:
+        return self.model.new_cache(batch_size, max_length, dtype=dtype, device=device)
+
+    def forward(self, input_ids=None, *, inputs_embeds=None, attention_mask=None, position_ids=None,
+                cache: Optional[KVCache] = None, labels=None, logits_to_keep: int = 0) -> ModelOutput:
+        """Logits (B, T, vocab), or (B, k, vocab) for the last k positions when logits_to_keep = k > 0;
+        `.loss` (shifted cross-entropy, -100 ignored) when labels (B, T) are given; `.hidden_states` the
+        final normed hidden states (B, T, C)."""
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"LlamaForCausalLM: logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
+        hidden = self.model(input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                            position_ids=position_ids, cache=cache)                    # (B, T, C)
+        logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        return ModelOutput(logits=logits, loss=loss, hidden_states=hidden)

@@ -1,0 +1,307 @@
+"""minivlm's Llama/Mistral decoder (minivlm/models/llama.py) against Transformers 5.23.
+
+Each case builds a tiny random-weight LlamaForCausalLM / MistralForCausalLM in Transformers, saves it with
+save_pretrained and loads it with minivlm.from_pretrained, so the checkpoint goes through minivlm's own
+loader. The weights are drawn with std 0.15 (not Transformers' 0.02) so that attention is sharp: scores
+spread over several units, so a wrong position, mask or window changes the logits far beyond tolerance.
+
+Tolerance (float32). Both implementations do the same float32 math in different orders (minivlm's
+attention kernel vs Transformers' SDPA; other summation orders in the matmuls). Each logit ends a chain of
+two layers of dot products of <= 96 terms, a softmax over <= 80 keys and RMSNorms; float32's unit
+roundoff is 6e-8, and the observed differences are ~1e-6 of the largest logit (~5). We allow 1e-5 of
+the largest logit, a 10x margin. KV-cache decoding against full recomputation is held to the same bound
+(the same math with matmuls of other shapes).
+"""
+import json
+
+import pytest
+import torch
+import transformers
+
+import minivlm
+from minivlm.models.llama import KVCache, LlamaConfig, LlamaForCausalLM, rope_inv_freq
+
+VOCAB = 97
+RTOL32 = 1e-5    # times the largest reference logit; see the module docstring
+
+
+def randomize(model, std=0.15, seed=1):
+    """Every weight ~ N(0, std), norm weights ~ 1 + N(0, 0.2): random but well-conditioned."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            r = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype)
+            p.copy_(1 + 0.2 * r if "norm" in name else std * r)
+    return model.eval()
+
+
+def hf_model(model_type="llama", **overrides):
+    """A tiny Transformers Llama or Mistral causal LM with random weights."""
+    kw = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+              max_position_embeddings=256)
+    kw.update(overrides)
+    if model_type == "llama":
+        return randomize(transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw)))
+    return randomize(transformers.MistralForCausalLM(transformers.MistralConfig(**kw)))
+
+
+def save_and_load(hf, path, dtype=torch.float32):
+    hf.save_pretrained(path)
+    return minivlm.from_pretrained(path, dtype=dtype)
+
+
+def assert_close(actual, expected, what, rtol=RTOL32):
+    bound = rtol * expected.abs().max().item()
+    err = (actual - expected).abs().max().item()
+    assert err <= bound, f"{what}: max error {err:.3e} > bound {bound:.3e}"
+
+
+def left_padded_mask(lengths, T):
+    mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, T - n:] = 1
+    return mask
+
+
+CASES = {
+    "llama_mha_untied": ("llama", dict()),
+    "llama_mha_tied_bias": ("llama", dict(tie_word_embeddings=True, attention_bias=True, mlp_bias=True)),
+    "mistral_gqa_no_window": ("mistral", dict(num_key_value_heads=2, sliding_window=None)),
+    "mistral_gqa_window": ("mistral", dict(num_key_value_heads=2, sliding_window=8)),
+    "mistral_mqa_window16": ("mistral", dict(num_key_value_heads=1, sliding_window=16)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_logits_match_transformers(case, tmp_path):
+    model_type, overrides = CASES[case]
+    hf = hf_model(model_type, **overrides)
+    model = save_and_load(hf, tmp_path)
+    ids = torch.randint(0, VOCAB, (2, 72))          # >= 64 tokens: a window of 8 or 16 bites
+    with torch.no_grad():
+        expected = hf(ids).logits
+        out = model(ids)
+    assert out.logits.shape == expected.shape
+    assert_close(out.logits, expected, case)
+    assert out.hidden_states.shape == (2, 72, 64)
+
+
+@pytest.mark.parametrize("model_type,overrides", [("llama", {}), ("mistral", dict(num_key_value_heads=2, sliding_window=8))])
+def test_left_padded_batch(model_type, overrides, tmp_path):
+    hf = hf_model(model_type, **overrides)
+    model = save_and_load(hf, tmp_path)
+    ids = torch.randint(0, VOCAB, (3, 70))
+    mask = left_padded_mask([70, 64, 41], 70)
+    with torch.no_grad():
+        expected = hf(ids, attention_mask=mask).logits
+        got = model(ids, attention_mask=mask).logits
+        # A row without padding is not changed by its neighbours' padding.
+        alone = model(ids[:1]).logits
+    real = mask.bool()
+    assert_close(got[real], expected[real], "non-pad logits")
+    assert_close(got[0], alone[0], "unpadded row in a padded batch")
+
+
+def test_tied_and_untied_head(tmp_path):
+    tied = save_and_load(hf_model("llama", tie_word_embeddings=True), tmp_path / "tied")
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+    assert tied.tied_weights() == {"lm_head.weight": "model.embed_tokens.weight"}
+    untied = save_and_load(hf_model("llama"), tmp_path / "untied")
+    assert untied.lm_head.weight is not untied.model.embed_tokens.weight
+    assert not torch.equal(untied.lm_head.weight, untied.model.embed_tokens.weight)
+    assert untied.tied_weights() == {}
+
+
+def test_loss_matches_transformers(tmp_path):
+    hf = hf_model("mistral", num_key_value_heads=2, sliding_window=8)
+    model = save_and_load(hf, tmp_path)
+    ids = torch.randint(0, VOCAB, (2, 66))
+    labels = ids.clone()
+    labels[0, :10] = -100
+    labels[1, 30:40] = -100
+    with torch.no_grad():
+        expected = hf(ids, labels=labels).loss
+        got = model(ids, labels=labels).loss
+    # A mean of float32 cross-entropies (~5) over 110 tokens: relative 1e-5 as for the logits.
+    assert abs(got.item() - expected.item()) <= RTOL32 * abs(expected.item())
+
+
+def _rewrite_config(path, edit):
+    config = json.loads((path / "config.json").read_text())
+    edit(config)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+def _hub_spelling(scaling_key):
+    """config.json as hub checkpoints write it: top-level rope_theta, rope_scaling with type/rope_type."""
+    def edit(config):
+        rope = config.pop("rope_parameters")
+        config["rope_theta"] = rope.pop("rope_theta")
+        rope_type = rope.pop("rope_type")
+        config["rope_scaling"] = None if rope_type == "default" else {scaling_key: rope_type, **rope}
+    return edit
+
+
+@pytest.mark.parametrize("rope,scaling_key", [
+    ({"rope_type": "default", "rope_theta": 500.0}, "type"),
+    ({"rope_type": "linear", "rope_theta": 500.0, "factor": 2.5}, "type"),
+    ({"rope_type": "linear", "rope_theta": 500.0, "factor": 2.5}, "rope_type"),
+])
+def test_rope_spellings_give_the_same_model(rope, scaling_key, tmp_path):
+    hf = hf_model("llama", rope_parameters=dict(rope))
+    hf.save_pretrained(tmp_path / "v5")
+    hf.save_pretrained(tmp_path / "hub")
+    _rewrite_config(tmp_path / "hub", _hub_spelling(scaling_key))
+    v5, hub = minivlm.from_pretrained(tmp_path / "v5"), minivlm.from_pretrained(tmp_path / "hub")
+    assert v5.config == hub.config
+    assert v5.config.rope_parameters == rope
+    ids = torch.randint(0, VOCAB, (1, 40))
+    with torch.no_grad():
+        assert torch.equal(v5(ids).logits, hub(ids).logits)
+    # Transformers reads the hub spelling to the same model.
+    hf_hub = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hub").eval()
+    with torch.no_grad():
+        assert_close(hub(ids).logits, hf_hub(ids).logits, "hub spelling vs Transformers")
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "default", "rope_theta": 500000.0},
+    {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+    # head_dim 16, theta 1e4: wavelengths 6.3, 20, 63, 199, ... With an original context of 64 and
+    # factors 1 / 4 they fall in all three llama3 bands (kept < 16 <= blended <= 64 < slowed down).
+    {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+     "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+])
+def test_rope_types_match_transformers(rope, tmp_path):
+    hf = hf_model("llama", num_key_value_heads=2, rope_parameters=dict(rope))
+    model = save_and_load(hf, tmp_path)
+    # The rotation speeds are the same float32 numbers, bit for bit.
+    assert torch.equal(rope_inv_freq(model.config), hf.model.rotary_emb.inv_freq)
+    ids = torch.randint(0, VOCAB, (2, 90))
+    with torch.no_grad():
+        assert_close(model(ids).logits, hf(ids).logits, rope["rope_type"])
+
+
+@pytest.mark.parametrize("rope_type", ["dynamic", "yarn", "longrope", "made_up"])
+@pytest.mark.parametrize("key", ["rope_scaling", "rope_parameters"])
+def test_unsupported_rope_type_raises(rope_type, key):
+    with pytest.raises(ValueError, match=rope_type):
+        LlamaConfig.from_dict({"model_type": "llama", key: {"rope_type": rope_type, "factor": 2.0}})
+
+
+def test_rope_params_missing_or_bad_raise():
+    with pytest.raises(ValueError, match="factor"):
+        LlamaConfig.from_dict({"rope_scaling": {"type": "linear"}})
+    with pytest.raises(ValueError, match="low_freq_factor"):
+        LlamaConfig.from_dict({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
+    with pytest.raises(ValueError, match="rope_theta"):
+        LlamaConfig.from_dict({"rope_theta": -1.0})
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral"])
+def test_config_defaults_match_transformers(model_type):
+    """Fields a config.json omits get the defaults Transformers' LlamaConfig / MistralConfig give them."""
+    hf_cls = transformers.LlamaConfig if model_type == "llama" else transformers.MistralConfig
+    for given in ({}, {"hidden_size": 256, "num_attention_heads": 8}):
+        ours, theirs = LlamaConfig.from_dict({"model_type": model_type, **given}), hf_cls(**given)
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
+                     "rope_parameters", "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"):
+            assert getattr(ours, name) == getattr(theirs, name), name
+        assert ours.sliding_window == getattr(theirs, "sliding_window", None)
+        assert (ours.attention_bias, ours.mlp_bias) == ((theirs.attention_bias, theirs.mlp_bias)
+                                                        if model_type == "llama" else (False, False))
+    assert LlamaConfig.from_dict({"model_type": "mistral", "sliding_window": None}).sliding_window is None
+    assert LlamaConfig.from_dict({"model_type": "mistral", "sliding_window": 0}).sliding_window is None
+    assert LlamaConfig.from_dict({"model_type": "llama", "sliding_window": 16}).sliding_window is None
+
+
+def test_bad_config_values_raise():
+    with pytest.raises(ValueError, match="model_type"):
+        LlamaConfig(model_type="gpt2")
+    with pytest.raises(ValueError, match="num_key_value_heads"):
+        LlamaConfig.from_dict({"num_attention_heads": 32, "num_key_value_heads": 5})
+    with pytest.raises(ValueError, match="hidden_act"):
+        LlamaConfig.from_dict({"hidden_act": "swishy"})
+    with pytest.raises(ValueError, match="head_dim"):
+        LlamaConfig.from_dict({"head_dim": 7})
+
+
+# --------------------------------------------------------------------------------------------------
+# KV cache: decoding token by token, or in chunks, equals recomputing the whole sequence
+# --------------------------------------------------------------------------------------------------
+
+def _decode_in_chunks(model, ids, chunks, mask=None):
+    """Logits of ids (B, T) computed chunk by chunk through one cache; positions as generate makes them."""
+    B, T = ids.shape
+    cache = model.new_cache(B, T + 3)
+    positions = None if mask is None else (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    out, start = [], 0
+    for size in chunks:
+        end = start + size
+        out.append(model(ids[:, start:end], cache=cache,
+                         attention_mask=None if mask is None else mask[:, :end],
+                         position_ids=None if positions is None else positions[:, start:end]).logits)
+        start = end
+    assert start == T and cache.length == T
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("model_type,overrides", [
+    ("llama", dict(num_key_value_heads=2)),
+    ("mistral", dict(num_key_value_heads=2, sliding_window=8)),      # the window bites in decode too
+])
+@pytest.mark.parametrize("chunks", [[20] + [1] * 50, [7] * 10], ids=["token_by_token", "chunked_prefill"])
+def test_cache_decoding_equals_recomputation(model_type, overrides, chunks, tmp_path):
+    model = save_and_load(hf_model(model_type, **overrides), tmp_path)
+    T = sum(chunks)
+    ids = torch.randint(0, VOCAB, (2, T))
+    with torch.no_grad():
+        full = model(ids).logits
+        cached = _decode_in_chunks(model, ids, chunks)
+    assert_close(cached, full, f"{model_type} cache")
+
+
+@pytest.mark.parametrize("model_type,overrides", [("llama", {}), ("mistral", dict(num_key_value_heads=2, sliding_window=8))])
+def test_cache_decoding_with_left_padding(model_type, overrides, tmp_path):
+    hf = hf_model(model_type, **overrides)
+    model = save_and_load(hf, tmp_path)
+    ids = torch.randint(0, VOCAB, (2, 60))
+    mask = left_padded_mask([60, 35], 60)
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask, position_ids=positions).logits
+        expected = hf(ids, attention_mask=mask, position_ids=positions).logits
+        cached = _decode_in_chunks(model, ids, [30] + [1] * 30, mask)
+    real = mask.bool()
+    assert_close(cached[real], full[real], "padded cache")
+    assert_close(full[real], expected[real], "padded with generate's positions vs Transformers")
+
+
+def test_cache_errors(tmp_path):
+    model = save_and_load(hf_model("llama"), tmp_path)
+    cache = model.new_cache(2, 10)
+    assert isinstance(cache, KVCache) and cache.keys[0].shape == (2, 4, 10, 16)
+    with torch.no_grad():
+        model(torch.randint(0, VOCAB, (2, 8)), cache=cache)
+        with pytest.raises(ValueError, match="max_length=10"):
+            model(torch.randint(0, VOCAB, (2, 3)), cache=cache)
+        with pytest.raises(ValueError, match="batch size 2"):
+            model(torch.randint(0, VOCAB, (3, 1)), cache=cache)
+        with pytest.raises(ValueError, match="attention_mask"):
+            model(torch.randint(0, VOCAB, (2, 1)), cache=cache, attention_mask=torch.ones(2, 1))
+        with pytest.raises(ValueError, match="float64"):
+            model(torch.randint(0, VOCAB, (2, 1)), cache=model.new_cache(2, 4, dtype=torch.float64))
+    assert cache.length == 8      # failed calls store nothing
+
+
+def test_inputs_embeds_and_logits_to_keep(tmp_path):
+    model = save_and_load(hf_model("mistral", num_key_value_heads=2, sliding_window=8), tmp_path)
+    ids = torch.randint(0, VOCAB, (2, 30))
+    with torch.no_grad():
+        full = model(ids).logits
+        from_embeds = model(inputs_embeds=model.model.embed_tokens(ids), logits_to_keep=3).logits
+    assert from_embeds.shape == (2, 3, VOCAB)
+    assert torch.equal(from_embeds, full[:, -3:])
+    with pytest.raises(ValueError, match="exactly one"):
+        model(ids, inputs_embeds=model.model.embed_tokens(ids))
