@@ -1,0 +1,250 @@
+"""Loading checkpoints: a local folder with config.json and safetensors weights -> a minivlm model.
+
+    model = minivlm.from_pretrained("path/to/llava-v1.6-mistral-7b-hf", dtype=torch.bfloat16)
+
+The folder is what the Hugging Face hub holds for a model (config.json, then model.safetensors or a
+sharded model-0000N-of-0000M.safetensors set with its model.safetensors.index.json) or what Transformers'
+`save_pretrained` writes. The steps:
+
+1. config.json's `model_type` picks the architecture (`minivlm.models.MODEL_TYPES`); its config
+   dataclass reads the rest of the file.
+2. The model is built on the meta device (no memory, no random init), then given real, uninitialised
+   storage in the asked dtype and device.
+3. Every tensor in the files is renamed with the model's own `checkpoint_renames` table (the
+   spellings found in the wild: the hub's original names, Transformers 5.x's) and copied in.
+4. The key sets must match exactly. Missing tensors, unexpected tensors and shape mismatches are
+   collected and raised as one error that lists them: nothing is left at its (here: uninitialised)
+   starting value, nothing is silently dropped. Weights tied to another (`model.tied_weights()`, e.g.
+   an lm_head that shares the embedding) may be absent from the file. Tensors that are not weights,
+   such as the position ids and rotary frequencies older Transformers versions saved, are skipped
+   (`IGNORED_KEYS`).
+
+The same checks are available for an in-memory state dict through `load_weights(model, tensors)`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+# Checkpoints larger than this show a progress bar while their tensors are copied.
+PROGRESS_BAR_BYTES = 256 * 2**20
+
+# Tensors older checkpoints stored that are not weights: buffers Transformers 4.x saved with the model
+# (CLIP's position ids, Llama's rotary inverse frequencies) and minivlm computes on the fly. A model may
+# name more in its own `checkpoint_ignore`.
+IGNORED_KEYS = [r"(^|\.)embeddings\.position_ids$", r"\.rotary_emb\.inv_freq$"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model: its message lists every missing, unexpected and
+    misshapen tensor."""
+
+
+def from_pretrained(path, dtype: torch.dtype = torch.float32, device="cpu", *, progress: bool | None = None):
+    """Build the model a local checkpoint folder describes and load its weights; returns it in eval mode.
+
+    path: a folder holding config.json and model.safetensors (or a sharded set with
+    model.safetensors.index.json). dtype: the floating-point dtype of every parameter. device: where the
+    weights go. progress: show a progress bar (default: only for checkpoints over 256 MiB).
+    A model that generates text also gets its `generation_config` (bos/eos/pad ids) from the folder's
+    generation_config.json, then config.json.
+    """
+    from .models import model_class   # the registry imports every model file; keep `import minivlm` light
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"from_pretrained: path {str(path)!r} is not a folder; expected a local "
+                                f"checkpoint folder with config.json and *.safetensors (nothing is downloaded)")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"from_pretrained: dtype must be a floating-point torch.dtype, got {dtype!r}")
+    config = read_config(folder)
+    cls = model_class(config.get("model_type"))
+    model_config = cls.config_class.from_dict(config)
+
+    with torch.device("meta"):
+        model = cls(model_config)
+    files = checkpoint_files(folder)
+    if progress is None:
+        progress = sum(f.stat().st_size for f in files) > PROGRESS_BAR_BYTES
+    load_weights(model, _SafetensorsFiles(files), dtype=dtype, device=device, progress=progress,
+                 source=str(folder))
+    if hasattr(model, "generate"):
+        from .generation import GenerationConfig
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    return model.eval()
+
+
+def read_config(folder: Path) -> dict:
+    """config.json as a dict, with a clear error where it is missing or is not a JSON object."""
+    file = Path(folder) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"from_pretrained: no config.json in {str(folder)!r}")
+    with open(file) as f:
+        config = json.load(f)
+    if not isinstance(config, dict):
+        raise ValueError(f"from_pretrained: {file} holds a {type(config).__name__}, expected a JSON object")
+    return config
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint folder: the shards its index names, else model.safetensors."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+        absent = [str(p.name) for p in files if not p.is_file()]
+        if absent:
+            raise FileNotFoundError(f"from_pretrained: {index.name} names shards that are not in "
+                                    f"{str(folder)!r}: {absent}")
+        return files
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    hint = (f" (found {others}: minivlm reads only safetensors, which need no pickle; convert them with "
+            f"safetensors.torch.save_file)" if others else "")
+    raise FileNotFoundError(f"from_pretrained: no model.safetensors or model.safetensors.index.json in "
+                            f"{str(folder)!r}{hint}")
+
+
+class _SafetensorsFiles:
+    """A checkpoint's tensors, read lazily: names and shapes come from the file headers; each tensor is
+    read (memory-mapped) only when it is copied, so a checkpoint is never held in memory twice."""
+
+    def __init__(self, files: Iterable[Path]):
+        from safetensors import safe_open
+
+        self.handles = [safe_open(str(f), framework="pt", device="cpu") for f in files]
+
+    def shapes(self):
+        for h in self.handles:
+            for name in h.keys():
+                yield name, tuple(h.get_slice(name).get_shape())
+
+    def get(self, name: str, index: int) -> torch.Tensor:
+        return self.handles[index].get_tensor(name)
+
+
+class _InMemory:
+    """An in-memory state dict (or an iterable of (name, tensor)) behind the same two calls."""
+
+    def __init__(self, tensors):
+        self.tensors = dict(tensors.items() if isinstance(tensors, Mapping) else tensors)
+
+    def shapes(self):
+        for name, t in self.tensors.items():
+            yield name, tuple(t.shape)
+
+    def get(self, name: str, index: int) -> torch.Tensor:
+        return self.tensors[name]
+
+
+def rename_key(key: str, renames) -> str:
+    """The model's name for a checkpoint key: the first (pattern, replacement) of `renames` that matches."""
+    for pattern, replacement in renames:
+        new, n = re.subn(pattern, replacement, key)
+        if n:
+            return new
+    return key
+
+
+def load_weights(model: nn.Module, tensors, *, dtype: torch.dtype | None = None, device=None,
+                 progress: bool = False, source: str = "state dict") -> nn.Module:
+    """Copy a checkpoint's tensors into `model`, renaming keys with the model's `checkpoint_renames`.
+
+    tensors: a mapping or an iterable of (name, tensor). The model may live on the meta device: it then
+    gets real storage (dtype/device, default float32 on the CPU) first. Raises CheckpointError listing
+    every missing, unexpected, duplicated or misshapen tensor; copies nothing in that case.
+    """
+    renames = getattr(model, "checkpoint_renames", [])
+    ignored = re.compile("|".join(f"(?:{p})" for p in IGNORED_KEYS + list(getattr(model, "checkpoint_ignore", []))))
+    tied = model.tied_weights() if hasattr(model, "tied_weights") else {}
+    if not isinstance(tensors, (_SafetensorsFiles, _InMemory)):
+        tensors = _InMemory(tensors)
+
+    # The model's own tensors: parameters (a shared one under each of its names) and persistent buffers.
+    own = dict(model.named_parameters(remove_duplicate=False))
+    own.update((name, b) for name, b in model.named_buffers(remove_duplicate=False)
+               if _is_persistent(model, name))
+
+    # Rename every checkpoint key and check names and shapes against the model before copying
+    # anything, so that a bad checkpoint fails fast and whole.
+    found, unexpected, misshapen, duplicated = {}, [], [], []
+    file_index = {}
+    if isinstance(tensors, _SafetensorsFiles):
+        file_index = {name: i for i, h in enumerate(tensors.handles) for name in h.keys()}
+    for key, shape in tensors.shapes():
+        if ignored.search(key):
+            continue
+        name = rename_key(key, renames)
+        if name in tied:                      # a tied weight stored anyway: its source is loaded instead
+            continue
+        if name not in own:
+            unexpected.append(key if name == key else f"{key} (as {name})")
+        elif name in found:
+            duplicated.append(f"{name} (from {found[name]!r} and {key!r})")
+        elif shape != tuple(own[name].shape):
+            misshapen.append(f"{name}: checkpoint {shape}, model {tuple(own[name].shape)}")
+        else:
+            found[name] = key
+    missing = sorted(set(own) - set(found) - set(tied))
+    if missing or unexpected or misshapen or duplicated:
+        raise CheckpointError(_mismatch_report(type(model).__name__, source, missing, unexpected,
+                                               misshapen, duplicated))
+
+    # Give a meta model real storage (dtype first, while that is free), then restore the ties that
+    # moving parameters breaks.
+    if any(t.is_meta for t in own.values()):
+        model.to(dtype or torch.float32)
+        model.to_empty(device=device or "cpu")
+    elif dtype is not None or device is not None:
+        model.to(device=device, dtype=dtype)
+    for name, source_name in tied.items():
+        _set_parameter(model, name, model.get_parameter(source_name))
+
+    own = dict(model.named_parameters(remove_duplicate=False))
+    own.update(model.named_buffers(remove_duplicate=False))
+    from tqdm.auto import tqdm
+    with torch.no_grad():
+        for name, key in tqdm(found.items(), desc="loading weights", unit="tensor", disable=not progress):
+            tensor = tensors.get(key, file_index.get(key, 0))
+            target = own[name]
+            target.copy_(tensor.to(target.dtype) if target.is_floating_point() else tensor)
+    return model
+
+
+def _is_persistent(model: nn.Module, name: str) -> bool:
+    module_name, _, buffer_name = name.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    return buffer_name not in module._non_persistent_buffers_set
+
+
+def _set_parameter(model: nn.Module, name: str, param: nn.Parameter):
+    module_name, _, param_name = name.rpartition(".")
+    setattr(model.get_submodule(module_name) if module_name else model, param_name, param)
+
+
+def _mismatch_report(model_name, source, missing, unexpected, misshapen, duplicated, show=20) -> str:
+    def section(title, items):
+        if not items:
+            return []
+        more = [f"    ... and {len(items) - show} more"] if len(items) > show else []
+        return [f"  {title} ({len(items)}):"] + [f"    {x}" for x in items[:show]] + more
+
+    lines = [f"the checkpoint {source} does not fit {model_name}:"]
+    lines += section("missing from the checkpoint", missing)
+    lines += section("in the checkpoint but not in the model", unexpected)
+    lines += section("shape mismatch", misshapen)
+    lines += section("stored twice under different spellings", duplicated)
+    return "\n".join(lines)
+
+
+__all__ = ["from_pretrained", "load_weights", "CheckpointError", "checkpoint_files", "rename_key"]

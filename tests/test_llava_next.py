@@ -1,0 +1,276 @@
+"""LLaVA-NeXT parity with Transformers 5.23 on tiny random-weight checkpoints, loaded by minivlm's loader.
+
+Each case builds a Transformers model, saves it with save_pretrained, loads the folder with
+minivlm.from_pretrained and compares logits at the real (non-pad) positions, the packed image features,
+greedy generation, the KV cache against full recomputation, and the loader's handling of every key
+spelling and of broken checkpoints.
+"""
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import minivlm
+from minivlm.loading import CheckpointError
+from minivlm.models.llava_next import LlavaNextForConditionalGeneration
+from _llava import BOS, EOS, IMAGE_TOKEN, crops_of, hf_config, hf_model, pixel_values, prompts, save
+
+# float32 tolerance, relative to the largest logit. Both sides run the same float32 math in a different
+# order (minivlm's blocked online-softmax attention against SDPA, other GEMM blockings), so each dot
+# product differs by a few units of roundoff (2^-24 ~ 6e-8) times the square root of its length (<= 256
+# terms) and the magnitudes involved. Through 3 vision layers, the projector and 2 decoder layers this
+# was measured at 5e-7 of the largest logit; 1e-5 leaves a 20x margin, while a real bug (a wrong mask,
+# position, scale or row of the crop grid) moves logits by 1e-2 of their scale or more.
+F32_REL = 1e-5
+
+# Two images of different shapes (ragged crop counts) in a left-padded batch, and a longer batch with a
+# single-crop image, a wide, a tall and a square one.
+SIZES_PAIR = [(20, 40), (40, 18)]
+SIZES_MANY = [(12, 14), (20, 40), (45, 13), (33, 31)]
+
+
+def assert_close_logits(ours, theirs, mask=None, rel=F32_REL, what="logits"):
+    if mask is not None:
+        keep = mask.bool()
+        ours, theirs = ours[keep], theirs[keep]
+    scale = theirs.abs().max().item()
+    err = (ours.double() - theirs.double()).abs().max().item()
+    assert err <= rel * scale, f"{what}: max error {err:.3e} > {rel:g} x scale {scale:.3e}"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Transformers models and their saved folders, built once per configuration."""
+    cache = {}
+
+    def get(**kwargs):
+        key = tuple(sorted((k, str(v)) for k, v in kwargs.items()))
+        if key not in cache:
+            hf = hf_model(hf_config(**kwargs))
+            folder = save(hf, tmp_path_factory.mktemp("llava"))
+            cache[key] = hf, folder
+        return cache[key]
+
+    return get
+
+
+def hf_logits(hf, ids, mask, pv, sizes, dtype=torch.float32):
+    with torch.no_grad():
+        out = hf.to(dtype)(input_ids=ids, attention_mask=mask, pixel_values=pv.to(dtype),
+                           image_sizes=torch.tensor(sizes))
+    return out
+
+
+@pytest.mark.parametrize("case", [
+    dict(text="mistral", sliding_window=16, feature_layer=-2),    # GQA, the window bites (prompts >= 64)
+    dict(text="mistral", sliding_window=None, feature_layer=[-2, -3]),
+    dict(text="llama", feature_layer=-1),
+    dict(text="llama", feature_layer=1, tie=True),
+], ids=["mistral-window16-layer-2", "mistral-nowindow-layers[-2,-3]", "llama-layer-1", "llama-layer1-tied"])
+def test_logits_match_transformers(checkpoints, case):
+    hf, folder = checkpoints(**case)
+    model = minivlm.from_pretrained(folder)
+    ids, mask = prompts(SIZES_PAIR, [70, 9], hf.config)                 # row 1 is left-padded
+    assert ids.shape[1] >= 64 and (mask == 0).any()
+    pv = pixel_values(SIZES_PAIR)
+    ref = hf_logits(hf, ids, mask, pv, SIZES_PAIR)
+    with torch.no_grad():
+        out = model(ids, pixel_values=pv, image_sizes=torch.tensor(SIZES_PAIR), attention_mask=mask)
+    assert out.logits.shape == ref.logits.shape
+    assert_close_logits(out.logits, ref.logits, mask)
+    assert_close_logits(out.image_hidden_states, ref.image_hidden_states, what="image features")
+
+
+def test_many_image_sizes(checkpoints):
+    hf, folder = checkpoints(text="mistral", sliding_window=16, feature_layer=-2)
+    model = minivlm.from_pretrained(folder)
+    assert crops_of(SIZES_MANY[0]) == 1 and len({crops_of(s) for s in SIZES_MANY}) > 1
+    ids, mask = prompts(SIZES_MANY, [5, 12, 3, 20], hf.config)
+    pv = pixel_values(SIZES_MANY, seed=3)
+    ref = hf_logits(hf, ids, mask, pv, SIZES_MANY)
+    with torch.no_grad():
+        out = model(ids, pixel_values=pv, image_sizes=torch.tensor(SIZES_MANY), attention_mask=mask)
+    assert_close_logits(out.logits, ref.logits, mask)
+    assert_close_logits(out.image_hidden_states, ref.image_hidden_states, what="image features")
+
+
+def test_loss_matches_transformers(checkpoints):
+    hf, folder = checkpoints(text="llama", feature_layer=-1)
+    model = minivlm.from_pretrained(folder)
+    ids, mask = prompts(SIZES_PAIR, [10, 4], hf.config)
+    labels = ids.masked_fill((mask == 0) | (ids == IMAGE_TOKEN), -100)
+    pv = pixel_values(SIZES_PAIR)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, pixel_values=pv, image_sizes=torch.tensor(SIZES_PAIR),
+                 labels=labels).loss
+        ours = model(ids, pixel_values=pv, image_sizes=torch.tensor(SIZES_PAIR), attention_mask=mask,
+                     labels=labels).loss
+    assert abs(ours.item() - ref.item()) <= F32_REL * abs(ref.item())
+
+
+def test_greedy_generation_matches_transformers_float64(checkpoints):
+    """In float64 the two implementations agree to ~1e-13, far below any gap between the top two
+    logits, so the greedy tokens must be identical."""
+    hf, folder = checkpoints(text="mistral", sliding_window=16, feature_layer=-2)
+    model = minivlm.from_pretrained(folder, dtype=torch.float64)
+    ids, mask = prompts(SIZES_PAIR, [60, 7], hf.config)
+    pv = pixel_values(SIZES_PAIR)          # float32, as a processor emits: both models cast it
+    sizes = torch.tensor(SIZES_PAIR)
+    n_new = 12
+    with torch.no_grad():
+        ref = hf.double().generate(input_ids=ids, attention_mask=mask, pixel_values=pv, image_sizes=sizes,
+                                   max_new_tokens=n_new, do_sample=False, eos_token_id=EOS, pad_token_id=0)
+    hf.float()
+    ours = model.generate(ids, attention_mask=mask, pixel_values=pv, image_sizes=sizes, max_new_tokens=n_new)
+    assert ours.dtype == torch.long
+    assert torch.equal(ours, ref), f"\nours {ours[:, ids.shape[1]:]}\nref  {ref[:, ids.shape[1]:]}"
+    assert ours.shape[1] - ids.shape[1] >= 10
+
+
+def test_kv_cache_decoding_equals_full_recomputation(checkpoints):
+    """Prefill with the image, then one token at a time through the cache, against one forward over the
+    whole sequence. The window (16) is far shorter than the prompt (>= 64), so it bites in every decode
+    step. Positions are given explicitly (from the mask) so that both runs number the tokens the same."""
+    hf, folder = checkpoints(text="mistral", sliding_window=16, feature_layer=-2)
+    model = minivlm.from_pretrained(folder)
+    ids, mask = prompts(SIZES_PAIR, [66, 5], hf.config)
+    pv, sizes = pixel_values(SIZES_PAIR), torch.tensor(SIZES_PAIR)
+    extra = torch.randint(3, IMAGE_TOKEN, (2, 6))
+    full_ids = torch.cat([ids, extra], 1)
+    full_mask = torch.cat([mask, torch.ones_like(extra)], 1)
+    positions = (full_mask.cumsum(-1) - 1).clamp_min(0)
+    T = ids.shape[1]
+    with torch.no_grad():
+        full = model(full_ids, pixel_values=pv, image_sizes=sizes, attention_mask=full_mask,
+                     position_ids=positions).logits
+        cache = model.new_cache(2, full_ids.shape[1])
+        steps = [model(ids, pixel_values=pv, image_sizes=sizes, attention_mask=mask, position_ids=positions[:, :T],
+                       cache=cache).logits]
+        for t in range(T, full_ids.shape[1]):
+            steps.append(model(full_ids[:, t:t + 1], attention_mask=full_mask[:, :t + 1],
+                               position_ids=positions[:, t:t + 1], cache=cache).logits)
+    assert_close_logits(torch.cat(steps, 1), full, full_mask, what="cached logits")
+
+
+def test_full_strategy_fails_clearly_like_transformers(checkpoints):
+    """"full" keeps CLIP's class token, so a crop's 17 features cannot tile its 4x4 grid: Transformers
+    5.23 fails inside its packing (a shape error), minivlm says why."""
+    hf, folder = checkpoints(text="llama", feature_layer=-2, strategy="full")
+    model = minivlm.from_pretrained(folder)
+    sizes = [(20, 40)]
+    pv = pixel_values(sizes)
+    ids = torch.tensor([[BOS] + [IMAGE_TOKEN] * 8 + [5]])
+    with pytest.raises(RuntimeError):
+        hf(input_ids=ids, pixel_values=pv, image_sizes=torch.tensor(sizes))
+    with pytest.raises(ValueError, match="full"):
+        model(ids, pixel_values=pv, image_sizes=torch.tensor(sizes))
+
+
+# -- the loader ----------------------------------------------------------------------------------------
+
+def _write(folder, tensors, config_folder):
+    folder.mkdir()
+    shutil.copy(config_folder / "config.json", folder / "config.json")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"))
+    return folder
+
+
+def _spellings(hf, folder, tmp_path):
+    """The same weights under every key spelling found in the wild."""
+    from safetensors.torch import load_file
+
+    written = load_file(str(folder / "model.safetensors"))        # what 5.23's save_pretrained writes
+    hub = {k.replace("vision_tower.", "vision_tower.vision_model.", 1): v for k, v in written.items()}
+    # Buffers Transformers 4.x saved with the weights, found in older hub files: skipped, not unexpected.
+    hub["vision_tower.vision_model.embeddings.position_ids"] = torch.arange(17)[None]
+    hub["language_model.model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)
+    in_memory = {k: v for k, v in hf.state_dict().items()}         # model.language_model.*, lm_head.*, ...
+    sharded = tmp_path / "sharded"
+    hf.save_pretrained(sharded, max_shard_size="100KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    return {
+        "save_pretrained": folder,
+        "hub": _write(tmp_path / "hub", hub, folder),
+        "in_memory": _write(tmp_path / "in_memory", in_memory, folder),
+        "sharded": sharded,
+    }
+
+
+def test_every_key_spelling_loads(checkpoints, tmp_path):
+    hf, folder = checkpoints(text="mistral", sliding_window=16, feature_layer=-2)
+    assert any(k.startswith("model.vision_tower.") for k in hf.state_dict())
+    ids, mask = prompts(SIZES_PAIR, [8, 3], hf.config)
+    pv, sizes = pixel_values(SIZES_PAIR), torch.tensor(SIZES_PAIR)
+    results = {}
+    for name, path in _spellings(hf, folder, tmp_path).items():
+        model = minivlm.from_pretrained(path)
+        assert isinstance(model, LlavaNextForConditionalGeneration) and not model.training
+        with torch.no_grad():
+            results[name] = model(ids, pixel_values=pv, image_sizes=sizes, attention_mask=mask).logits
+    for name, logits in results.items():
+        assert torch.equal(logits, results["save_pretrained"]), name
+
+
+def test_tied_head_absent_from_file_is_not_missing(checkpoints):
+    hf, folder = checkpoints(text="llama", feature_layer=1, tie=True)
+    from safetensors import safe_open
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        assert not any("lm_head" in k for k in f.keys())
+    model = minivlm.from_pretrained(folder)
+    assert model.language_model.lm_head.weight is model.language_model.model.embed_tokens.weight
+
+
+@pytest.mark.parametrize("damage", ["missing", "misshapen", "unexpected"])
+def test_broken_checkpoint_fails_with_a_list(checkpoints, tmp_path, damage):
+    hf, folder = checkpoints(text="mistral", sliding_window=16, feature_layer=-2)
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    victim = "language_model.model.layers.1.mlp.up_proj.weight"
+    if damage == "missing":
+        del tensors[victim]
+        expect = ["missing from the checkpoint (1)", victim]
+    elif damage == "misshapen":
+        tensors[victim] = tensors[victim][:-1]
+        expect = ["shape mismatch (1)", victim, "(127, 64)", "(128, 64)"]
+    else:
+        tensors["language_model.model.layers.7.extra.weight"] = torch.zeros(2)
+        expect = ["in the checkpoint but not in the model (1)", "layers.7.extra.weight"]
+    with pytest.raises(CheckpointError) as info:
+        minivlm.from_pretrained(_write(tmp_path / damage, tensors, folder))
+    for text in expect:
+        assert text in str(info.value)
+
+
+def test_loader_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        minivlm.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
+    with pytest.raises(ValueError, match="gpt_neox"):
+        minivlm.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(hf_config().to_dict()))
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        minivlm.from_pretrained(tmp_path)
+    with pytest.raises(TypeError, match="dtype"):
+        minivlm.from_pretrained(tmp_path, dtype=torch.int64)
+
+
+def test_bad_inputs_raise(checkpoints):
+    hf, folder = checkpoints(text="mistral", sliding_window=16, feature_layer=-2)
+    model = minivlm.from_pretrained(folder)
+    ids, mask = prompts(SIZES_PAIR, [4, 4], hf.config)
+    pv, sizes = pixel_values(SIZES_PAIR), torch.tensor(SIZES_PAIR)
+    short = ids.clone()
+    short[0, (ids[0] == IMAGE_TOKEN).nonzero()[0]] = 5                # one image token short
+    with pytest.raises(ValueError, match="image tokens"):
+        model(short, pixel_values=pv, image_sizes=sizes)
+    with pytest.raises(ValueError, match="no pixel_values"):
+        model(ids)
+    with pytest.raises(ValueError, match="pixel_values"):
+        model(ids, pixel_values=pv[:, :, :, :8], image_sizes=sizes)
+    with pytest.raises(ValueError, match="image_sizes"):
+        model(ids, pixel_values=pv, image_sizes=sizes[:1])
+    with pytest.raises(ValueError, match="input_ids"):
+        model(ids[0], pixel_values=pv, image_sizes=sizes)
