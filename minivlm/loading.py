@@ -24,6 +24,7 @@ The same checks are available for an in-memory state dict through `load_weights(
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -115,26 +116,75 @@ def checkpoint_files(folder: Path) -> list[Path]:
                             f"{str(folder)!r}{hint}")
 
 
+# safetensors dtype names -> torch dtypes (the format: https://github.com/huggingface/safetensors).
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
 class _SafetensorsFiles:
-    """A checkpoint's tensors, read lazily: names and shapes come from the file headers; each tensor is
-    read (memory-mapped) only when it is copied, so a checkpoint is never held in memory twice."""
+    """A checkpoint's tensors, read straight into the model's parameters.
+
+    A safetensors file is 8 bytes (little-endian u64: the header's length), a JSON header giving each
+    tensor's dtype, shape and byte range [begin, end) after the header, then the raw little-endian bytes.
+    Names and shapes come from the headers alone. `read_into` reads a tensor's bytes with one
+    `readinto` into the parameter's own memory when dtype and device allow, else into a buffer of that
+    one tensor: the checkpoint is never held in memory beside the model (a memory map would keep every
+    page it touched resident until it is closed, doubling the peak).
+    """
 
     def __init__(self, files: Iterable[Path]):
-        from safetensors import safe_open
+        self.files = list(files)
+        self.headers = [self._header(f) for f in self.files]
 
-        self.handles = [safe_open(str(f), framework="pt", device="cpu") for f in files]
+    @staticmethod
+    def _header(file: Path) -> dict:
+        with open(file, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size)) if 0 < size <= 100 * 2**20 else None
+        if not isinstance(header, dict):
+            raise ValueError(f"from_pretrained: {file} is not a safetensors file (bad header)")
+        start = 8 + size
+        entries = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info.get("dtype") not in SAFETENSORS_DTYPES:
+                raise ValueError(f"from_pretrained: {file}: tensor {name!r} has dtype {info.get('dtype')!r}, "
+                                 f"which minivlm does not read (it reads {sorted(SAFETENSORS_DTYPES)})")
+            dtype, shape = SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"])
+            begin, end = info["data_offsets"]
+            if end - begin != math.prod(shape) * dtype.itemsize:
+                raise ValueError(f"from_pretrained: {file}: tensor {name!r} has {end - begin} bytes, but shape "
+                                 f"{shape} of {info['dtype']} needs {math.prod(shape) * dtype.itemsize}")
+            entries[name] = (dtype, shape, start + begin, end - begin)
+        return entries
 
     def shapes(self):
-        for h in self.handles:
-            for name in h.keys():
-                yield name, tuple(h.get_slice(name).get_shape())
+        for header in self.headers:
+            for name, (_, shape, _, _) in header.items():
+                yield name, shape
 
-    def get(self, name: str, index: int) -> torch.Tensor:
-        return self.handles[index].get_tensor(name)
+    def index(self) -> dict:
+        """name -> which file holds it."""
+        return {name: i for i, header in enumerate(self.headers) for name in header}
+
+    def read_into(self, name: str, index: int, target: torch.Tensor):
+        dtype, shape, offset, nbytes = self.headers[index][name]
+        direct = target.dtype == dtype and target.device.type == "cpu" and target.is_contiguous()
+        buffer = target if direct else torch.empty(shape, dtype=dtype)
+        with open(self.files[index], "rb") as f:
+            f.seek(offset)
+            if nbytes and f.readinto(buffer.reshape(-1).view(torch.uint8).numpy()) != nbytes:
+                raise ValueError(f"from_pretrained: {self.files[index]} is truncated (tensor {name!r})")
+        if not direct:
+            target.copy_(buffer)
 
 
 class _InMemory:
-    """An in-memory state dict (or an iterable of (name, tensor)) behind the same two calls."""
+    """An in-memory state dict (or an iterable of (name, tensor)) behind the same calls."""
 
     def __init__(self, tensors):
         self.tensors = dict(tensors.items() if isinstance(tensors, Mapping) else tensors)
@@ -143,8 +193,11 @@ class _InMemory:
         for name, t in self.tensors.items():
             yield name, tuple(t.shape)
 
-    def get(self, name: str, index: int) -> torch.Tensor:
-        return self.tensors[name]
+    def index(self) -> dict:
+        return {}
+
+    def read_into(self, name: str, index: int, target: torch.Tensor):
+        target.copy_(self.tensors[name])
 
 
 def rename_key(key: str, renames) -> str:
@@ -178,9 +231,7 @@ def load_weights(model: nn.Module, tensors, *, dtype: torch.dtype | None = None,
     # Rename every checkpoint key and check names and shapes against the model before copying
     # anything, so that a bad checkpoint fails fast and whole.
     found, unexpected, misshapen, duplicated = {}, [], [], []
-    file_index = {}
-    if isinstance(tensors, _SafetensorsFiles):
-        file_index = {name: i for i, h in enumerate(tensors.handles) for name in h.keys()}
+    file_index = tensors.index()
     for key, shape in tensors.shapes():
         if ignored.search(key):
             continue
@@ -215,9 +266,7 @@ def load_weights(model: nn.Module, tensors, *, dtype: torch.dtype | None = None,
     from tqdm.auto import tqdm
     with torch.no_grad():
         for name, key in tqdm(found.items(), desc="loading weights", unit="tensor", disable=not progress):
-            tensor = tensors.get(key, file_index.get(key, 0))
-            target = own[name]
-            target.copy_(tensor.to(target.dtype) if target.is_floating_point() else tensor)
+            tensors.read_into(key, file_index.get(key, 0), own[name])   # copy_ converts the dtype
     return model
 
 

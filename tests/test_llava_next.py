@@ -244,6 +244,36 @@ def test_broken_checkpoint_fails_with_a_list(checkpoints, tmp_path, damage):
         assert text in str(info.value)
 
 
+def test_loading_converts_dtypes_exactly(checkpoints, tmp_path):
+    """Each tensor is read into its parameter directly (same dtype) or through a buffer (another dtype):
+    both give exactly the stored values, cast like Tensor.to, whatever the file's dtype."""
+    hf, folder = checkpoints(text="llama", feature_layer=1)
+    from safetensors.torch import load_file
+
+    stored = load_file(str(folder / "model.safetensors"))
+    bf16 = _write(tmp_path / "bf16", {k: v.to(torch.bfloat16) for k, v in stored.items()}, folder)
+    for path, file_dtype in ((folder, torch.float32), (bf16, torch.bfloat16)):
+        for dtype in (torch.float32, torch.bfloat16, torch.float64):
+            model = minivlm.from_pretrained(path, dtype=dtype)
+            weights = dict(model.named_parameters())
+            for name in ("language_model.model.layers.1.mlp.up_proj.weight",      # same names in the file
+                         "vision_tower.embeddings.class_embedding"):
+                assert weights[name].dtype == dtype
+                assert torch.equal(weights[name], stored[name].to(file_dtype).to(dtype)), (path.name, dtype, name)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_safetensors"])
+def test_damaged_file_fails_clearly(checkpoints, tmp_path, damage):
+    _, folder = checkpoints(text="llama", feature_layer=1)
+    broken = tmp_path / damage
+    shutil.copytree(folder, broken)
+    file = broken / "model.safetensors"
+    data = file.read_bytes()
+    file.write_bytes(data[:-100] if damage == "truncated" else b"PK\x03\x04 a zip file" + data)
+    with pytest.raises(ValueError, match="truncated" if damage == "truncated" else "not a safetensors file"):
+        minivlm.from_pretrained(broken)
+
+
 def test_loader_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a folder"):
         minivlm.from_pretrained(tmp_path / "nowhere")
