@@ -1,6 +1,7 @@
 """The `minivlm` command line (also `python -m minivlm`).
 
     minivlm bench kernels [--json PATH] [--quick] [--threads N] [--reps N]
+    minivlm bench model NAME [--json PATH] [--quick] [--threads N] [--reps N]
     minivlm demo [--threads N]
 
 Each subcommand imports its module (and with it torch's heavier parts and Transformers) only when it
@@ -10,10 +11,13 @@ runs, so `minivlm --help` answers at once.
 import argparse
 import sys
 
-#: What `minivlm bench` can measure; each name maps to the function in minivlm.bench that runs it.
+#: What `minivlm bench` can measure; each name maps to "module:function" inside minivlm that runs it.
 BENCHMARKS = {
-    "kernels": "run_kernels",
+    "kernels": "bench:run_kernels",
+    "model": "bench_model:run",
 }
+#: The models `minivlm bench model NAME` knows.
+BENCH_MODELS = ("llava_next",)
 
 
 def positive_int(text: str) -> int:
@@ -24,10 +28,19 @@ def positive_int(text: str) -> int:
 
 
 def run_bench(args) -> int:
-    from . import bench
+    import importlib
 
-    run = getattr(bench, BENCHMARKS[args.what])
-    return run(json_path=args.json, quick=args.quick, threads=args.threads, reps=args.reps)
+    module, function = BENCHMARKS[args.what].split(":")
+    run = getattr(importlib.import_module(f"{__package__}.{module}"), function)
+    extra = {}
+    if args.what == "model":
+        if args.name not in BENCH_MODELS:
+            raise SystemExit(f"minivlm bench model: NAME must be one of {', '.join(BENCH_MODELS)}, "
+                             f"got {args.name!r}")
+        extra["name"] = args.name
+    elif args.name is not None:
+        raise SystemExit(f"minivlm bench {args.what}: takes no NAME, got {args.name!r}")
+    return run(json_path=args.json, quick=args.quick, threads=args.threads, reps=args.reps, **extra)
 
 
 def run_demo(args) -> int:
@@ -41,7 +54,9 @@ def add_bench_parser(subparsers) -> None:
         "bench", help="time minivlm against its reference and PyTorch / Transformers",
         description="Time minivlm's kernels side by side with the reference math and the library "
                     "implementations they replace, and check them against the performance targets.")
-    p.add_argument("what", choices=list(BENCHMARKS), help="what to benchmark")
+    p.add_argument("what", choices=list(BENCHMARKS), help="what to benchmark: the kernels, or a whole model")
+    p.add_argument("name", nargs="?", metavar="NAME",
+                   help=f"with 'model': which one ({', '.join(BENCH_MODELS)})")
     p.add_argument("--json", metavar="PATH", help="also write every number to PATH as JSON")
     p.add_argument("--quick", action="store_true", help="small shapes: a smoke test of a few seconds")
     p.add_argument("--threads", type=positive_int, metavar="N", help="torch.set_num_threads(N) first")

@@ -115,12 +115,93 @@ def stage_causal_mask() -> StageResult:
                        median_ms(lambda: reference.causal_mask(padding, q_len)))
 
 
+def draw_picture():
+    """A 40 x 120 (height x width) picture drawn here (nothing to download): sky, sun, a house on grass."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (120, 40), (135, 190, 235))                  # (width, height): sky
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([0, 30, 119, 39], fill=(70, 160, 60))                  # grass
+    draw.ellipse([95, 4, 107, 16], fill=(250, 210, 40))                   # sun
+    draw.rectangle([20, 18, 44, 34], fill=(200, 60, 50))                  # house
+    draw.polygon([(17, 19), (32, 7), (47, 19)], fill=(120, 60, 40))       # roof
+    return image
+
+
+def tiny_llava_next():
+    """A LLaVA-NeXT of tiny proportions with random weights, and its image processor: 32 px crops in
+    8 px patches (16 features per crop), a Mistral-style decoder with GQA and a sliding window."""
+    from .models.llava_next import LlavaNextConfig, LlavaNextForConditionalGeneration
+    from .processing import LlavaNextImageProcessor
+
+    pinpoints = [[32, 64], [64, 32], [64, 64]]
+    config = LlavaNextConfig.from_dict({
+        "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+                          "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+        "text_config": {"model_type": "mistral", "hidden_size": 128, "intermediate_size": 256,
+                        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                        "vocab_size": 256, "sliding_window": 32},
+        "image_token_index": 255, "image_grid_pinpoints": pinpoints})
+    torch.manual_seed(0)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    processor = LlavaNextImageProcessor(image_grid_pinpoints=pinpoints, size={"shortest_edge": 32},
+                                        crop_size={"height": 32, "width": 32})
+    return model, processor
+
+
+def stage_llava_next() -> StageResult:
+    """A tiny random-weight LLaVA-NeXT on a drawn picture, stage by stage with the shapes; its logits on
+    the compiled kernels against the same model on the reference math; a few greedy tokens."""
+    from .models.llava_next import anyres_grid_shape, image_feature_count, num_patches, unpad_bounds
+    from .ops import use_reference
+
+    model, processor = tiny_llava_next()
+    cfg = model.config
+    image = draw_picture()
+    inputs = processor(image)                                           # pixel_values, image_sizes
+    pv, sizes = inputs["pixel_values"], inputs["image_sizes"]
+    size = tuple(sizes[0].tolist())
+    P = num_patches(size, cfg.image_grid_pinpoints, cfg.vision_config.image_size)
+    n_image = image_feature_count(size, cfg)
+    prompt = torch.tensor([[1, 17, 42, 99] + [cfg.image_token_index] * n_image + [23, 64, 5]])
+    with torch.no_grad():
+        hidden = model.vision_tower(pv[0, :P], output_hidden_states=True).hidden_states
+        features = model.image_features(pv, sizes)[0]
+        out = model(prompt, **inputs)
+        with use_reference():
+            ref = model(prompt, **inputs)
+    tokens = model.generate(prompt, **inputs, max_new_tokens=6, eos_token_id=[])
+    rows, cols = anyres_grid_shape(size, cfg.image_grid_pinpoints, cfg.vision_config.image_size)
+    side = cfg.vision_config.image_size // cfg.vision_config.patch_size        # patches per crop side
+    top, bottom, left, right = unpad_bounds(rows * side, cols * side, size)
+    detail = "\n".join([
+        f"tiny random weights; picture {size[0]}x{size[1]} (h x w), a {rows}x{cols} grid of crops",
+        f"  pixel_values {tuple(pv.shape)}: base image + {P - 1} crops; image_sizes {sizes.tolist()}",
+        f"  vision tower hidden_states[-2] {tuple(hidden[-2].shape)} -> drop CLS -> projector "
+        f"({P}, {side * side}, {cfg.text_config.hidden_size})",
+        f"  packed image features {tuple(features.shape)}: base {side * side} + the {rows * side}x{cols * side} "
+        f"crop grid unpadded to {bottom - top}x{right - left}, a newline after each row: "
+        f"{bottom - top}x{right - left + 1}",
+        f"  merged sequence: input_ids {tuple(prompt.shape)} with {n_image} image tokens -> "
+        f"embeddings {(1, prompt.shape[1], cfg.text_config.hidden_size)}",
+        f"  logits {tuple(out.logits.shape)}; greedy tokens {tokens[0, prompt.shape[1]:].tolist()}",
+    ])
+    with torch.no_grad():
+        ms = median_ms(lambda: model(prompt, **inputs), reps=3)
+        with use_reference():
+            ref_ms = median_ms(lambda: model(prompt, **inputs), reps=3)
+    # float32 end to end on the kernels vs the reference math: the same operations in another order,
+    # ~1e-6 of the logits; 1e-4 absolute is a wide margin for logits of order 1.
+    return StageResult("llava_next", detail, max_abs_diff(out.logits, ref.logits), 1e-4, ms, ref_ms)
+
+
 #: The demo's stages, in order. Add a stage by writing a function that returns a StageResult and
 #: listing it here.
 STAGES = [
     stage_attention,
     stage_rope,
     stage_causal_mask,
+    stage_llava_next,
 ]
 
 

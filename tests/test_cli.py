@@ -1,4 +1,4 @@
-"""The command line: `minivlm demo` runs and agrees with the reference; `bench kernels --quick` writes JSON."""
+"""The command line: `minivlm demo` runs and agrees with the reference; `bench kernels/model --quick` write JSON."""
 
 import json
 import subprocess
@@ -28,3 +28,24 @@ def test_unknown_command_is_an_error():
     result = run("bench", "nothing")
     assert result.returncode != 0
     assert "nothing" in result.stderr
+
+
+def test_bench_model_quick_writes_json(tmp_path):
+    path = tmp_path / "model.json"
+    result = run("bench", "model", "llava_next", "--quick", "--reps", "2", "--json", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(path.read_text())
+    # Same weights in both libraries: the float32 logits agree to float32 rounding (see test_llava_next.py).
+    assert data["max_abs_logit_diff"] < 1e-4
+    assert set(data["results"]) == {"prefill", "decode / token"}
+    for impl in ("minivlm", "transformers"):
+        assert data["memory"][impl]["peak_kib"] >= data["memory"][impl]["after_load_kib"] > 0
+
+
+def test_bench_model_needs_a_known_name():
+    result = run("bench", "model", "gpt5")
+    assert result.returncode != 0
+    assert "NAME must be one of llava_next, got 'gpt5'" in result.stderr
+    result = run("bench", "kernels", "llava_next")
+    assert result.returncode != 0
+    assert "takes no NAME" in result.stderr
