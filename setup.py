@@ -7,17 +7,54 @@ The CPU kernels (csrc/cpu/) always build. torch's cpp_extension passes no vector
 them here from the build machine's CPU (the extension is built where it runs): AVX-512 where the CPU has
 it, else AVX2+FMA, else plain C++. MINIVLM_CPU_ISA=avx512|avx2|none overrides. ATen's at::vec::Vectorized
 then compiles to those registers, and `torch.ops.minivlm.cpu_isa()` reports which one was chosen.
-csrc/cuda/ is the place for the CUDA kernels; they build only where a CUDA toolkit and a CUDA torch exist.
+
+The CUDA kernels (csrc/cuda/) build whenever a CUDA toolkit is found and torch is a CUDA build, whether or
+not this machine has a GPU (a CI machine without one still compiles and links them). MINIVLM_CUDA=1
+demands them (and fails if they cannot build), MINIVLM_CUDA=0 leaves them out. The toolkit is CUDA_HOME
+if set, else the one the `nvcc` on the PATH belongs to (asked with `nvcc --dryrun`, which also sees
+through a wrapper script); the GPU architectures are TORCH_CUDA_ARCH_LIST if set, else the visible
+GPUs', else 8.0 and 9.0 (A100, H100).
 """
 
 import glob
 import os
 import platform
+import re
+import shutil
+import subprocess
 
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def find_cuda_home():
+    """The CUDA toolkit's root: $CUDA_HOME, else where the nvcc on the PATH really lives, else None.
+
+    torch guesses CUDA_HOME from the path of `nvcc` (its parent's parent), which is wrong when nvcc is a
+    wrapper script in /usr/local/bin; `nvcc --dryrun` prints the toolkit it runs from as TOP=...
+    """
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"^#\$ TOP=(.+)$", out.stdout + out.stderr, re.MULTILINE)
+    return os.path.realpath(match.group(1).strip()) if match else os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+
+
+# torch.utils.cpp_extension reads CUDA_HOME when it is imported: settle it first.
+CUDA_HOME = find_cuda_home()
+if CUDA_HOME:
+    os.environ["CUDA_HOME"] = CUDA_HOME
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 # Compiler flags and the ATen macro that selects the matching at::vec implementation for each ISA.
 ISA_FLAGS = {
@@ -56,18 +93,53 @@ def choose_isa():
     return "none"
 
 
+def want_cuda():
+    """Build the CUDA kernels? MINIVLM_CUDA=0/1 decides; otherwise yes where a toolkit and a CUDA torch exist."""
+    forced = os.environ.get("MINIVLM_CUDA", "")
+    if forced not in ("", "0", "1"):
+        raise SystemExit(f"MINIVLM_CUDA must be 0 or 1, got {forced!r}")
+    problem = None
+    if torch.version.cuda is None:
+        problem = f"torch {torch.__version__} is a CPU-only build"
+    elif not CUDA_HOME or not os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
+        problem = "no CUDA toolkit found (set CUDA_HOME or put nvcc on the PATH)"
+    if forced == "0":
+        return False
+    if problem and forced == "1":
+        raise SystemExit(f"MINIVLM_CUDA=1 but {problem}")
+    if problem:
+        print(f"minivlm: not building the CUDA kernels: {problem}")
+    return problem is None
+
+
+def cuda_arch_list():
+    """TORCH_CUDA_ARCH_LIST if set; else the visible GPUs' (torch's default); else A100 and H100.
+
+    Without a visible GPU torch would compile for every architecture it knows: many minutes for nothing.
+    """
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return os.environ["TORCH_CUDA_ARCH_LIST"]
+    if torch.cuda.is_available():
+        return None
+    return "8.0;9.0"
+
+
 def extensions():
     isa = choose_isa()
     print(f"minivlm: building the CPU kernels for {isa}")
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx = ["-O3", "-fopenmp", "-Wno-unknown-pragmas", "-DMINIVLM_ISA=\"" + isa.upper() + "\""] + ISA_FLAGS[isa]
-    return [CppExtension(
-        "minivlm._C",
-        sources,
-        include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_compile_args={"cxx": cxx},
-        extra_link_args=["-fopenmp"],
-    )]
+    common = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
+    if not want_cuda():
+        return [CppExtension("minivlm._C", sources, extra_compile_args={"cxx": cxx}, **common)]
+    arch = cuda_arch_list()
+    if arch:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = arch
+    print(f"minivlm: building the CUDA kernels with {CUDA_HOME} for {arch or 'the visible GPUs'}")
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    nvcc = ["-O3", "-lineinfo"]
+    return [CUDAExtension("minivlm._C", sources + cuda_sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+                          **common)]
 
 
 setup(

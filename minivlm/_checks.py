@@ -39,6 +39,10 @@ def _optional_int(fn, name, value, minimum):
         raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
 
 
+# csrc/cuda/attention.cu: kMaxHeadDim, the largest head the CUDA kernels hold in registers.
+CUDA_MAX_HEAD_DIM = 256
+
+
 def check_attention(q, k, v, attn_mask, is_causal, scale, window):
     fn = "attention"
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -61,6 +65,9 @@ def check_attention(q, k, v, attn_mask, is_causal, scale, window):
         raise ValueError(f"{fn}: head_dim must be >= 1, got q of shape {tuple(q.shape)}")
     if Hkv == 0 or Hq % Hkv != 0:
         raise ValueError(f"{fn}: k has {Hkv} heads, which does not divide q's {Hq} heads")
+    if q.device.type == "cuda" and D > CUDA_MAX_HEAD_DIM:
+        raise ValueError(f"{fn}: the CUDA kernels take head_dim up to {CUDA_MAX_HEAD_DIM} (32 lanes x 8 values "
+                         f"per lane), got q of shape {tuple(q.shape)}; the CPU kernels take any head_dim")
     if not isinstance(is_causal, bool):
         raise TypeError(f"{fn}: is_causal must be a bool, got {type(is_causal).__name__}")
     if is_causal and Lq > Lk:

@@ -29,6 +29,7 @@
 // (batch, head) in the backward pass. The block products S = Q K^T, P V and those of the backward pass are
 // BLAS matrix products on the blocks; the softmax between them runs on ATen's vector registers.
 
+#include "attention_common.h"
 #include "common.h"
 
 namespace minivlm::cpu {
@@ -329,34 +330,10 @@ Problem<acc_t> make_problem(const at::Tensor& q, const at::Tensor& k, const at::
   return P;
 }
 
-void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool is_causal,
-                  std::optional<int64_t> window) {
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attention: q, k, v must be 4-D (B, H, L, D)");
-  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
-              "attention: q, k, v must share one dtype");
-  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == q.size(0) && k.size(3) == q.size(3),
-              "attention: k and v must be (B, Hkv, Lk, D) matching q (B, Hq, Lq, D)");
-  TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0, "attention: k's heads must divide q's heads");
-  TORCH_CHECK(!is_causal || q.size(2) <= k.size(2), "attention: is_causal needs Lq <= Lk");
-  TORCH_CHECK(!window.has_value() || (*window >= 1 && is_causal), "attention: window needs is_causal and >= 1");
-}
-
-// A bool mask becomes 0 / -inf, a float mask is brought to acc; either is then broadcast (as a view) to
-// (B, Hq, Lq, Lk). The conversion runs on the mask's own shape, so a broadcast mask stays small.
-at::Tensor prepare_mask(const std::optional<at::Tensor>& attn_mask, at::ScalarType acc, at::IntArrayRef full) {
-  if (!attn_mask.has_value()) return at::Tensor();
-  const at::Tensor& m = *attn_mask;
-  at::Tensor additive = m.scalar_type() == at::kBool
-      ? at::where(m, at::zeros({}, m.options().dtype(acc)),
-                  at::full({}, -std::numeric_limits<double>::infinity(), m.options().dtype(acc)))
-      : m.to(acc);
-  return additive.expand(full);
-}
-
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
                                                  const at::Tensor& v_in, const std::optional<at::Tensor>& attn_mask,
                                                  bool is_causal, double scale, std::optional<int64_t> window) {
-  check_inputs(q_in, k_in, v_in, is_causal, window);
+  check_attention_inputs(q_in, k_in, v_in, is_causal, window);
   const at::ScalarType acc = acc_type(q_in.scalar_type());
   const int64_t B = q_in.size(0), Hq = q_in.size(1), Lq = q_in.size(2), D = q_in.size(3), Lk = k_in.size(2);
   at::Tensor out = at::empty({B, Hq, Lq, D}, q_in.options().memory_format(at::MemoryFormat::Contiguous));
@@ -381,10 +358,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
     const at::Tensor& grad_out, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const std::optional<at::Tensor>& attn_mask, const at::Tensor& out, const at::Tensor& stats_in,
     bool is_causal, double scale, std::optional<int64_t> window, bool mask_grad) {
-  check_inputs(q_in, k_in, v_in, is_causal, window);
+  check_attention_inputs(q_in, k_in, v_in, is_causal, window);
   const at::ScalarType acc = acc_type(q_in.scalar_type());
   const int64_t B = q_in.size(0), Hq = q_in.size(1), Lq = q_in.size(2), D = q_in.size(3);
-  const int64_t Hkv = k_in.size(1), Lk = k_in.size(2);
+  const int64_t Lk = k_in.size(2);
   const auto opts = q_in.options().dtype(acc);
   at::Tensor dq = at::zeros({B, Hq, Lq, D}, opts);
   at::Tensor dk_heads = at::zeros({B, Hq, Lk, D}, opts);  // one accumulator per query head
@@ -409,11 +386,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
       });
     });
   }
-  // Sum each group's query heads into their shared key/value head.
-  const int64_t group = Hq / Hkv;
-  at::Tensor dk = dk_heads.view({B, Hkv, group, Lk, D}).sum(2);
-  at::Tensor dv = dv_heads.view({B, Hkv, group, Lk, D}).sum(2);
-  return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()), dv.to(v_in.scalar_type()), dmask};
+  return finish_attention_grads(dq, dk_heads, dv_heads, dmask, q_in, k_in, v_in);
 }
 
 }  // namespace
