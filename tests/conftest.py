@@ -37,6 +37,28 @@ settings.load_profile(os.environ.get("MINIVLM_HYPOTHESIS_PROFILE", "ci"))
 
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
+# The devices every kernel test runs on: the CPU always; CUDA whenever torch sees a GPU (skipped, with the
+# reason, elsewhere). A GPU with an extension built without CUDA kernels fails the CUDA tests: the kernels
+# are then missing, which is what the tests are for.
+DEVICES = (
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="no CUDA GPU visible to torch: the CUDA kernels are "
+                                                         "only compiled here (tools/cuda_build_check.sh)")),
+)
+
+
+def to_device(t, device):
+    """`t` on `device` with exactly its memory layout: the same strides, stride-0 (expanded) dimensions
+    and gaps between elements (whatever the gaps hold on the CPU, NaN bait included, they hold there
+    too), so that a strided view reaches the GPU kernels as a strided view. None stays None."""
+    if t is None or torch.device(device) == t.device:
+        return t
+    span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride())) if t.numel() else 0
+    flat = torch.as_strided(t.detach(), (span,), (1,), t.storage_offset())   # the memory the view covers
+    out = flat.to(device).as_strided(t.shape, t.stride(), 0)
+    return out.requires_grad_(t.requires_grad) if t.is_leaf else out
+
 
 def seed_torch(seed: int = 0) -> torch.Generator:
     """Seed torch's global generator and return a private generator with the same seed."""
@@ -99,13 +121,13 @@ def randn(shape, dtype, gen, layout="contiguous"):
 
 def assert_within(actual, exact, bound, what):
     """Assert |actual - exact| <= bound elementwise (in float64), NaN-free, with a readable report."""
-    a = actual.detach().to(torch.float64)
-    e = exact.detach().to(torch.float64)
+    a = actual.detach().to("cpu", torch.float64)
+    e = exact.detach().to("cpu", torch.float64)
     assert a.shape == e.shape, f"{what}: shape {tuple(a.shape)} != expected {tuple(e.shape)}"
     assert not torch.isnan(a).any(), f"{what}: contains NaN"
     both_inf = torch.isinf(a) & torch.isinf(e) & (torch.sign(a) == torch.sign(e))
     err = torch.where(both_inf, torch.zeros_like(a), (a - e).abs())
-    bound = torch.broadcast_to(bound.detach().to(torch.float64), err.shape)
+    bound = torch.broadcast_to(bound.detach().to("cpu", torch.float64), err.shape)
     bad = ~(err <= bound)
     if bad.any():
         idx = tuple(int(i) for i in bad.nonzero()[0])

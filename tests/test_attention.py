@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 
 import minivlm
 from minivlm import reference
-from conftest import DTYPES, acc_dtype, assert_within, randn, rounding_error, unit_roundoff
+from conftest import DEVICES, DTYPES, acc_dtype, assert_within, randn, rounding_error, to_device, unit_roundoff
 
 HEAD_DIMS = (1, 3, 8, 16, 40, 64, 80, 128)
 # c in bound term 2 (see the module docstring).
@@ -207,10 +207,13 @@ def run_reference(q, k, v, mask, case, dtype, go=None):
 # The checks, shared by the property tests and the fixed large-shape tests
 # --------------------------------------------------------------------------------------------------
 
-def check_forward(case):
+def check_forward(case, device="cpu"):
+    """The kernel runs on `device` (on copies with the same memory layouts); every reference and bound is
+    computed on the CPU."""
     q, k, v, mask = build(case)
     dtype = case["dtype"]
-    out = call(minivlm.attention, q, k, v, mask, case)
+    qd, kd, vd, md = (to_device(t, device) for t in (q, k, v, mask))
+    out = call(minivlm.attention, qd, kd, vd, md, case).cpu()
     assert out.dtype == dtype
     assert out.shape == (case["B"], case["Hq"], case["Lq"], case["D"])
 
@@ -229,7 +232,8 @@ def check_forward(case):
     # The raw op also returns stats (2, B, Hq, Lq) in the accumulation dtype: stats[0] the row maximum m
     # of the scores (-inf for a dead row), stats[1] = log(l), l = sum_j exp(s_ij - m).
     scale = case["scale"] if case["scale"] is not None else case["D"] ** -0.5
-    out2, stats = torch.ops.minivlm.attention(q, k, v, mask, case["is_causal"], float(scale), case["window"])
+    out2, stats = torch.ops.minivlm.attention(qd, kd, vd, md, case["is_causal"], float(scale), case["window"])
+    out2, stats = out2.cpu(), stats.cpu()
     assert torch.equal(out2, out), "the public op and torch.ops.minivlm.attention disagree"
     assert stats.dtype == acc_dtype(dtype) and stats.shape == (2, case["B"], case["Hq"], case["Lq"])
     assert (stats[0][dead] == float("-inf")).all(), "the row maximum of a row that sees no key must be -inf"
@@ -245,17 +249,18 @@ def check_forward(case):
                   "attention stats[1] (log of the softmax denominator)")
 
 
-def check_backward(case):
+def check_backward(case, device="cpu"):
     q, k, v, mask = build(case)
     dtype = case["dtype"]
     mask_grad = mask is not None and mask.dtype != torch.bool and case.get("mask_grad", False)
-    qq, kk, vv = (leaf(t) for t in (q, k, v))
-    mm = leaf(mask, grad=mask_grad) if mask is not None else None
+    qq, kk, vv = (leaf(to_device(t, device)) for t in (q, k, v))
+    mm = leaf(to_device(mask, device), grad=mask_grad) if mask is not None else None
     out = call(minivlm.attention, qq, kk, vv, mm, case)
     gen = torch.Generator().manual_seed(case["seed"] + 1)
     go = randn(out.shape, dtype, gen)
-    out.backward(go)
-    got = dict(q=qq.grad, k=kk.grad, v=vv.grad, mask=mm.grad if mm is not None else None)
+    out.backward(go.to(device))
+    got = {name: (t.grad.cpu() if t is not None and t.grad is not None else None)
+           for name, t in dict(q=qq, k=kk, v=vv, mask=mm).items()}
 
     _, exact = run_reference(q, k, v, mask, case, torch.float64, go)
     in_acc = exact if dtype == torch.float64 else run_reference(q, k, v, mask, case, acc_dtype(dtype), go)[1]
@@ -304,28 +309,31 @@ def check_backward(case):
 # --------------------------------------------------------------------------------------------------
 
 # One property per dtype, so that each dtype gets the profile's full number of examples.
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @given(data=st.data())
-def test_forward_matches_reference(dtype, data):
+def test_forward_matches_reference(dtype, device, data):
     case = data.draw(attention_cases(dtype), label="case")
-    check_forward(case)
+    check_forward(case, device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @given(data=st.data())
-def test_backward_matches_reference(dtype, data):
+def test_backward_matches_reference(dtype, device, data):
     case = data.draw(attention_cases(dtype, max_lq=80, max_lk=130), label="case")
-    check_backward(case)
+    check_backward(case, device)
 
 
 # Several key blocks: fewer examples (each is larger), forward and backward in one go.
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @settings(max_examples=max(5, settings().max_examples // 6))
 @given(data=st.data())
-def test_long_sequences_match_reference(dtype, data):
+def test_long_sequences_match_reference(dtype, device, data):
     case = data.draw(attention_cases(dtype, max_lq=140, max_lk=700, long=True), label="case")
-    check_forward(case)
-    check_backward(case)
+    check_forward(case, device)
+    check_backward(case, device)
 
 
 # Shapes that cross the kernel's tiles: more than 64 query rows and more than 256 keys, with ragged
@@ -349,34 +357,37 @@ LARGE = [
 ]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("index", range(len(LARGE)))
-def test_large_shapes_cross_tiles(index, dtype):
+def test_large_shapes_cross_tiles(index, dtype, device):
     case = dict(LARGE[index], dtype=dtype, scale=None, seed=1234 + index,
                 q_layout="transposed" if index % 2 else "contiguous", kv_layout="contiguous")
     if case.get("mask_dtype", "x") is None:
         case["mask_dtype"] = dtype
-    check_forward(case)
-    check_backward(case)
+    check_forward(case, device)
+    check_backward(case, device)
 
 
 # --------------------------------------------------------------------------------------------------
 # Deterministic tests of the contract, independent of the reference
 # --------------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_output_dtype_and_shape(dtype):
-    q = torch.randn(2, 6, 5, 24).to(dtype)
-    k = torch.randn(2, 2, 9, 24).to(dtype)
-    v = torch.randn(2, 2, 9, 24).to(dtype)
+def test_output_dtype_and_shape(dtype, device):
+    q = torch.randn(2, 6, 5, 24).to(device, dtype)
+    k = torch.randn(2, 2, 9, 24).to(device, dtype)
+    v = torch.randn(2, 2, 9, 24).to(device, dtype)
     out = minivlm.attention(q, k, v)
-    assert out.dtype == dtype and out.shape == (2, 6, 5, 24)
-    out = minivlm.attention(q, k, v, torch.zeros(9, dtype=torch.float32), is_causal=True, window=3)
+    assert out.dtype == dtype and out.shape == (2, 6, 5, 24) and out.device == q.device
+    out = minivlm.attention(q, k, v, torch.zeros(9, dtype=torch.float32, device=device), is_causal=True, window=3)
     assert out.dtype == dtype and out.shape == (2, 6, 5, 24)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_finfo_min_row_is_not_masked(dtype):
+def test_finfo_min_row_is_not_masked(dtype, device):
     """finfo(dtype).min is a finite bias, not a mask: a row whose every key has it is a uniform average
     (as in Transformers' eager attention); only -inf (or False) masks."""
     B, H, Lq, Lk, D = 1, 2, 4, 7, 16
@@ -390,31 +401,34 @@ def test_finfo_min_row_is_not_masked(dtype):
     mask[2] = float("-inf")                               # truly masked: 0
     mask[3, 1:] = float("-inf")
     mask[3, 0] = lo                                       # one finite key, however negative: all weight
-    qq, kk, vv, mm = (t.clone().requires_grad_() for t in (q, k, v, mask))
+    qq, kk, vv, mm = (t.detach().to(device).requires_grad_() for t in (q, k, v, mask))
     out = minivlm.attention(qq, kk, vv, mm)
+    g = torch.randn(out.shape).to(dtype)
+    out.backward(g.to(device))
+    out = out.detach().cpu()
+    grads = {name: t.grad.cpu() for name, t in zip("qkvm", (qq, kk, vv, mm))}
     u = unit_roundoff(dtype) * 4 + 1e-6
     v64 = v.double()
     torch.testing.assert_close(out[:, :, 0].double(), v64.mean(2), rtol=u, atol=u)
     torch.testing.assert_close(out[:, :, 1].double(), v64[:, :, 3:].mean(2), rtol=u, atol=u)
     assert (out[:, :, 2] == 0).all()
     torch.testing.assert_close(out[:, :, 3].double(), v64[:, :, 0], rtol=u, atol=u)
-    g = torch.randn(out.shape).to(dtype)
-    out.backward(g)
-    assert (qq.grad[:, :, 2] == 0).all() and (mm.grad[2] == 0).all()
+    assert (grads["q"][:, :, 2] == 0).all() and (grads["m"][2] == 0).all()
     # The gradients too treat finfo.min as a finite bias: the uniform rows' probabilities are 1/7 and 1/4
     # in the backward as well (recomputing them from a log-sum-exp m + log(l) rounded into one number
     # would lose log(l) next to finfo.min and give 1 for each key).
     leaves64 = [t.double().requires_grad_() for t in (q, k, v, mask)]
     reference.attention(*leaves64).backward(g.double())
-    for name, t, t64 in zip(("q", "k", "v", "mask"), (qq, kk, vv, mm), leaves64):
-        assert torch.isfinite(t.grad).all(), name
+    for name, grad, t64 in zip(("q", "k", "v", "mask"), grads.values(), leaves64):
+        assert torch.isfinite(grad).all(), name
         tol = 4 * unit_roundoff(dtype) + 1e-5
-        torch.testing.assert_close(t.grad.double(), t64.grad, rtol=tol, atol=tol * t64.grad.abs().max().item(),
+        torch.testing.assert_close(grad.double(), t64.grad, rtol=tol, atol=tol * t64.grad.abs().max().item(),
                                    msg=lambda m, name=name: f"d{name}: {m}")
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_left_padded_causal_mask_rows_stay_finite(dtype):
+def test_left_padded_causal_mask_rows_stay_finite(dtype, device):
     """The Transformers pattern: left padding through causal_mask, in the model's dtype. A padded query's
     row is finfo.min everywhere: finite, so it is a softmax over all keys (as in Transformers' eager
     attention), never NaN and never the 0 of a truly masked row."""
@@ -422,8 +436,8 @@ def test_left_padded_causal_mask_rows_stay_finite(dtype):
     q = torch.randn(2, 4, 6, 8).to(dtype)
     k = torch.randn(2, 2, 6, 8).to(dtype)
     v = torch.randn(2, 2, 6, 8).to(dtype)
-    mask = minivlm.causal_mask(pad, 6, dtype=dtype)
-    out = minivlm.attention(q, k, v, mask)
+    mask = minivlm.causal_mask(pad.to(device), 6, dtype=dtype).cpu()
+    out = minivlm.attention(q.to(device), k.to(device), v.to(device), mask.to(device)).cpu()
     assert torch.isfinite(out).all()
     exact = reference.attention(q.double(), k.double(), v.double(), mask.double())
     acc = acc_dtype(dtype)
@@ -441,21 +455,23 @@ def test_left_padded_causal_mask_rows_stay_finite(dtype):
         torch.testing.assert_close(row, want, rtol=unit_roundoff(dtype) * 4, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_gqa_head_mapping(dtype):
+def test_gqa_head_mapping(dtype, device):
     """Query head h reads key/value head h // (Hq // Hkv): make each kv head's values the constant h."""
     B, Hq, Hkv, L, D = 2, 6, 2, 5, 8
     q = torch.randn(B, Hq, L, D).to(dtype)
     k = torch.randn(B, Hkv, L, D).to(dtype)
     v = torch.arange(Hkv, dtype=dtype).reshape(1, Hkv, 1, 1).expand(B, Hkv, L, D).contiguous()
-    out = minivlm.attention(q, k, v, is_causal=True)
+    out = minivlm.attention(q.to(device), k.to(device), v.to(device), is_causal=True).cpu()
     want = (torch.arange(Hq) // (Hq // Hkv)).to(torch.float64).reshape(1, Hq, 1, 1).expand(B, Hq, L, D)
     torch.testing.assert_close(out.double(), want, rtol=0, atol=unit_roundoff(dtype) * 4)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("window", [None, 1, 3, 50])
 @pytest.mark.parametrize("Lq,Lk", [(1, 1), (1, 9), (4, 9), (9, 9), (70, 300)])
-def test_causal_band_alignment(Lq, Lk, window):
+def test_causal_band_alignment(Lq, Lk, window, device):
     """Bottom-right alignment: with q = 0 every visible key weighs the same, and v_j = j makes the output
     the mean visible key position, i.e. query i (at position p = i + Lk - Lq) averages the keys
     max(0, p - window + 1) .. p."""
@@ -463,40 +479,46 @@ def test_causal_band_alignment(Lq, Lk, window):
     q = torch.zeros(1, 1, Lq, D, dtype=torch.float64)
     k = torch.randn(1, 1, Lk, D, dtype=torch.float64)
     v = torch.arange(Lk, dtype=torch.float64).reshape(1, 1, Lk, 1).expand(1, 1, Lk, D)
-    out = minivlm.attention(q, k, v, is_causal=True, window=window)
+    out = minivlm.attention(q.to(device), k.to(device), v.to(device), is_causal=True, window=window).cpu()
     for i in range(Lq):
         p = i + Lk - Lq
         lo = 0 if window is None else max(0, p - window + 1)
         assert out[0, 0, i, 0].item() == pytest.approx((lo + p) / 2, rel=1e-12, abs=1e-12), i
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_scale_argument(dtype):
+def test_scale_argument(dtype, device):
     B, H, Lq, Lk, D = 1, 2, 5, 11, 16
     q = torch.randn(B, H, Lq, D).to(dtype)
     k = torch.randn(B, H, Lk, D).to(dtype)
     v = torch.randn(B, H, Lk, D).to(dtype)
     tol = unit_roundoff(dtype) * 4 + 2e-5
+
+    def attention(*args, **kwargs):
+        return minivlm.attention(*(t.to(device) for t in args), **kwargs).cpu()
+
     for scale in (0.05, 0.25, 1, 3.0, -0.5):
-        out = minivlm.attention(q, k, v, scale=scale)
+        out = attention(q, k, v, scale=scale)
         exact = reference.attention(q.double(), k.double(), v.double(), scale=float(scale))
         torch.testing.assert_close(out.double(), exact, rtol=tol, atol=tol * 2, msg=f"scale={scale}")
     # The default is D ** -0.5, and scale=0 makes every visible key weigh the same.
-    torch.testing.assert_close(minivlm.attention(q, k, v), minivlm.attention(q, k, v, scale=D ** -0.5))
-    out0 = minivlm.attention(q, k, v, scale=0.0, is_causal=True)
+    torch.testing.assert_close(attention(q, k, v), attention(q, k, v, scale=D ** -0.5))
+    out0 = attention(q, k, v, scale=0.0, is_causal=True)
     for i in range(Lq):
         want = v[:, :, : i + Lk - Lq + 1].double().mean(2)
         torch.testing.assert_close(out0[:, :, i].double(), want, rtol=tol, atol=tol)
     # A different scale must give a different result (the argument is not ignored).
-    assert not torch.allclose(minivlm.attention(q, k, v, scale=3.0).double(),
-                              minivlm.attention(q, k, v).double(), atol=1e-2)
+    assert not torch.allclose(attention(q, k, v, scale=3.0).double(), attention(q, k, v).double(), atol=1e-2)
 
 
-def test_no_nan_when_everything_is_masked():
-    q = torch.randn(2, 4, 3, 8, requires_grad=True)
-    k = torch.randn(2, 2, 5, 8, requires_grad=True)
-    v = torch.randn(2, 2, 5, 8, requires_grad=True)
-    for mask in (torch.zeros(5, dtype=torch.bool), torch.full((2, 1, 3, 5), float("-inf"), requires_grad=True)):
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_nan_when_everything_is_masked(device):
+    q = torch.randn(2, 4, 3, 8, device=device, requires_grad=True)
+    k = torch.randn(2, 2, 5, 8, device=device, requires_grad=True)
+    v = torch.randn(2, 2, 5, 8, device=device, requires_grad=True)
+    for mask in (torch.zeros(5, dtype=torch.bool, device=device),
+                 torch.full((2, 1, 3, 5), float("-inf"), device=device, requires_grad=True)):
         out = minivlm.attention(q, k, v, mask)
         assert (out == 0).all()
         out.backward(torch.randn_like(out))
@@ -505,15 +527,16 @@ def test_no_nan_when_everything_is_masked():
             t.grad = None
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_odd_head_dims_and_single_key(dtype):
+def test_odd_head_dims_and_single_key(dtype, device):
     """The smallest shapes: one key, head_dim 1 and other odd sizes, Lq = Lk = 1."""
     for D in (1, 3, 5, 7, 33, 65, 127):
         for Lq, Lk in ((1, 1), (3, 1), (1, 2)):
             q = torch.randn(1, 1, Lq, D).to(dtype)
             k = torch.randn(1, 1, Lk, D).to(dtype)
             v = torch.randn(1, 1, Lk, D).to(dtype)
-            out = minivlm.attention(q, k, v)
+            out = minivlm.attention(q.to(device), k.to(device), v.to(device)).cpu()
             exact = reference.attention(q.double(), k.double(), v.double())
             tol = unit_roundoff(dtype) * 2 + 2e-5
             torch.testing.assert_close(out.double(), exact, rtol=tol, atol=tol, msg=f"D={D} Lq={Lq} Lk={Lk}")

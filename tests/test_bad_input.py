@@ -9,6 +9,7 @@ import torch
 
 import minivlm
 from minivlm import reference
+from conftest import DEVICES
 
 
 def t(*shape, dtype=torch.float32):
@@ -129,3 +130,22 @@ def test_good_input_is_accepted(path):
         assert mod.causal_mask(PM, 4).shape == (2, 1, 4, 4)
         assert mod.causal_mask(PM.bool(), 1, dtype=torch.bfloat16, window=1).shape == (2, 1, 1, 4)
         assert mod.causal_mask(PM.to(torch.uint8), 2, window=100).shape == (2, 1, 2, 4)
+
+
+@pytest.mark.parametrize("device", [d for d in DEVICES if d != "cpu"])
+def test_inputs_on_two_devices_raise(device):
+    """A tensor on the GPU next to one on the CPU: a ValueError naming both devices, before any kernel."""
+    on = torch.device(device)
+    with pytest.raises(ValueError, match=r"^attention: k is on cpu but q is on cuda"):
+        minivlm.attention(Q.to(on), K, V.to(on))
+    with pytest.raises(ValueError, match=r"^attention: attn_mask is on cpu but q is on cuda"):
+        minivlm.attention(Q.to(on), K.to(on), V.to(on), torch.ones(3, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"^rope: cos is on cpu but x is on cuda"):
+        minivlm.rope(X.to(on), COS, SIN.to(on))
+
+
+@pytest.mark.parametrize("device", [d for d in DEVICES if d != "cpu"])
+def test_head_dim_beyond_the_cuda_kernels_raises(device):
+    q = torch.randn(1, 2, 3, 264, device=device)
+    with pytest.raises(ValueError, match=r"^attention: the CUDA kernels take head_dim up to 256"):
+        minivlm.attention(q, q, q)

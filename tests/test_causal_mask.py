@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import minivlm
 from minivlm import reference
-from conftest import DTYPES
+from conftest import DEVICES, DTYPES, to_device
 
 PAD_DTYPES = (torch.bool, torch.int64, torch.int32, torch.uint8, torch.int8)
 
@@ -70,10 +70,12 @@ def transformers_mask(pm, q_len, dtype, window):
                       mask_function=fn, attention_mask=pm.bool(), dtype=dtype)
 
 
-def check_mask(case):
+def check_mask(case, device="cpu"):
     pm = padding_mask(case)
     dtype, q_len, window = case["dtype"], case["q_len"], case["window"]
-    got = minivlm.causal_mask(pm, q_len, dtype=dtype, window=window)
+    got = minivlm.causal_mask(to_device(pm, device), q_len, dtype=dtype, window=window)
+    assert got.device.type == torch.device(device).type
+    got = got.cpu()
     assert got.dtype == dtype and got.shape == (case["B"], 1, q_len, case["Lk"])
     want = reference.causal_mask(pm, q_len, dtype=dtype, window=window)
     assert torch.equal(got, want), f"differs from the reference at {(got != want).nonzero()[:5].tolist()}"
@@ -84,27 +86,30 @@ def check_mask(case):
     assert ((got == 0) | (got == lo)).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @given(data=st.data())
-def test_causal_mask_matches_reference_and_transformers(dtype, data):
-    check_mask(data.draw(mask_cases(dtype), label="case"))
+def test_causal_mask_matches_reference_and_transformers(dtype, device, data):
+    check_mask(data.draw(mask_cases(dtype), label="case"), device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("window", [None, 1, 7, 300, 4096])
-def test_causal_mask_long(dtype, window):
+def test_causal_mask_long(dtype, window, device):
     """Lengths past every tile size: Lk = 700, prefill (q_len = Lk) and a chunk (q_len < Lk)."""
     for q_len in (700, 129, 1):
         case = dict(dtype=dtype, B=2, Lk=700, q_len=q_len, window=window, pad_dtype=torch.int64,
                     padding="left", layout="contiguous", seed=q_len)
-        check_mask(case)
+        check_mask(case, device)
 
 
-def test_causal_mask_by_hand():
+@pytest.mark.parametrize("device", DEVICES)
+def test_causal_mask_by_hand(device):
     """One small case written out: sequence 0 has a padding token first, queries are the last 3 of 4."""
-    pm = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    pm = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]], device=device)
     lo = torch.finfo(torch.float32).min
-    got = minivlm.causal_mask(pm, 3)
+    got = minivlm.causal_mask(pm, 3).cpu()
     assert got.dtype == torch.float32
     visible = torch.tensor([
         [[0, 1, 0, 0], [0, 1, 1, 0], [0, 1, 1, 1]],
@@ -112,7 +117,7 @@ def test_causal_mask_by_hand():
     ], dtype=torch.bool)[:, None]
     assert torch.equal(got, torch.where(visible, torch.tensor(0.0), torch.tensor(lo)))
     # window 2: each query sees itself and the key before it.
-    got = minivlm.causal_mask(pm, 3, window=2)
+    got = minivlm.causal_mask(pm, 3, window=2).cpu()
     visible = torch.tensor([
         [[0, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]],
         [[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]],
@@ -120,9 +125,10 @@ def test_causal_mask_by_hand():
     assert torch.equal(got, torch.where(visible, torch.tensor(0.0), torch.tensor(lo)))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_causal_mask_default_dtype_and_values(dtype):
-    pm = torch.ones(1, 5, dtype=torch.bool)
+def test_causal_mask_default_dtype_and_values(dtype, device):
+    pm = torch.ones(1, 5, dtype=torch.bool, device=device)
     assert minivlm.causal_mask(pm, 5).dtype == torch.float32
     m = minivlm.causal_mask(pm, 5, dtype=dtype)
     assert m.dtype == dtype

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import minivlm
 from minivlm import reference
-from conftest import DTYPES, acc_dtype, assert_within, randn, rounding_error, unit_roundoff
+from conftest import DEVICES, DTYPES, acc_dtype, assert_within, randn, rounding_error, to_device, unit_roundoff
 
 
 def rotary_tables(L, D, dtype, batch=None, offset=0, base=10000.0):
@@ -86,14 +86,16 @@ def rope_bound(x, cos, sin, exact, out_dtype, acc, transpose=False):
     return rounding_error(out_dtype, exact) + 5 * unit_roundoff(acc) * mag
 
 
-def check_rope(case):
+def check_rope(case, device="cpu"):
+    """The kernel runs on `device` (inputs in the same memory layouts); the reference on the CPU."""
     x, cos, sin = build(case)
     dtype = case["dtype"]
     acc = acc_dtype(dtype)
     tg = case["table_grad"]
-    xx = x.detach().requires_grad_()
-    cc, ss = cos.detach().requires_grad_(tg), sin.detach().requires_grad_(tg)
+    xx = to_device(x, device).detach().requires_grad_()
+    cc, ss = (to_device(t, device).detach().requires_grad_(tg) for t in (cos, sin))
     out = minivlm.rope(xx, cc, ss)
+    assert out.device == xx.device
     assert out.dtype == dtype and out.shape == x.shape
 
     x64 = x.detach().double().requires_grad_()
@@ -102,7 +104,7 @@ def check_rope(case):
     assert_within(out, exact, rope_bound(x, cos, sin, exact, dtype, acc), f"rope output ({dtype})")
 
     g = randn(out.shape, dtype, torch.Generator().manual_seed(case["seed"] + 1))
-    out.backward(g)
+    out.backward(g.to(device))
     exact.backward(g.double())
     assert xx.grad.dtype == dtype and xx.grad.shape == x.shape
     # dx = g * cos - rotate_half(g * sin): the same bound with g in place of x and the rotation after
@@ -122,22 +124,25 @@ def check_rope(case):
         assert cc.grad is None and ss.grad is None
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @given(data=st.data())
-def test_rope_matches_reference(dtype, data):
-    check_rope(data.draw(rope_cases(dtype), label="case"))
+def test_rope_matches_reference(dtype, device, data):
+    check_rope(data.draw(rope_cases(dtype), label="case"), device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_rope_long_sequence(dtype):
+def test_rope_long_sequence(dtype, device):
     """A long sequence and a large head: L = 1000, D = 256, many heads, transposed x."""
     case = dict(dtype=dtype, B=2, H=8, L=1000, D=256, batched=True, cos_dtype=dtype, real_tables=True,
                 x_layout="transposed", cos_layout="contiguous", table_grad=False, seed=3)
-    check_rope(case)
+    check_rope(case, device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_rope_matches_transformers_llama(dtype):
+def test_rope_matches_transformers_llama(dtype, device):
     """Our rotary layout is Transformers' half-split rotate_half (Llama): same result as its
     apply_rotary_pos_emb on (B, L, D) tables."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -149,34 +154,36 @@ def test_rope_matches_transformers_llama(dtype):
     cos, sin = cos.to(dtype), sin.to(dtype)
     q_hf, k_hf = apply_rotary_pos_emb(q.double(), k.double(), cos.double(), sin.double())
     for x, want in ((q, q_hf), (k, k_hf)):
-        got = minivlm.rope(x, cos, sin)
+        got = minivlm.rope(x.to(device), cos.to(device), sin.to(device))
         assert_within(got, want, rope_bound(x, cos, sin, want, dtype, acc_dtype(dtype)), "rope vs transformers")
 
 
-def test_rope_rotates_pairs():
+@pytest.mark.parametrize("device", DEVICES)
+def test_rope_rotates_pairs(device):
     """The rotation pairs dimension i with i + D/2: at angle pi/2 (cos 0, sin 1) the halves swap with a
     sign, (x1, x2) -> (-x2, x1); at angle 0 nothing moves."""
     D = 6
     x = torch.arange(1, D + 1, dtype=torch.float32).reshape(1, 1, 1, D).repeat(1, 2, 2, 1)
     cos = torch.tensor([[1.0] * D, [0.0] * D])
     sin = torch.tensor([[0.0] * D, [1.0] * D])
-    out = minivlm.rope(x, cos, sin)
+    out = minivlm.rope(x.to(device), cos.to(device), sin.to(device)).cpu()
     assert torch.equal(out[:, :, 0], x[:, :, 0])
     assert torch.equal(out[0, 0, 1], torch.tensor([-4.0, -5.0, -6.0, 1.0, 2.0, 3.0]))
 
 
-def test_rope_table_gradients_through_broadcast():
+@pytest.mark.parametrize("device", DEVICES)
+def test_rope_table_gradients_through_broadcast(device):
     """Gradients of (L, D) tables sum over batch and heads; of (B, L, D) tables, over heads only."""
     x = torch.randn(2, 3, 4, 8, dtype=torch.float64)
     for shape in ((4, 8), (2, 4, 8)):
-        cos = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-        sin = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-        minivlm.rope(x, cos, sin).sum().backward()
+        cos = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+        sin = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+        minivlm.rope(x.to(device), cos, sin).sum().backward()
         if len(shape) == 2:
             want_cos = x.sum((0, 1))
             want_sin = reference.rotate_half(x).sum((0, 1))
         else:
             want_cos = x.sum(1)
             want_sin = reference.rotate_half(x).sum(1)
-        torch.testing.assert_close(cos.grad, want_cos, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(sin.grad, want_sin, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(cos.grad.cpu(), want_cos, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(sin.grad.cpu(), want_sin, rtol=1e-12, atol=1e-12)
