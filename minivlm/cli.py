@@ -1,6 +1,7 @@
 """The `minivlm` command line (also `python -m minivlm`).
 
     minivlm bench kernels [--json PATH] [--quick] [--threads N] [--reps N]
+    minivlm bench kernels --device cuda [--json PATH] [--quick] [--reps N]
     minivlm bench model NAME [--json PATH] [--quick] [--threads N] [--reps N]
     minivlm demo [--threads N]
 
@@ -30,6 +31,14 @@ def positive_int(text: str) -> int:
 def run_bench(args) -> int:
     import importlib
 
+    if args.device == "cuda":
+        if args.what != "kernels":
+            raise SystemExit(f"minivlm bench {args.what}: --device cuda is for the kernels only; the model "
+                             f"benchmarks run on the CPU")
+        if args.name is not None or args.threads is not None:
+            raise SystemExit("minivlm bench kernels --device cuda: takes no NAME and no --threads")
+        from . import bench_cuda
+        return bench_cuda.run(json_path=args.json, quick=args.quick, reps=args.reps)
     module, function = BENCHMARKS[args.what].split(":")
     run = getattr(importlib.import_module(f"{__package__}.{module}"), function)
     extra = {}
@@ -57,6 +66,8 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("what", choices=list(BENCHMARKS), help="what to benchmark: the kernels, or a whole model")
     p.add_argument("name", nargs="?", metavar="NAME",
                    help=f"with 'model': which one ({', '.join(BENCH_MODELS)})")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the kernels run (cuda: the GPU kernels against SDPA's flash backend)")
     p.add_argument("--json", metavar="PATH", help="also write every number to PATH as JSON")
     p.add_argument("--quick", action="store_true", help="small shapes: a smoke test of a few seconds")
     p.add_argument("--threads", type=positive_int, metavar="N", help="torch.set_num_threads(N) first")

@@ -49,3 +49,17 @@ def test_bench_model_needs_a_known_name():
     result = run("bench", "kernels", "llava_next")
     assert result.returncode != 0
     assert "takes no NAME" in result.stderr
+
+
+def test_bench_cuda_without_a_gpu_says_why():
+    """Here torch sees no GPU (CI never has one): a clear exit, not a traceback. With a GPU, tools/gpu_check.sh
+    runs the real table."""
+    import torch
+    if torch.cuda.is_available():
+        import pytest
+        pytest.skip("a GPU is visible: this test is about machines without one")
+    result = run("bench", "kernels", "--device", "cuda", "--quick")
+    assert result.returncode != 0
+    assert "torch sees no CUDA GPU" in result.stderr and "Traceback" not in result.stderr
+    result = run("bench", "model", "llava_next", "--device", "cuda")
+    assert result.returncode != 0 and "--device cuda is for the kernels only" in result.stderr
