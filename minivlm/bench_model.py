@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -36,143 +35,148 @@ PREFILL_TARGET = 1.05
 DECODE_TARGET = 0.9
 
 
-@dataclass
-class Setup:
-    """What one benchmark run uses: the proportions of the model and of its input."""
-    vision_hidden: int
-    vision_layers: int
-    vision_heads: int
-    image_size: int          # crop side in pixels
-    patch_size: int
-    text_hidden: int
-    text_layers: int
-    text_heads: int
-    text_kv_heads: int
-    intermediate: int
-    vocab: int
-    image_hw: tuple          # the image's (height, width): picks the crop grid
-    text_tokens: int         # text tokens in the prompt besides the image tokens
-    new_tokens: int          # decode tokens timed per repetition
-    reps: int
-    warmup: int
+# --------------------------------------------------------------------------------------------------
+# What is benchmarked: one spec per model
+# --------------------------------------------------------------------------------------------------
+# A spec builds a Transformers checkpoint of given proportions (a dict: the model's sizes plus the common
+# keys new_tokens, reps, warmup), the inputs a processor would give for it, and names the module each
+# library calls once per generated token (for StepClock). The harness below does the rest.
+
+class LlavaNextBench:
+    """LLaVA-NeXT with Mistral's layout (GQA, no sliding window at this length): a 1:2 image, two crops
+    side by side plus the base image."""
+    name = "llava_next"
+    FULL = dict(vision_hidden=512, vision_layers=6, vision_heads=8, image_size=336, patch_size=14,
+                text_hidden=1024, text_layers=8, text_heads=16, text_kv_heads=4, intermediate=2816, vocab=32064,
+                image_hw=(300, 600), text_tokens=32, new_tokens=16, reps=5, warmup=1)
+    QUICK = dict(vision_hidden=64, vision_layers=2, vision_heads=4, image_size=56, patch_size=14,
+                 text_hidden=128, text_layers=2, text_heads=4, text_kv_heads=2, intermediate=256, vocab=512,
+                 image_hw=(50, 100), text_tokens=16, new_tokens=4, reps=3, warmup=1)
+    IMAGE_TOKEN = 32000
+
+    def hf_class(self):
+        from transformers import LlavaNextForConditionalGeneration
+        return LlavaNextForConditionalGeneration
+
+    def hf_config(self, s: dict):
+        from transformers import CLIPVisionConfig, LlavaNextConfig, MistralConfig
+
+        vision = CLIPVisionConfig(hidden_size=s["vision_hidden"], intermediate_size=4 * s["vision_hidden"],
+                                  num_hidden_layers=s["vision_layers"], num_attention_heads=s["vision_heads"],
+                                  image_size=s["image_size"], patch_size=s["patch_size"])
+        text = MistralConfig(hidden_size=s["text_hidden"], intermediate_size=s["intermediate"],
+                             num_hidden_layers=s["text_layers"], num_attention_heads=s["text_heads"],
+                             num_key_value_heads=s["text_kv_heads"], vocab_size=s["vocab"], sliding_window=None,
+                             max_position_embeddings=8192, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        c = s["image_size"]
+        return LlavaNextConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
+                               image_grid_pinpoints=[[c, 2 * c], [2 * c, c], [2 * c, 2 * c]],
+                               image_token_index=min(self.IMAGE_TOKEN, s["vocab"] - 1))
+
+    def make_inputs(self, s: dict, folder: str) -> dict:
+        """One image and a prompt with its image tokens, as a processor would give them."""
+        from .models.llava_next import LlavaNextConfig, image_feature_count, num_patches
+
+        with open(os.path.join(folder, "config.json")) as f:
+            cfg = LlavaNextConfig.from_dict(json.load(f))
+        g = torch.Generator().manual_seed(0)
+        hw = tuple(s["image_hw"])
+        n_image = image_feature_count(hw, cfg)
+        text = torch.randint(3, cfg.image_token_index, (s["text_tokens"],), generator=g)
+        ids = torch.cat([torch.tensor([1]), text[:4], torch.full((n_image,), cfg.image_token_index), text[4:]])[None]
+        P = num_patches(hw, cfg.image_grid_pinpoints, s["image_size"])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                "pixel_values": torch.randn(1, P, 3, s["image_size"], s["image_size"], generator=g),
+                "image_sizes": torch.tensor([hw])}
+
+    def describe(self, s: dict, inputs: dict) -> str:
+        return (f"CLIP hidden {s['vision_hidden']} x {s['vision_layers']} layers, {s['image_size']}px crops; "
+                f"decoder hidden {s['text_hidden']} x {s['text_layers']} layers, {s['text_heads']} heads / "
+                f"{s['text_kv_heads']} KV heads; image {s['image_hw'][0]}x{s['image_hw'][1]} "
+                f"({inputs['pixel_values'].shape[1]} crops); prompt {inputs['input_ids'].shape[1]} tokens")
+
+    def step_module(self, impl: str, model):
+        return model          # both libraries call the whole model once per token
 
 
-FULL = Setup(vision_hidden=512, vision_layers=6, vision_heads=8, image_size=336, patch_size=14,
-             text_hidden=1024, text_layers=8, text_heads=16, text_kv_heads=4, intermediate=2816, vocab=32064,
-             image_hw=(300, 600), text_tokens=32, new_tokens=16, reps=5, warmup=1)
-QUICK = Setup(vision_hidden=64, vision_layers=2, vision_heads=4, image_size=56, patch_size=14,
-              text_hidden=128, text_layers=2, text_heads=4, text_kv_heads=2, intermediate=256, vocab=512,
-              image_hw=(50, 100), text_tokens=16, new_tokens=4, reps=3, warmup=1)
-IMAGE_TOKEN = 32000
+SPECS = {spec.name: spec for spec in (LlavaNextBench(),)}
 
 
-def llava_next_config(s: Setup):
-    """A Transformers LlavaNextConfig with Mistral's layout (GQA, no sliding window at this length):
-    two crops side by side for a 1:2 image, plus the base image."""
-    from transformers import CLIPVisionConfig, LlavaNextConfig, MistralConfig
+# --------------------------------------------------------------------------------------------------
+# The harness
+# --------------------------------------------------------------------------------------------------
 
-    vision = CLIPVisionConfig(hidden_size=s.vision_hidden, intermediate_size=4 * s.vision_hidden,
-                              num_hidden_layers=s.vision_layers, num_attention_heads=s.vision_heads,
-                              image_size=s.image_size, patch_size=s.patch_size)
-    text = MistralConfig(hidden_size=s.text_hidden, intermediate_size=s.intermediate,
-                         num_hidden_layers=s.text_layers, num_attention_heads=s.text_heads,
-                         num_key_value_heads=s.text_kv_heads, vocab_size=s.vocab, sliding_window=None,
-                         max_position_embeddings=8192, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    c = s.image_size
-    return LlavaNextConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
-                           image_grid_pinpoints=[[c, 2 * c], [2 * c, c], [2 * c, 2 * c]],
-                           image_token_index=min(IMAGE_TOKEN, s.vocab - 1))
-
-
-def save_checkpoint(s: Setup, folder: str):
-    from transformers import LlavaNextForConditionalGeneration
-
+def save_checkpoint(spec, s: dict, folder: str):
     torch.manual_seed(0)
-    LlavaNextForConditionalGeneration(llava_next_config(s)).save_pretrained(folder)
+    spec.hf_class()(spec.hf_config(s)).save_pretrained(folder)
 
 
-def make_inputs(s: Setup, folder: str) -> dict:
-    """One image and a prompt with its image tokens, as a processor would give them."""
-    from .models.llava_next import LlavaNextConfig, image_feature_count, num_patches
-
-    with open(os.path.join(folder, "config.json")) as f:
-        cfg = LlavaNextConfig.from_dict(json.load(f))
-    g = torch.Generator().manual_seed(0)
-    n_image = image_feature_count(s.image_hw, cfg)
-    text = torch.randint(3, cfg.image_token_index, (s.text_tokens,), generator=g)
-    ids = torch.cat([torch.tensor([1]), text[:4], torch.full((n_image,), cfg.image_token_index), text[4:]])[None]
-    P = num_patches(s.image_hw, cfg.image_grid_pinpoints, s.image_size)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-            "pixel_values": torch.randn(1, P, 3, s.image_size, s.image_size, generator=g),
-            "image_sizes": torch.tensor([s.image_hw])}
-
-
-def load(impl: str, folder: str):
+def load(spec, impl: str, folder: str):
     if impl == "minivlm":
         import minivlm
         return minivlm.from_pretrained(folder)
-    from transformers import LlavaNextForConditionalGeneration
-    return LlavaNextForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    return spec.hf_class().from_pretrained(folder, dtype=torch.float32).eval()
 
 
 def prefill_fn(impl: str, model, inputs: dict):
     """One prompt forward into a fresh cache, last position's logits."""
     B, T = inputs["input_ids"].shape
     if impl == "minivlm":
-        def run():
+        def call():
             with torch.inference_mode():
                 return model(**inputs, cache=model.new_cache(B, T), logits_to_keep=1).logits
     else:
-        def run():
+        def call():
             with torch.inference_mode():
                 return model(**inputs, use_cache=True, logits_to_keep=1).logits
-    return run
+    return call
 
 
 def generate_fn(impl: str, model, inputs: dict, n: int):
     """Greedy generation of exactly n tokens (no end-of-sequence stop)."""
     if impl == "minivlm":
-        def run():
+        def call():
             return model.generate(**inputs, max_new_tokens=n, eos_token_id=[])
     else:
-        def run():
+        def call():
             with torch.inference_mode():
                 return model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                       eos_token_id=None, pad_token_id=0)
-    return run
+    return call
 
 
 class StepClock:
-    """The start time of every forward call of a model, taken by a forward pre-hook.
+    """The start time of every call of the module a library runs once per generated token, taken by a
+    forward pre-hook.
 
-    Both libraries' generate call the top-level model once for the prompt and once per new token, so the
-    time between the first decode call and the last is (calls - 2) whole decode steps: the forward
-    plus everything the loop does around it (choosing the token, stopping checks, cache bookkeeping).
-    Measured inside one generate call, it is free of the prefill's own run-to-run noise (a prefill is
-    ~100x a step here: subtracting two whole generate timings would drown the steps in it).
+    Each library's generate calls it once for the prompt and once per new token after the first, so the
+    time between the first decode call and the last is (calls - 2) whole decode steps: the forward plus
+    everything the loop does around it (choosing the token, stopping checks, cache bookkeeping).
+    Measured inside one generate call, it is free of the prefill's own run-to-run noise (a prefill costs
+    ~75 steps on the LLaVA-NeXT config: subtracting two whole generate timings would drown the steps).
     """
 
-    def __init__(self, model):
+    def __init__(self, module):
         self.stamps = []
-        self.handle = model.register_forward_pre_hook(lambda module, args: self.stamps.append(time.perf_counter()))
+        self.handle = module.register_forward_pre_hook(lambda mod, args: self.stamps.append(time.perf_counter()))
 
-    def decode_ms_per_token(self, run, new_tokens: int) -> float:
+    def decode_ms_per_token(self, call, new_tokens: int) -> float:
         self.stamps.clear()
-        run()
+        call()
         if len(self.stamps) != new_tokens:   # one prefill call + one call per token after the first
             raise RuntimeError(f"expected {new_tokens} forward calls, saw {len(self.stamps)}")
         return 1e3 * (self.stamps[-1] - self.stamps[1]) / (len(self.stamps) - 2)
 
 
-def time_decode(models: dict, inputs: dict, steps: int, reps: int, warmup: int) -> dict:
+def time_decode(spec, models: dict, inputs: dict, steps: int, reps: int, warmup: int) -> dict:
     """Per-token decode time of each library, alternating within every repetition (see StepClock)."""
     n = steps + 2                                    # prefill + (steps + 1) decode calls = steps intervals
-    clocks = {impl: StepClock(m) for impl, m in models.items()}
-    runs = {impl: generate_fn(impl, m, inputs, n) for impl, m in models.items()}
+    clocks = {impl: StepClock(spec.step_module(impl, m)) for impl, m in models.items()}
+    calls = {impl: generate_fn(impl, m, inputs, n) for impl, m in models.items()}
     timings = {impl: Timing([]) for impl in models}
     for rep in range(warmup + reps):
         for impl in models:
-            ms = clocks[impl].decode_ms_per_token(runs[impl], n)
+            ms = clocks[impl].decode_ms_per_token(calls[impl], n)
             if rep >= warmup:
                 timings[impl].samples.append(ms)
     for clock in clocks.values():
@@ -184,12 +188,12 @@ def _ratios(a: Timing, b: Timing) -> list:
     return [x / y for x, y in zip(a.samples, b.samples)]
 
 
-def measure_memory(impl: str, folder: str, s: Setup) -> dict:
+def measure_memory(spec, impl: str, folder: str, s: dict) -> dict:
     """Peak RSS of loading + generating, in a fresh process (see minivlm._memory for why)."""
-    spec = json.dumps({"impl": impl, "folder": folder, "setup": s.__dict__})
+    child = json.dumps({"model": spec.name, "impl": impl, "folder": folder, "setup": s})
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p))
-    proc = subprocess.run([sys.executable, "-m", "minivlm.bench_model", spec], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "minivlm.bench_model", child], capture_output=True, text=True,
                           env=env)
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
@@ -197,38 +201,35 @@ def measure_memory(impl: str, folder: str, s: Setup) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _memory_child(spec: dict) -> dict:
-    s = Setup(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["setup"].items()})
-    torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
+def _memory_child(child: dict) -> dict:
+    spec, s = SPECS[child["model"]], child["setup"]
     start = current_rss_kib()
-    model = load(spec["impl"], spec["folder"])
-    inputs = make_inputs(s, spec["folder"])
+    model = load(spec, child["impl"], child["folder"])
+    inputs = spec.make_inputs(s, child["folder"])
     loaded = current_rss_kib()
-    generate_fn(spec["impl"], model, inputs, s.new_tokens + 1)()
+    generate_fn(child["impl"], model, inputs, s["new_tokens"] + 1)()
     return {"start_kib": start, "after_load_kib": loaded, "peak_kib": peak_rss_kib()}
 
 
 def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[int] = None,
         reps: Optional[int] = None, name: str = "llava_next") -> int:
-    if name != "llava_next":
-        raise SystemExit(f"minivlm bench model: unknown model {name!r}; available: llava_next")
+    if name not in SPECS:
+        raise SystemExit(f"minivlm bench model: unknown model {name!r}; available: {', '.join(SPECS)}")
+    spec = SPECS[name]
     if threads is not None:
         torch.set_num_threads(threads)
-    s = QUICK if quick else FULL
+    s = dict(spec.QUICK if quick else spec.FULL)
     if reps is not None:
-        s = Setup(**{**s.__dict__, "reps": reps})
+        s["reps"] = reps
     env = environment()
-    print(f"minivlm {env['minivlm']} model benchmark: llava_next{' (--quick: tiny model)' if quick else ''}")
+    print(f"minivlm {env['minivlm']} model benchmark: {name}{' (--quick: tiny model)' if quick else ''}")
     print(f"torch {env['torch']}, transformers {env['transformers']}, threads {env['threads']}, float32 CPU")
     with tempfile.TemporaryDirectory() as folder:
-        save_checkpoint(s, folder)
-        inputs = make_inputs(s, folder)
-        models = {impl: load(impl, folder) for impl in ("minivlm", "transformers")}
+        save_checkpoint(spec, s, folder)
+        inputs = spec.make_inputs(s, folder)
+        models = {impl: load(spec, impl, folder) for impl in ("minivlm", "transformers")}
         T = inputs["input_ids"].shape[1]
-        print(f"config: CLIP hidden {s.vision_hidden} x {s.vision_layers} layers, {s.image_size}px crops; "
-              f"decoder hidden {s.text_hidden} x {s.text_layers} layers, {s.text_heads} heads / "
-              f"{s.text_kv_heads} KV heads; image {s.image_hw[0]}x{s.image_hw[1]} "
-              f"({inputs['pixel_values'].shape[1]} patches); prompt {T} tokens")
+        print(f"config: {spec.describe(s, inputs)}")
         # Same weights, same numbers: a check that the comparison is fair.
         with torch.inference_mode():
             a = prefill_fn("minivlm", models["minivlm"], inputs)()
@@ -236,15 +237,15 @@ def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[
         diff = (a - b).abs().max().item()
         scale = b.abs().max().item()
         print(f"max |logit difference| at the last prompt position: {diff:.1e} (largest logit {scale:.1e})")
-        if not diff <= 1e-4 * max(scale, 1.0):   # float32 parity is ~1e-6 relative (tests/test_llava_next.py)
+        if not diff <= 1e-4 * max(scale, 1.0):   # float32 parity is ~1e-6 relative (the parity tests)
             print("WARNING: the two libraries disagree on these weights: the timings compare different work")
-        print(f"{s.reps} repetitions after {s.warmup} warm-up, the two libraries alternating within each")
+        print(f"{s['reps']} repetitions after {s['warmup']} warm-up, the two libraries alternating within each")
 
         prefill = time_side_by_side({impl: prefill_fn(impl, m, inputs) for impl, m in models.items()},
-                                    s.reps, s.warmup, 0.0)
-        decode = time_decode(models, inputs, s.new_tokens, s.reps, s.warmup)
+                                    s["reps"], s["warmup"], 0.0)
+        decode = time_decode(spec, models, inputs, s["new_tokens"], s["reps"], s["warmup"])
         del models
-        memory = {impl: measure_memory(impl, folder, s) for impl in ("minivlm", "transformers")}
+        memory = {impl: measure_memory(spec, impl, folder, s) for impl in ("minivlm", "transformers")}
 
     rows = [["", "minivlm ms", "transformers ms", "ratio [min-max]", "target", ""]]
     results = {}
@@ -271,7 +272,7 @@ def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[
         print("(--quick: the targets are set for the full config; on the tiny one PASS/MISS mean little)")
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"environment": env, "setup": s.__dict__, "prompt_tokens": T, "max_abs_logit_diff": diff,
+            json.dump({"environment": env, "model": name, "setup": s, "prompt_tokens": T, "max_abs_logit_diff": diff,
                        "results": results, "tokens_per_s": tps, "memory": memory}, f, indent=2)
         print(f"\nwrote {json_path}")
     return 0
