@@ -136,3 +136,30 @@ def assert_within(actual, exact, bound, what):
             f"{what}: {int(bad.sum())}/{err.numel()} elements out of tolerance; max error "
             f"{err.max().item():.3e}, max error/bound {ratio:.3g}; first at {idx}: got {a[idx].item()!r}, "
             f"expected {e[idx].item()!r}, bound {bound[idx].item():.3e}")
+
+
+def assert_close_rel(actual, expected, what, rtol):
+    """|actual - expected| <= rtol * max|expected|: a model's outputs against Transformers', at a tolerance
+    relative to the outputs' scale (each test file justifies its rtol)."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    bound = rtol * expected.abs().max().item()
+    err = (actual - expected).abs().max().item()
+    assert err <= bound, f"{what}: max error {err:.3e} > bound {bound:.3e}"
+
+
+def check_cache_errors(model, vocab):
+    """A decoder's KV cache (max_length 10, batch 2) refuses what does not fit, names why, and stores
+    nothing for a refused call."""
+    cache = model.new_cache(2, 10)
+    with torch.no_grad():
+        model(torch.randint(0, vocab, (2, 8)), cache=cache)
+        with pytest.raises(ValueError, match="max_length=10"):
+            model(torch.randint(0, vocab, (2, 3)), cache=cache)
+        with pytest.raises(ValueError, match="batch size 2"):
+            model(torch.randint(0, vocab, (3, 1)), cache=cache)
+        with pytest.raises(ValueError, match="attention_mask"):
+            model(torch.randint(0, vocab, (2, 1)), cache=cache, attention_mask=torch.ones(2, 1))
+        with pytest.raises(ValueError, match="float64"):
+            model(torch.randint(0, vocab, (2, 1)), cache=model.new_cache(2, 4, dtype=torch.float64))
+    assert cache.length == 8      # failed calls store nothing
+    return cache

@@ -20,6 +20,7 @@ import transformers
 
 import minivlm
 from minivlm.models.llama import KVCache, LlamaConfig, LlamaForCausalLM, rope_inv_freq
+from conftest import assert_close_rel, check_cache_errors
 
 VOCAB = 97
 RTOL32 = 1e-5    # times the largest reference logit; see the module docstring
@@ -51,9 +52,7 @@ def save_and_load(hf, path, dtype=torch.float32):
 
 
 def assert_close(actual, expected, what, rtol=RTOL32):
-    bound = rtol * expected.abs().max().item()
-    err = (actual - expected).abs().max().item()
-    assert err <= bound, f"{what}: max error {err:.3e} > bound {bound:.3e}"
+    assert_close_rel(actual, expected, what, rtol)
 
 
 def left_padded_mask(lengths, T):
@@ -280,19 +279,8 @@ def test_cache_decoding_with_left_padding(model_type, overrides, tmp_path):
 
 def test_cache_errors(tmp_path):
     model = save_and_load(hf_model("llama"), tmp_path)
-    cache = model.new_cache(2, 10)
+    cache = check_cache_errors(model, VOCAB)
     assert isinstance(cache, KVCache) and cache.keys[0].shape == (2, 4, 10, 16)
-    with torch.no_grad():
-        model(torch.randint(0, VOCAB, (2, 8)), cache=cache)
-        with pytest.raises(ValueError, match="max_length=10"):
-            model(torch.randint(0, VOCAB, (2, 3)), cache=cache)
-        with pytest.raises(ValueError, match="batch size 2"):
-            model(torch.randint(0, VOCAB, (3, 1)), cache=cache)
-        with pytest.raises(ValueError, match="attention_mask"):
-            model(torch.randint(0, VOCAB, (2, 1)), cache=cache, attention_mask=torch.ones(2, 1))
-        with pytest.raises(ValueError, match="float64"):
-            model(torch.randint(0, VOCAB, (2, 1)), cache=model.new_cache(2, 4, dtype=torch.float64))
-    assert cache.length == 8      # failed calls store nothing
 
 
 def test_inputs_embeds_and_logits_to_keep(tmp_path):

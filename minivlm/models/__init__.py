@@ -13,6 +13,7 @@ MODEL_TYPES = {
     "llama": "llama:LlamaForCausalLM",
     "mistral": "llama:LlamaForCausalLM",
     "clip_vision_model": "clip:CLIPVisionModel",
+    "opt": "opt:OPTForCausalLM",
 }
 
 
