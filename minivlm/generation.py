@@ -1,8 +1,9 @@
-"""Text generation shared by every decoder model in minivlm: greedy decoding or sampling, with a KV cache.
+"""Text generation shared by every model in minivlm: greedy decoding or sampling, with a KV cache.
 
     tokens = model.generate(input_ids, attention_mask=mask, max_new_tokens=20)   # (B, T + N)
 
-The loop (the same as Transformers 5.23's `generate` for greedy search and multinomial sampling):
+Decoder-only models (the same loop as Transformers 5.23's `generate` for greedy search and multinomial
+sampling):
 1. Prefill: the whole prompt goes through the model once, filling a preallocated KV cache
    (`model.new_cache`); extra inputs such as pixel_values go to this call only.
 2. Each step feeds only the token just chosen; its position is the previous one + 1.
@@ -14,10 +15,20 @@ The loop (the same as Transformers 5.23's `generate` for greedy search and multi
    eos id when no pad id is set, as Transformers does). Generation stops when every row is finished or
    after max_new_tokens.
 
-A model that uses this mixin provides `new_cache(batch_size, max_length) -> cache` and a forward
+A decoder-only model provides `new_cache(batch_size, max_length) -> cache` and a forward
 `model(input_ids, attention_mask=..., position_ids=..., cache=..., logits_to_keep=1, **model_inputs)`
-returning an object with `.logits`; `model.generation_config` (set by minivlm.from_pretrained) gives the
-default eos / pad ids, else `model.config`.
+returning an object with `.logits`.
+
+Encoder-decoder models (T5; a model with `is_encoder_decoder = True`, as a class or instance attribute):
+the prompt is encoded once, `model.encode(input_ids, attention_mask=..., **model_inputs) -> (B, S, C)`
+(any padding side: T5 tokenizers pad on the right). The decoder starts from decoder_start_token_id and
+each step calls `model.decode(last_token (B, 1), encoder_states, attention_mask, cache=cache,
+logits_to_keep=1)`; the cache comes from `new_cache(batch_size, 1 + max_new_tokens)`. Tokens are chosen
+and finished rows padded exactly as in steps 4-5. The result is the decoder tokens (B, 1 + N), starting
+with decoder_start_token_id, as Transformers returns them.
+
+`model.generation_config` (set by minivlm.from_pretrained) gives the default eos / pad / decoder start
+ids, else `model.config`.
 """
 from __future__ import annotations
 
@@ -30,7 +41,7 @@ import torch
 
 # Where a composite (vision-language) config.json keeps its decoder's settings, as Transformers looks.
 TEXT_CONFIG_KEYS = ("decoder", "generator", "text_config")
-TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 
 
 @dataclass
@@ -39,13 +50,14 @@ class GenerationConfig:
     eos_token_id: Union[int, list, None] = None   # end of sequence: an int or a list, stored as a list or None
     pad_token_id: Optional[int] = None      # fills finished rows; None = the first eos id
     max_new_tokens: int = 20                # tokens to generate when generate() is not told
+    decoder_start_token_id: Optional[int] = None   # encoder-decoder models: the decoder's first input
 
     def __post_init__(self):
         if isinstance(self.eos_token_id, int) and not isinstance(self.eos_token_id, bool):
             self.eos_token_id = [self.eos_token_id]
         elif self.eos_token_id is not None:
             self.eos_token_id = list(self.eos_token_id) or None
-        for name in ("bos_token_id", "pad_token_id"):
+        for name in ("bos_token_id", "pad_token_id", "decoder_start_token_id"):
             _check_id(f"GenerationConfig: {name}", getattr(self, name))
         for token in self.eos_token_id or []:
             _check_id("GenerationConfig: eos_token_id", token)
@@ -83,21 +95,23 @@ class GenerationConfig:
 
 
 class GenerationMixin:
-    """Adds `generate` to a decoder model (see the module docstring for what it needs)."""
+    """Adds `generate` to a decoder-only or encoder-decoder model (see the module docstring for what it
+    needs)."""
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, *, attention_mask=None, max_new_tokens: Optional[int] = None,
                  eos_token_id=None, pad_token_id=None, do_sample: bool = False, temperature: float = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None,
                  generator: Optional[torch.Generator] = None, **model_inputs) -> torch.LongTensor:
-        """The prompt (B, T) followed by up to max_new_tokens new tokens: a LongTensor (B, T + N).
+        """The prompt (B, T) followed by up to max_new_tokens new tokens: a LongTensor (B, T + N); for an
+        encoder-decoder model the decoder tokens (B, 1 + N), decoder_start_token_id first.
 
-        attention_mask: (B, T), 1 = real token, 0 = left padding (None = no padding). eos_token_id,
-        pad_token_id, max_new_tokens: default to `self.generation_config`. do_sample: draw from the
-        distribution instead of taking the argmax, after dividing the logits by temperature and keeping
-        the top_k most likely tokens (None = all) and the smallest set whose probability reaches top_p
-        (None = all); generator makes the draws reproducible. model_inputs (pixel_values, image_sizes,
-        ...) go to the prefill forward only.
+        attention_mask: (B, T), 1 = real token, 0 = padding (None = no padding); decoder-only models need
+        left padding. eos_token_id, pad_token_id, max_new_tokens: default to `self.generation_config`.
+        do_sample: draw from the distribution instead of taking the argmax, after dividing the logits by
+        temperature and keeping the top_k most likely tokens (None = all) and the smallest set whose
+        probability reaches top_p (None = all); generator makes the draws reproducible. model_inputs
+        (pixel_values, image_sizes, ...) go to the prefill forward (encoder-decoder: to `encode`) only.
         """
         defaults = getattr(self, "generation_config", None) or GenerationConfig.from_model_config(self.config)
         N = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens
@@ -105,7 +119,13 @@ class GenerationMixin:
         pad = defaults.pad_token_id if pad_token_id is None else pad_token_id
         if pad is None and eos:
             pad = eos[0]
-        _check_generate_args(input_ids, attention_mask, N, pad, do_sample, temperature, top_k, top_p, generator)
+        encoder_decoder = bool(getattr(self, "is_encoder_decoder", False))
+        _check_generate_args(input_ids, attention_mask, N, pad, do_sample, temperature, top_k, top_p, generator,
+                             left_padded=not encoder_decoder)
+        choose = dict(eos=eos, pad=pad, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                      generator=generator)
+        if encoder_decoder:
+            return self._generate_encoder_decoder(input_ids, attention_mask, N, defaults, choose, model_inputs)
 
         B, T = input_ids.shape
         device = input_ids.device
@@ -123,25 +143,57 @@ class GenerationMixin:
 
         logits = self(input_ids, attention_mask=None if mask is None else mask[:, :T], position_ids=positions,
                       cache=cache, logits_to_keep=1, **model_inputs).logits[:, -1]          # (B, vocab)
-        eos_ids = torch.tensor(eos, device=device) if eos else None
-        unfinished = torch.ones(B, dtype=torch.bool, device=device)
-        for i in range(N):
-            scores = logits.float()                      # Transformers picks tokens from float32 scores
-            if do_sample:
-                next_tokens = sample(scores, temperature, top_k, top_p, generator)
-            else:
-                next_tokens = scores.argmax(-1)                                           # (B,)
-            if eos_ids is not None:
-                next_tokens = torch.where(unfinished, next_tokens, pad)   # finished rows get pad
-                unfinished &= ~torch.isin(next_tokens, eos_ids)
-            tokens[:, T + i] = next_tokens
-            if i == N - 1 or (eos_ids is not None and not bool(unfinished.any())):
-                return tokens[:, :T + i + 1]
+
+        def step(next_tokens, i):    # feed token T + i, get the logits for the one after it
+            nonlocal positions
             if padded:
                 positions = positions[:, -1:] + 1                                         # (B, 1)
-            logits = self(next_tokens[:, None], attention_mask=None if mask is None else mask[:, :T + i + 1],
-                          position_ids=positions, cache=cache, logits_to_keep=1).logits[:, -1]
-        return tokens
+            return self(next_tokens[:, None], attention_mask=None if mask is None else mask[:, :T + i + 1],
+                        position_ids=positions, cache=cache, logits_to_keep=1).logits[:, -1]
+
+        return _choose_tokens(tokens, T, logits, step, **choose)
+
+    def _generate_encoder_decoder(self, input_ids, attention_mask, N, defaults, choose, model_inputs):
+        """Encode once, then decode from decoder_start_token_id: the decoder tokens (B, 1 + N)."""
+        start = defaults.decoder_start_token_id
+        if start is None:   # a generation_config.json without it: the model config's (T5: the pad id)
+            start = GenerationConfig.from_model_config(self.config).decoder_start_token_id
+        if start is None:
+            raise ValueError("generate: an encoder-decoder model needs decoder_start_token_id (in "
+                             "generation_config.json or config.json), found none")
+        B = input_ids.shape[0]
+        encoder_states = self.encode(input_ids, attention_mask=attention_mask, **model_inputs)   # (B, S, C)
+        tokens = torch.full((B, 1 + N), start, dtype=torch.long, device=input_ids.device)
+        cache = self.new_cache(B, 1 + N)
+
+        def step(last_tokens, i):    # feed the newest decoder token (B,), get the next logits (B, vocab)
+            return self.decode(last_tokens[:, None], encoder_states, attention_mask, cache=cache,
+                               logits_to_keep=1).logits[:, -1]
+
+        return _choose_tokens(tokens, 1, step(tokens[:, 0], -1), step, **choose)
+
+
+def _choose_tokens(tokens, start, logits, step, *, eos, pad, do_sample, temperature, top_k, top_p, generator):
+    """Fill tokens[:, start:] column by column. logits (B, vocab) score the first new token; step(next_tokens,
+    i) feeds new token i (B,) to the model and returns the logits for token i + 1. Returns tokens up to the
+    last column filled (fewer when every row finished early)."""
+    B, N = tokens.shape[0], tokens.shape[1] - start
+    eos_ids = torch.tensor(eos, device=tokens.device) if eos else None
+    unfinished = torch.ones(B, dtype=torch.bool, device=tokens.device)
+    for i in range(N):
+        scores = logits.float()                      # Transformers picks tokens from float32 scores
+        if do_sample:
+            next_tokens = sample(scores, temperature, top_k, top_p, generator)
+        else:
+            next_tokens = scores.argmax(-1)                                           # (B,)
+        if eos_ids is not None:
+            next_tokens = torch.where(unfinished, next_tokens, pad)   # finished rows get pad
+            unfinished &= ~torch.isin(next_tokens, eos_ids)
+        tokens[:, start + i] = next_tokens
+        if i == N - 1 or (eos_ids is not None and not bool(unfinished.any())):
+            return tokens[:, :start + i + 1]
+        logits = step(next_tokens, i)
+    return tokens
 
 
 def sample(scores: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
@@ -179,7 +231,7 @@ def _check_id(name, value):
 
 
 def _check_generate_args(input_ids, attention_mask, max_new_tokens, pad, do_sample, temperature, top_k, top_p,
-                         generator):
+                         generator, left_padded=True):
     fn = "generate"
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0 or \
             input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
@@ -192,7 +244,7 @@ def _check_generate_args(input_ids, attention_mask, max_new_tokens, pad, do_samp
             raise ValueError(f"{fn}: attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got {got}")
         if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
             raise ValueError(f"{fn}: attention_mask must hold only 0 (pad) and 1 (real token)")
-        if not bool(attention_mask[:, -1].all()):
+        if left_padded and not bool(attention_mask[:, -1].all()):
             raise ValueError(f"{fn}: attention_mask has a pad at the end of a row; generation needs left padding "
                              f"(new tokens follow the last prompt token)")
     _check_int(f"{fn}: max_new_tokens", max_new_tokens, 1)

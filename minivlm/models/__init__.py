@@ -14,6 +14,7 @@ MODEL_TYPES = {
     "mistral": "llama:LlamaForCausalLM",
     "clip_vision_model": "clip:CLIPVisionModel",
     "opt": "opt:OPTForCausalLM",
+    "t5": "t5:T5ForConditionalGeneration",
 }
 
 

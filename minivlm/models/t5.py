@@ -1,0 +1,511 @@
+"""T5 / Flan-T5: an encoder-decoder transformer with relative position biases; BLIP-2's Flan-T5 language
+model, and a standalone model for `model_type` "t5".
+
+Papers: T5 (Raffel et al. 2020, "Exploring the Limits of Transfer Learning with a Unified Text-to-Text
+Transformer": pre-norm blocks with a scale-only RMS norm, bucketed relative position biases, no attention
+scaling), GLU variants (Shazeer 2020: the gated-GELU feed-forward of T5 v1.1), Flan-T5 (Chung et al. 2022,
+"Scaling Instruction-Finetuned Language Models": T5 v1.1 weights, instruction-tuned). Reference
+implementation: Transformers 5.23's modeling_t5.py (T5ForConditionalGeneration), whose outputs the tests match.
+
+    x = shared(input_ids)                                          # encoder, (B, S, C)
+    for each encoder block:
+        x = x + o(attention(q, k, v, mask = relative_bias + padding))      # q, k, v from layer_norm(x)
+        x = x + wo(act(wi_0(h)) * wi_1(h))     # h = layer_norm(x); "relu" (T5 v1.0): wo(relu(wi(h)))
+    enc = final_layer_norm(x)
+    y = shared(decoder_input_ids)                                  # decoder, (B, T, C)
+    for each decoder block: causal self-attention (relative bias + causality), cross-attention to enc
+        (padding mask only, no position bias), feed-forward; all pre-norm with residuals
+    logits = lm_head(final_layer_norm(y) [* C^-0.5 when lm_head is tied to shared])   # (B, T, vocab)
+
+Details that matter for parity:
+- Attention scores are q.k with scale 1.0: T5's initialisation folds the d^-0.5 into q.
+- The relative position bias is an embedding of (num_buckets, heads) owned by the first block of each stack
+  and shared by all its blocks. It is added to the scores through the attention mask: one additive float
+  mask per stack = bias where a key is visible, finfo.min where it is not (padding; future keys in the
+  decoder). The mask is a function of the bias, so the bias's gradient flows through the kernel's mask
+  gradient.
+- T5LayerNorm takes the mean square in float32 even for a float64 model (as Transformers), so float64
+  parity needs the same rounding.
+- `wo` (the FFN's output projection) stays float32 in a float16 model (`keep_in_float32`, Transformers'
+  `_keep_in_fp32_modules = ["wo"]`, which 5.23 applies to float16 only); its input is cast up, and its
+  float32 output promotes the residual stream to float32, exactly as in Transformers.
+- Transformers 5.x always writes tie_word_embeddings=true for T5 and records the original choice as
+  `scale_decoder_outputs`; `T5Config.from_dict` reads it back (see there).
+
+What differs from Transformers (same numbers, less machinery): no dropout (inference and fine-tuning with
+dropout off); the decoder cache (`T5Cache`) is minivlm's preallocated `KVCache` for self-attention plus the
+cross-attention keys/values, computed from the encoder states on the first decode call and reused.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..generation import GenerationMixin
+from ._common import ModelOutput, activation
+from .llama import KVCache
+
+
+@dataclass
+class T5Config:
+    model_type: str = "t5"
+    vocab_size: int = 32128
+    d_model: int = 512                      # C, the residual stream width
+    d_kv: int = 64                          # head width (d_model need not be num_heads * d_kv)
+    d_ff: int = 2048                        # feed-forward hidden width
+    num_layers: int = 6                     # encoder blocks
+    num_decoder_layers: Optional[int] = None    # decoder blocks; None = num_layers
+    num_heads: int = 8
+    relative_attention_num_buckets: int = 32    # relative position buckets (half per direction in the encoder)
+    relative_attention_max_distance: int = 128  # distances from here on share the last bucket
+    layer_norm_epsilon: float = 1e-6
+    feed_forward_proj: str = "relu"         # "relu" (T5 v1.0) or "gated-gelu" (T5 v1.1, Flan-T5), or [gated-]ACT
+    # lm_head shares `shared`'s weight and the decoder output is scaled by d_model^-0.5 first (T5 v1.0);
+    # False: a separate lm_head without the rescale (T5 v1.1, Flan-T5).
+    tie_word_embeddings: bool = True
+    pad_token_id: Optional[int] = 0
+    eos_token_id: Union[int, list, None] = 1
+    bos_token_id: Optional[int] = None
+    decoder_start_token_id: Optional[int] = None    # first decoder input; None = pad_token_id (T5's convention)
+
+    def __post_init__(self):
+        if self.model_type != "t5":
+            raise ValueError(f"T5Config: model_type must be 't5', got {self.model_type!r}")
+        if self.num_decoder_layers is None:
+            self.num_decoder_layers = self.num_layers
+        if self.decoder_start_token_id is None:
+            self.decoder_start_token_id = self.pad_token_id
+        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
+                     "relative_attention_num_buckets", "relative_attention_max_distance"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"T5Config: {name} must be a positive int, got {value!r}")
+        if self.relative_attention_num_buckets < 4:   # the encoder's exact half must hold distance 0
+            raise ValueError(f"T5Config: relative_attention_num_buckets must be >= 4, "
+                             f"got {self.relative_attention_num_buckets}")
+        if self.relative_attention_max_distance <= self.relative_attention_num_buckets // 2:
+            raise ValueError(f"T5Config: relative_attention_max_distance must exceed the exact-distance buckets "
+                             f"(relative_attention_num_buckets // 2 = {self.relative_attention_num_buckets // 2}), "
+                             f"got {self.relative_attention_max_distance}")
+        if isinstance(self.layer_norm_epsilon, bool) or not isinstance(self.layer_norm_epsilon, (int, float)) \
+                or not self.layer_norm_epsilon > 0:
+            raise ValueError(f"T5Config: layer_norm_epsilon must be a number > 0, got {self.layer_norm_epsilon!r}")
+        parts = self.feed_forward_proj.split("-") if isinstance(self.feed_forward_proj, str) else []
+        if not 1 <= len(parts) <= 2 or (len(parts) == 2 and parts[0] != "gated"):
+            raise ValueError(f"T5Config: feed_forward_proj must be 'ACT' or 'gated-ACT' (e.g. 'relu', "
+                             f"'gated-gelu'), got {self.feed_forward_proj!r}")
+        try:
+            activation(self.dense_act_fn)
+        except ValueError as e:
+            raise ValueError(f"T5Config: feed_forward_proj {self.feed_forward_proj!r}: {e}") from None
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ValueError(f"T5Config: tie_word_embeddings must be a bool, got {self.tie_word_embeddings!r}")
+
+    @property
+    def is_gated_act(self) -> bool:
+        """wo(act(wi_0 x) * wi_1 x) instead of wo(act(wi x))."""
+        return self.feed_forward_proj.startswith("gated-")
+
+    @property
+    def dense_act_fn(self) -> str:
+        """The FFN activation's name; "gated-gelu" means the tanh GELU ("gelu_new"), as in Transformers."""
+        return "gelu_new" if self.feed_forward_proj == "gated-gelu" else self.feed_forward_proj.split("-")[-1]
+
+    @property
+    def hidden_size(self) -> int:   # the name composite models (BLIP-2) look for
+        return self.d_model
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "T5Config":
+        """Read a config.json dict; omitted fields get Transformers 5.23's T5Config defaults.
+
+        Transformers 5.x forces tie_word_embeddings=True in the configs it writes and keeps the original
+        value as `scale_decoder_outputs` (and leaves lm_head.weight in the file when it differs from
+        shared.weight), so where the file has scale_decoder_outputs it decides the tie. Hub configs carry
+        tie_word_embeddings itself (false for Flan-T5; absent, hence true, for T5 v1.0).
+        """
+        kwargs = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        if d.get("scale_decoder_outputs") is not None:
+            kwargs["tie_word_embeddings"] = d["scale_decoder_outputs"]
+        for name in ("model_type", "tie_word_embeddings", "feed_forward_proj", "layer_norm_epsilon"):
+            if kwargs.get(name) is None:        # null in the file: the default, as Transformers
+                kwargs.pop(name, None)
+        return cls(**kwargs)
+
+
+def relative_position_bucket(relative_position: torch.Tensor, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> torch.Tensor:
+    """Bucket ids in [0, num_buckets) for relative positions (key position - query position).
+
+    Bidirectional (encoder): half of the buckets for keys before the query, half for keys after it.
+    Causal (decoder): only keys at or before the query get distinct buckets (later ones are masked anyway).
+    Within a direction, the first half of its buckets are exact distances 0, 1, ..., the rest cover
+    distances up to max_distance on a log scale, and everything further shares the last bucket.
+    """
+    if bidirectional:
+        num_buckets //= 2
+        offset = (relative_position > 0).long() * num_buckets          # keys after the query: upper half
+        distance = relative_position.abs()
+    else:
+        offset = 0
+        distance = (-relative_position).clamp(min=0)
+    max_exact = num_buckets // 2
+    # log bucket of a far distance (computed in float32 with Transformers' operation order, so the
+    # truncation to an int lands identically); the clamp keeps log() away from 0 on unused near entries.
+    far = distance.clamp(min=max_exact).float()
+    log_bucket = max_exact + (torch.log(far / max_exact) / math.log(max_distance / max_exact)
+                              * (num_buckets - max_exact)).long()
+    log_bucket = log_bucket.clamp(max=num_buckets - 1)
+    return offset + torch.where(distance < max_exact, distance, log_bucket)
+
+
+class T5LayerNorm(nn.Module):
+    """Scale-only RMS norm: weight * x / sqrt(mean(x^2) + eps), no mean subtraction, no bias."""
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x):
+        # Transformers' casts: the mean square in float32 whatever x's dtype (float64 included), the product
+        # in x's dtype (promoted), rounded to the weight's dtype only for a 16-bit weight.
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(variance + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(self.weight.dtype)
+        return self.weight * x
+
+
+class T5Cache(KVCache):
+    """The decoder's cache: self-attention keys/values of every decoder layer, appended per step (a
+    preallocated `KVCache`), and each layer's cross-attention keys/values of the encoder states, computed
+    on the first decode call and reused on every later one. One cache belongs to one encoder output."""
+
+    def __init__(self, num_layers, batch_size, num_heads, max_length, head_dim, *, dtype, device=None):
+        super().__init__(num_layers, batch_size, num_heads, max_length, head_dim, dtype=dtype, device=device)
+        self.cross = [None] * num_layers     # per layer: (k, v), each (B, nh, S, hd)
+
+
+class T5Attention(nn.Module):
+    def __init__(self, config: T5Config, has_relative_attention_bias: bool = False):
+        super().__init__()
+        self.num_heads, self.d_kv = config.num_heads, config.d_kv
+        inner = config.num_heads * config.d_kv
+        self.q = nn.Linear(config.d_model, inner, bias=False)
+        self.k = nn.Linear(config.d_model, inner, bias=False)
+        self.v = nn.Linear(config.d_model, inner, bias=False)
+        self.o = nn.Linear(inner, config.d_model, bias=False)
+        if has_relative_attention_bias:
+            self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, config.num_heads)
+            self.num_buckets = config.relative_attention_num_buckets
+            self.max_distance = config.relative_attention_max_distance
+
+    def position_bias(self, q_len: int, k_len: int, past: int, bidirectional: bool) -> torch.Tensor:
+        """The learned bias (1, nh, q_len, k_len) of the queries at positions past, ..., past + q_len - 1."""
+        device = self.relative_attention_bias.weight.device
+        query_position = torch.arange(past, past + q_len, device=device)[:, None]
+        key_position = torch.arange(k_len, device=device)[None, :]
+        buckets = relative_position_bucket(key_position - query_position, bidirectional, self.num_buckets,
+                                           self.max_distance)                        # (q_len, k_len)
+        return self.relative_attention_bias(buckets).permute(2, 0, 1)[None]          # (1, nh, q_len, k_len)
+
+    def _split_heads(self, x):
+        B, L, _ = x.shape
+        return x.view(B, L, self.num_heads, self.d_kv).transpose(1, 2)               # (B, nh, L, hd)
+
+    def forward(self, x, mask=None, *, source=None, cache: Optional[T5Cache] = None, layer_idx: int = 0):
+        """x (B, T, C) -> (B, T, C): self-attention when source is None, else cross-attention to source
+        (B, S, C). mask: additive float or bool, broadcastable to (B, nh, T, keys)."""
+        B, T, _ = x.shape
+        q = self._split_heads(self.q(x))                                             # (B, nh, T, hd)
+        if source is None:
+            k, v = self._split_heads(self.k(x)), self._split_heads(self.v(x))        # (B, nh, T, hd)
+            if cache is not None:
+                k, v = cache.update(layer_idx, k, v)                                 # (B, nh, past+T, hd)
+        else:
+            kv = cache.cross[layer_idx] if cache is not None else None
+            if kv is None:
+                kv = self._split_heads(self.k(source)), self._split_heads(self.v(source))   # (B, nh, S, hd)
+                if cache is not None:
+                    cache.cross[layer_idx] = kv
+            k, v = kv
+        y = ops.attention(q, k, v, mask, scale=1.0)                                  # (B, nh, T, hd)
+        return self.o(y.transpose(1, 2).reshape(B, T, self.num_heads * self.d_kv))
+
+
+class T5DenseReluDense(nn.Module):
+    """The feed-forward: wo(act(wi x)), or gated wo(act(wi_0 x) * wi_1 x). (Transformers names the module
+    DenseReluDense whatever the activation.)"""
+
+    def __init__(self, config: T5Config):
+        super().__init__()
+        self.gated = config.is_gated_act
+        if self.gated:
+            self.wi_0 = nn.Linear(config.d_model, config.d_ff, bias=False)
+            self.wi_1 = nn.Linear(config.d_model, config.d_ff, bias=False)
+        else:
+            self.wi = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.act = activation(config.dense_act_fn)
+
+    def forward(self, x):
+        h = self.act(self.wi_0(x)) * self.wi_1(x) if self.gated else self.act(self.wi(x))   # (B, T, d_ff)
+        return self.wo(h.to(self.wo.weight.dtype))      # wo may be float32 in a float16 model
+
+
+# The three sublayers, each pre-norm with a residual; the names (SelfAttention, EncDecAttention,
+# DenseReluDense, layer_norm) are the checkpoint's.
+class T5LayerSelfAttention(nn.Module):
+    def __init__(self, config: T5Config, has_relative_attention_bias: bool):
+        super().__init__()
+        self.SelfAttention = T5Attention(config, has_relative_attention_bias)
+        self.layer_norm = T5LayerNorm(config.d_model, config.layer_norm_epsilon)
+
+    def forward(self, x, mask, cache=None, layer_idx=0):
+        return x + self.SelfAttention(self.layer_norm(x), mask, cache=cache, layer_idx=layer_idx)
+
+
+class T5LayerCrossAttention(nn.Module):
+    def __init__(self, config: T5Config):
+        super().__init__()
+        self.EncDecAttention = T5Attention(config)
+        self.layer_norm = T5LayerNorm(config.d_model, config.layer_norm_epsilon)
+
+    def forward(self, x, source, mask, cache=None, layer_idx=0):
+        return x + self.EncDecAttention(self.layer_norm(x), mask, source=source, cache=cache, layer_idx=layer_idx)
+
+
+class T5LayerFF(nn.Module):
+    def __init__(self, config: T5Config):
+        super().__init__()
+        self.DenseReluDense = T5DenseReluDense(config)
+        self.layer_norm = T5LayerNorm(config.d_model, config.layer_norm_epsilon)
+
+    def forward(self, x):
+        return x + self.DenseReluDense(self.layer_norm(x))
+
+
+class T5Block(nn.Module):
+    """layer[0] self-attention, (decoder only) layer[1] cross-attention, layer[-1] feed-forward."""
+
+    def __init__(self, config: T5Config, is_decoder: bool, has_relative_attention_bias: bool):
+        super().__init__()
+        self.layer = nn.ModuleList([T5LayerSelfAttention(config, has_relative_attention_bias)])
+        if is_decoder:
+            self.layer.append(T5LayerCrossAttention(config))
+        self.layer.append(T5LayerFF(config))
+
+    def forward(self, x, self_mask, source=None, cross_mask=None, cache=None, layer_idx=0):
+        x = self.layer[0](x, self_mask, cache, layer_idx)
+        if source is not None:
+            x = self.layer[1](x, source, cross_mask, cache, layer_idx)
+        return self.layer[-1](x)
+
+
+class T5Stack(nn.Module):
+    """The encoder (bidirectional) or the decoder (causal, with cross-attention): embeddings -> final
+    normed states (B, T, C)."""
+
+    def __init__(self, config: T5Config, embed_tokens: nn.Embedding, is_decoder: bool):
+        super().__init__()
+        self.is_decoder = is_decoder
+        self.embed_tokens = embed_tokens      # the model's `shared` module, registered here too (checkpoint names)
+        n = config.num_decoder_layers if is_decoder else config.num_layers
+        self.block = nn.ModuleList(T5Block(config, is_decoder, has_relative_attention_bias=i == 0) for i in range(n))
+        self.final_layer_norm = T5LayerNorm(config.d_model, config.layer_norm_epsilon)
+
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, encoder_hidden_states=None,
+                encoder_attention_mask=None, cache: Optional[T5Cache] = None) -> torch.Tensor:
+        """attention_mask: None (no padding) or (B, past + T) 1/0 over the stack's own tokens;
+        encoder_attention_mask: None or (B, S) over the encoder states (decoder only)."""
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        B, T, _ = x.shape
+        past = 0
+        if cache is not None:
+            cache.check(B, T, x.dtype)
+            past = cache.length
+        K = past + T
+
+        # One additive mask for every self-attention layer: the first block's relative bias where a key is
+        # visible, finfo.min where it is not (Transformers replaces masked entries the same way).
+        bias = self.block[0].layer[0].SelfAttention.position_bias(T, K, past, bidirectional=not self.is_decoder)
+        visible = None                                                               # (B or 1, 1, T, K) bool
+        if self.is_decoder:   # query i (at position past + i) sees keys up to itself
+            visible = (torch.arange(K, device=x.device) <= torch.arange(past, K, device=x.device)[:, None])[None, None]
+        if attention_mask is not None:
+            keys = attention_mask[:, None, None, :].bool()
+            visible = keys if visible is None else visible & keys
+        self_mask = bias if visible is None else torch.where(visible, bias, torch.finfo(bias.dtype).min)
+
+        cross_mask = None     # cross-attention has no position bias: only the encoder's padding
+        if encoder_attention_mask is not None:
+            cross_mask = encoder_attention_mask[:, None, None, :].bool()             # (B, 1, 1, S)
+        for i, block in enumerate(self.block):
+            x = block(x, self_mask, encoder_hidden_states, cross_mask, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.final_layer_norm(x)
+
+
+class T5ForConditionalGeneration(nn.Module, GenerationMixin):
+    """Encoder + decoder + lm_head: `encode`, `decode`, a forward with the T5 loss, and `generate`
+    (minivlm.generation's encoder-decoder loop: returns the decoder tokens (B, 1 + N))."""
+    config_class = T5Config
+    is_encoder_decoder = True
+    # Hub checkpoints and Transformers 5.x use this module's names. Older ones also hold a relative bias
+    # for the decoder's first cross-attention that T5 never uses (Transformers ignores it too).
+    checkpoint_renames: list = []
+    checkpoint_ignore = [r"^decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$"]
+
+    def __init__(self, config: T5Config):
+        super().__init__()
+        self.config = config
+        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        self.encoder = T5Stack(config, self.shared, is_decoder=False)
+        self.decoder = T5Stack(config, self.shared, is_decoder=True)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.shared.weight        # one Parameter under two names
+
+    @property
+    def keep_in_float32(self) -> list:
+        """Every FFN output projection `wo` when the model is float16, as Transformers 5.23
+        (`_keep_in_fp32_modules = ["wo"]`, applied for float16 only: bfloat16, float32 and float64 models keep
+        one dtype). The loader reads this after casting the (meta) model to the requested dtype."""
+        if self.shared.weight.dtype != torch.float16:
+            return []
+        return [name for name, _ in self.named_modules() if name.endswith(".wo")]
+
+    def tied_weights(self) -> dict:
+        tied = {"encoder.embed_tokens.weight": "shared.weight", "decoder.embed_tokens.weight": "shared.weight"}
+        if self.config.tie_word_embeddings:
+            tied["lm_head.weight"] = "shared.weight"
+        return tied
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.shared
+
+    def new_cache(self, batch_size: int, max_length: int, *, dtype=None, device=None) -> T5Cache:
+        """An empty decoder cache for `batch_size` rows of up to `max_length` decoder tokens; dtype and
+        device default to the embedding weight's."""
+        weight, c = self.shared.weight, self.config
+        return T5Cache(c.num_decoder_layers, batch_size, c.num_heads, max_length, c.d_kv,
+                       dtype=dtype or weight.dtype, device=device or weight.device)
+
+    def encode(self, input_ids=None, attention_mask=None, inputs_embeds=None) -> torch.Tensor:
+        """The encoder states (B, S, C) of input_ids (B, S) or inputs_embeds (B, S, C). attention_mask:
+        (B, S), 1 = real token, 0 = pad (T5 tokenizers pad on the right; any side works)."""
+        x = _check_inputs("encode", input_ids, inputs_embeds, self.config.d_model)
+        mask = _padding("encode", "attention_mask", attention_mask, x.shape[:2])
+        return self.encoder(input_ids, inputs_embeds, attention_mask=mask)
+
+    def decode(self, decoder_input_ids, encoder_hidden_states, encoder_attention_mask=None,
+               decoder_attention_mask=None, cache: Optional[T5Cache] = None, logits_to_keep: int = 0) -> ModelOutput:
+        """Logits (B, T, vocab) for decoder_input_ids (B, T) attending to encoder_hidden_states (B, S, C);
+        (B, k, vocab) for the last k positions when logits_to_keep = k > 0. encoder_attention_mask: (B, S);
+        decoder_attention_mask: (B, cached + T), 1 = real token (default: all real). cache: from
+        `new_cache`, extended by T tokens. `.hidden_states`: the decoder's final normed states (B, T, C)."""
+        _check_logits_to_keep(logits_to_keep)
+        y = _check_inputs("decode", decoder_input_ids, None, self.config.d_model, ids_name="decoder_input_ids")
+        B, T = y.shape[:2]
+        if not isinstance(encoder_hidden_states, torch.Tensor) or encoder_hidden_states.dim() != 3 or \
+                encoder_hidden_states.shape[0] != B or encoder_hidden_states.shape[2] != self.config.d_model:
+            raise ValueError(f"decode: encoder_hidden_states must be ({B}, S, {self.config.d_model}), got "
+                             f"{_describe(encoder_hidden_states)}")
+        enc_mask = _padding("decode", "encoder_attention_mask", encoder_attention_mask,
+                            encoder_hidden_states.shape[:2])
+        past = cache.length if cache is not None else 0
+        dec_mask = _padding("decode", "decoder_attention_mask", decoder_attention_mask, (B, past + T))
+        hidden = self.decoder(decoder_input_ids, attention_mask=dec_mask, encoder_hidden_states=encoder_hidden_states,
+                              encoder_attention_mask=enc_mask, cache=cache)         # (B, T, C)
+        h = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+        if self.config.tie_word_embeddings:   # T5 v1.0: the tied head sees d_model^-0.5 scaled states
+            h = h * self.config.d_model ** -0.5
+        return ModelOutput(logits=self.lm_head(h), hidden_states=hidden)
+
+    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+                labels=None, inputs_embeds=None, encoder_hidden_states=None, cache: Optional[T5Cache] = None,
+                logits_to_keep: int = 0) -> ModelOutput:
+        """Encode (unless encoder_hidden_states (B, S, C) are given), then decode. With labels (B, T) and
+        no decoder_input_ids, the decoder inputs are the labels shifted right behind
+        decoder_start_token_id (-100 -> pad). `.loss`: mean cross-entropy of the logits against the labels
+        (not shifted: the decoder inputs already are), -100 ignored; in the logits' dtype as Transformers,
+        but float32 for 16-bit logits."""
+        if encoder_hidden_states is None:
+            encoder_hidden_states = self.encode(input_ids, attention_mask, inputs_embeds)
+        elif input_ids is not None or inputs_embeds is not None:
+            raise ValueError("forward: pass encoder inputs (input_ids / inputs_embeds) or encoder_hidden_states, "
+                             "not both")
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError("forward: T5 needs decoder_input_ids, or labels to make them from")
+            decoder_input_ids = self.shift_right(labels)
+        out = self.decode(decoder_input_ids, encoder_hidden_states, attention_mask, decoder_attention_mask,
+                          cache=cache, logits_to_keep=logits_to_keep)
+        if labels is not None:
+            if labels.shape != out.logits.shape[:-1]:
+                raise ValueError(f"labels: expected shape {tuple(out.logits.shape[:-1])} (the logits' batch and "
+                                 f"length), got {tuple(labels.shape)}")
+            logits = out.logits.float() if out.logits.dtype in (torch.float16, torch.bfloat16) else out.logits
+            out.loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device),
+                                       ignore_index=-100)
+        return out
+
+    def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
+        """Decoder inputs for labels (B, T): decoder_start_token_id, then labels[:, :-1], with -100 -> pad."""
+        start, pad = self.config.decoder_start_token_id, self.config.pad_token_id
+        if start is None or pad is None:
+            raise ValueError(f"forward: making decoder inputs from labels needs decoder_start_token_id and "
+                             f"pad_token_id in the config, got {start} and {pad}")
+        if not isinstance(labels, torch.Tensor) or labels.dim() != 2 or labels.dtype.is_floating_point:
+            raise ValueError(f"labels: expected an integer (batch, length) tensor, got {_describe(labels)}")
+        shifted = torch.full_like(labels, start)
+        shifted[:, 1:] = labels[:, :-1]
+        return shifted.masked_fill(shifted == -100, pad)
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    return repr(x) if x is None else f"a {type(x).__name__}"
+
+
+def _check_inputs(fn, input_ids, inputs_embeds, width, ids_name="input_ids"):
+    """The (B, T) ids or (B, T, C) embeddings a stack gets (exactly one of them); returns the one given."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError(f"{fn}: pass exactly one of {ids_name} and inputs_embeds")
+    if input_ids is not None:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0 or \
+                input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+            raise ValueError(f"{fn}: {ids_name} must be an integer (batch, length >= 1) tensor, got "
+                             f"{_describe(input_ids)}")
+        return input_ids
+    if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3 or inputs_embeds.shape[1] == 0 \
+            or inputs_embeds.shape[2] != width or not inputs_embeds.is_floating_point():
+        raise ValueError(f"{fn}: inputs_embeds must be a float (batch, length >= 1, {width}) tensor, got "
+                         f"{_describe(inputs_embeds)}")
+    return inputs_embeds
+
+
+def _padding(fn, name, mask, shape):
+    """A 1/0 padding mask of the given (B, L) shape, or None where there is none or it has no padding."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{fn}: {name} must be a tensor of shape {tuple(shape)} (batch, length), "
+                         f"got {_describe(mask)}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"{fn}: {name} must hold only 0 (pad) and 1 (real token)")
+    return None if bool(mask.all()) else mask
+
+
+def _check_logits_to_keep(logits_to_keep):
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+        raise ValueError(f"T5ForConditionalGeneration: logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
