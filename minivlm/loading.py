@@ -17,7 +17,8 @@ sharded model-0000N-of-0000M.safetensors set with its model.safetensors.index.js
    starting value, nothing is silently dropped. Weights tied to another (`model.tied_weights()`, e.g.
    an lm_head that shares the embedding) may be absent from the file. Tensors that are not weights,
    such as the position ids and rotary frequencies older Transformers versions saved, are skipped
-   (`IGNORED_KEYS`).
+   (`IGNORED_KEYS`). Parts a model lists in `keep_in_float32` (read after the cast to `dtype`:
+   BLIP-2's Q-Former, T5's `wo` in float16) stay float32.
 
 The same checks are available for an in-memory state dict through `load_weights(model, tensors)`.
 """
@@ -255,6 +256,8 @@ def load_weights(model: nn.Module, tensors, *, dtype: torch.dtype | None = None,
     # moving parameters breaks.
     if any(t.is_meta for t in own.values()):
         model.to(dtype or torch.float32)
+        for name in getattr(model, "keep_in_float32", []):   # parts a model runs in float32 (see above)
+            _to_float32(model, name)
         model.to_empty(device=device or "cpu")
     elif dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)
@@ -268,6 +271,14 @@ def load_weights(model: nn.Module, tensors, *, dtype: torch.dtype | None = None,
         for name, key in tqdm(found.items(), desc="loading weights", unit="tensor", disable=not progress):
             tensors.read_into(key, file_index.get(key, 0), own[name])   # copy_ converts the dtype
     return model
+
+
+def _to_float32(model: nn.Module, name: str):
+    """Cast the submodule or parameter `name` of a (meta) model to float32."""
+    try:
+        model.get_submodule(name).float()
+    except AttributeError:
+        _set_parameter(model, name, nn.Parameter(model.get_parameter(name).float(), requires_grad=True))
 
 
 def _is_persistent(model: nn.Module, name: str) -> bool:

@@ -1,6 +1,11 @@
-"""LLaVA-NeXT's image preprocessing: PIL images -> pixel_values (B, P, 3, S, S) and image_sizes (B, 2).
+"""Image preprocessing: PIL images -> the pixel_values each model reads, matching Transformers' processors.
 
-Follows the "anyres" scheme of the LLaVA-NeXT blog post (Liu et al., 2024) as Transformers 5.23's
+- `LlavaNextImageProcessor`: pixel_values (B, P, 3, S, S) and image_sizes (B, 2), "anyres" crops.
+- `BlipImageProcessor` (BLIP-2): pixel_values (B, 3, H, W), one resize to a fixed square.
+Both build on `ImageProcessor` (reading preprocessor_config.json, RGB conversion, resize, rescale and
+normalize in Transformers' order and precision).
+
+LLaVA-NeXT follows the "anyres" scheme of the LLaVA-NeXT blog post (Liu et al., 2024) as Transformers 5.23's
 `LlavaNextImageProcessorPil` (models/llava_next/image_processing_pil_llava_next.py) implements it, step
 for step and in the same order, so that the values agree with it (the tests check this). For each image:
 
@@ -23,6 +28,7 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -34,8 +40,91 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+class ImageProcessor:
+    """What every minivlm image processor shares (each is a dataclass of its preprocessor_config.json
+    fields: image_mean, image_std, rescale_factor, do_rescale, do_normalize, do_convert_rgb, resample, size,
+    ...): reading the config, checking the images, RGB conversion, resizing, rescale and normalize."""
+
+    @classmethod
+    def from_pretrained(cls, path):
+        """Read preprocessor_config.json from a local folder (unknown keys and nulls are ignored)."""
+        name = f"{cls.__name__}.from_pretrained"
+        file = Path(path) / "preprocessor_config.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"{name}: no preprocessor_config.json in {str(path)!r}")
+        with open(file) as f:
+            d = json.load(f)
+        if not isinstance(d, dict):
+            raise ValueError(f"{name}: {file} holds a {type(d).__name__}, expected a JSON object")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
+
+    def _bad(self, name, expected) -> ValueError:
+        return ValueError(f"{type(self).__name__}: {name} must be {expected}, got {getattr(self, name)!r}")
+
+    def _validate_common(self):
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or len(value) != 3:
+                raise self._bad(name, "3 numbers, one per RGB channel")
+        if any(s == 0 for s in self.image_std):
+            raise self._bad("image_std", "non-zero")
+        if not isinstance(self.rescale_factor, (int, float)) or isinstance(self.rescale_factor, bool):
+            raise self._bad("rescale_factor", "a number")
+        if self.resample not in {int(r) for r in Image.Resampling}:
+            raise self._bad("resample", f"a PIL resampling filter, one of {sorted(int(r) for r in Image.Resampling)}")
+
+    def _check_images(self, images) -> list:
+        """One PIL image or a non-empty list of them -> a list; a TypeError naming what arrived otherwise."""
+        name = type(self).__name__
+        if isinstance(images, Image.Image):
+            images = [images]
+        if not isinstance(images, (list, tuple)) or not images:
+            raise TypeError(f"{name}: images must be a PIL image or a non-empty list of them, got {images!r:.80}")
+        for i, image in enumerate(images):
+            if not isinstance(image, Image.Image):
+                raise TypeError(f"{name}: images[{i}] must be a PIL.Image.Image, got {type(image).__name__}")
+        return list(images)
+
+    def _to_rgb(self, image: Image.Image) -> Image.Image:
+        if not self.do_convert_rgb:
+            if image.mode != "RGB":
+                raise ValueError(f"{type(self).__name__}: do_convert_rgb is False, so images must be RGB, "
+                                 f"got mode {image.mode!r}")
+            return image
+        if "A" in image.getbands() or image.info.get("transparency") is not None:
+            # Transparent pixels become white (not the black a plain convert("RGB") would leave).
+            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+        return image.convert("RGB")
+
+    def _resize(self, x: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Resize an (h, w, 3) uint8 array with PIL's `resample` filter (an unchanged size is a copy)."""
+        return np.asarray(Image.fromarray(x).resize((width, height), Image.Resampling(self.resample)))
+
+    def _resized_shape(self, h: int, w: int) -> tuple[int, int]:
+        """Where `size` sends an (h, w) image: (height, width) as given, or the shortest edge to
+        size["shortest_edge"] with the long edge scaled and truncated."""
+        if "height" in self.size and "width" in self.size:
+            return self.size["height"], self.size["width"]
+        short = self.size["shortest_edge"]
+        if w <= h:
+            return int(short * h / w), short
+        return short, int(short * w / h)
+
+    def _rescale_normalize(self, x: np.ndarray) -> np.ndarray:
+        """(h, w, 3) uint8 -> (3, h, w) float32: x * rescale_factor (in float64, stored as float32, as
+        Transformers), then (x - image_mean) / image_std in float32."""
+        if self.do_rescale:
+            x = (x.astype(np.float64) * self.rescale_factor).astype(np.float32)
+        x = x.astype(np.float32)
+        if self.do_normalize:
+            x = (x - np.array(self.image_mean, dtype=np.float32)) / np.array(self.image_std, dtype=np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
 @dataclass
-class LlavaNextImageProcessor:
+class LlavaNextImageProcessor(ImageProcessor):
     """The fields of a LLaVA-NeXT preprocessor_config.json; defaults are Transformers 5.23's class
     defaults (hub checkpoints set size and crop_size to 336)."""
     # (height, width) resolutions an image may be tiled at; each a multiple of the crop size
@@ -63,9 +152,7 @@ class LlavaNextImageProcessor:
         self.validate()
 
     def validate(self):
-        def bad(name, expected):
-            return ValueError(f"LlavaNextImageProcessor: {name} must be {expected}, got {getattr(self, name)!r}")
-
+        bad = self._bad
         pins = self.image_grid_pinpoints
         if not isinstance(pins, (list, tuple)) or not pins or not all(
                 isinstance(p, (list, tuple)) and len(p) == 2 and all(_positive_int(x) for x in p) for p in pins):
@@ -77,46 +164,14 @@ class LlavaNextImageProcessor:
         if not isinstance(self.crop_size, dict) or not (
                 _positive_int(self.crop_size.get("height")) and _positive_int(self.crop_size.get("width"))):
             raise bad("crop_size", 'a dict with "height" and "width" (positive ints)')
-        for name in ("image_mean", "image_std"):
-            value = getattr(self, name)
-            if not isinstance(value, (list, tuple)) or len(value) != 3:
-                raise bad(name, "3 numbers, one per RGB channel")
-        if any(s == 0 for s in self.image_std):
-            raise bad("image_std", "non-zero")
-        if not isinstance(self.rescale_factor, (int, float)) or isinstance(self.rescale_factor, bool):
-            raise bad("rescale_factor", "a number")
-        if self.resample not in {int(r) for r in Image.Resampling}:
-            raise bad("resample", f"a PIL resampling filter, one of {sorted(int(r) for r in Image.Resampling)}")
-
-    @classmethod
-    def from_pretrained(cls, path) -> "LlavaNextImageProcessor":
-        """Read preprocessor_config.json from a local folder (unknown keys are ignored)."""
-        file = Path(path) / "preprocessor_config.json"
-        if not file.is_file():
-            raise FileNotFoundError(f"LlavaNextImageProcessor.from_pretrained: no preprocessor_config.json "
-                                    f"in {str(path)!r}")
-        with open(file) as f:
-            d = json.load(f)
-        if not isinstance(d, dict):
-            raise ValueError(f"LlavaNextImageProcessor.from_pretrained: {file} holds a {type(d).__name__}, "
-                             f"expected a JSON object")
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        self._validate_common()
 
     # -- the pipeline ------------------------------------------------------------------------------
 
     def __call__(self, images) -> dict:
         """images: one PIL image or a list of them. Returns {"pixel_values": float32 (B, P, 3, S, S),
         "image_sizes": int64 (B, 2) as (height, width)}."""
-        if isinstance(images, Image.Image):
-            images = [images]
-        if not isinstance(images, (list, tuple)) or not images:
-            raise TypeError(f"LlavaNextImageProcessor: images must be a PIL image or a non-empty list of "
-                            f"them, got {images!r:.80}")
-        for i, image in enumerate(images):
-            if not isinstance(image, Image.Image):
-                raise TypeError(f"LlavaNextImageProcessor: images[{i}] must be a PIL.Image.Image, "
-                                f"got {type(image).__name__}")
+        images = self._check_images(images)
         rgb = [self._to_rgb(image) for image in images]
         per_image = [self._patches(image) for image in rgb]               # each (P_i, 3, S, S) float32
         counts = [p.shape[0] for p in per_image]
@@ -130,18 +185,6 @@ class LlavaNextImageProcessor:
         image_sizes = [(image.height, image.width) for image in rgb]
         return {"pixel_values": torch.from_numpy(pixel_values),            # (B, P, 3, S, S)
                 "image_sizes": torch.tensor(image_sizes, dtype=torch.long)}  # (B, 2)
-
-    def _to_rgb(self, image: Image.Image) -> Image.Image:
-        if not self.do_convert_rgb:
-            if image.mode != "RGB":
-                raise ValueError(f"LlavaNextImageProcessor: do_convert_rgb is False, so images must be RGB, "
-                                 f"got mode {image.mode!r}")
-            return image
-        if "A" in image.getbands() or image.info.get("transparency") is not None:
-            # Transparent pixels become white (not the black a plain convert("RGB") would leave).
-            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
-        return image.convert("RGB")
 
     def _patches(self, image: Image.Image) -> np.ndarray:
         """One RGB image -> (1 + crops, 3, S, S) float32: the base image, then the crops row by row."""
@@ -179,26 +222,7 @@ class LlavaNextImageProcessor:
             x = self._resize(x, *self._resized_shape(x.shape[0], x.shape[1]))
         if self.do_center_crop:
             x = _center_crop(x, self.crop_size["height"], self.crop_size["width"])
-        if self.do_rescale:
-            x = (x.astype(np.float64) * self.rescale_factor).astype(np.float32)  # as Transformers: f64 then f32
-        x = x.astype(np.float32)
-        if self.do_normalize:
-            x = (x - np.array(self.image_mean, dtype=np.float32)) / np.array(self.image_std, dtype=np.float32)
-        return x.transpose(2, 0, 1)                                        # (h, w, 3) -> (3, h, w)
-
-    def _resize(self, x: np.ndarray, height: int, width: int) -> np.ndarray:
-        """Resize an (h, w, 3) uint8 array with PIL's `resample` filter (an unchanged size is a copy)."""
-        return np.asarray(Image.fromarray(x).resize((width, height), Image.Resampling(self.resample)))
-
-    def _resized_shape(self, h: int, w: int) -> tuple[int, int]:
-        """Where `size` sends an (h, w) crop: (height, width) as given, or the shortest edge to
-        size["shortest_edge"] with the long edge scaled and truncated."""
-        if "height" in self.size and "width" in self.size:
-            return self.size["height"], self.size["width"]
-        short = self.size["shortest_edge"]
-        if w <= h:
-            return int(short * h / w), short
-        return short, int(short * w / h)
+        return self._rescale_normalize(x)                                  # (3, S, S)
 
 
 def _center_crop(x: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -225,4 +249,75 @@ def _positive_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x > 0
 
 
-__all__ = ["LlavaNextImageProcessor", "num_image_tokens", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
+# --------------------------------------------------------------------------------------------------
+# BLIP / BLIP-2
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class BlipImageProcessor(ImageProcessor):
+    """BLIP and BLIP-2's image preprocessing: PIL images -> pixel_values (B, 3, H, W) float32.
+
+    Matches Transformers 5.23's `BlipImageProcessorPil` (models/blip/image_processing_pil_blip.py), whose
+    steps are the generic ones of its PIL backend, in this order:
+
+        convert to RGB (transparency composited onto white)
+        resize to size["height"] x size["width"] (the aspect ratio is not kept), PIL `resample` (bicubic)
+          (or, with size {"shortest_edge": s}: the short side to s, the long side scaled and truncated)
+        centre crop to crop_size (off by default)
+        x * rescale_factor (in float64, stored as float32), (x - image_mean) / image_std (float32)
+
+    Defaults are Transformers' class defaults (384 x 384); BLIP-2 hub checkpoints set size to 224 in their
+    preprocessor_config.json.
+    """
+    size: dict = field(default_factory=lambda: {"height": 384, "width": 384})   # resize target
+    crop_size: Optional[dict] = None         # centre crop target {"height", "width"}, with do_center_crop
+    image_mean: tuple = OPENAI_CLIP_MEAN     # per-channel mean subtracted after rescaling
+    image_std: tuple = OPENAI_CLIP_STD       # per-channel std divided by after subtracting the mean
+    rescale_factor: float = 1 / 255          # uint8 -> [0, 1]
+    do_resize: bool = True
+    do_center_crop: bool = False
+    do_rescale: bool = True
+    do_normalize: bool = True
+    do_convert_rgb: bool = True              # convert every image to RGB first
+    resample: int = 3                        # PIL filter: 3 = BICUBIC (0 nearest, 2 bilinear, 1 lanczos)
+
+    def __post_init__(self):
+        # An int size is a square (Transformers' default_to_square for BLIP).
+        if isinstance(self.size, int) and not isinstance(self.size, bool):
+            self.size = {"height": self.size, "width": self.size}
+        if isinstance(self.crop_size, int) and not isinstance(self.crop_size, bool):
+            self.crop_size = {"height": self.crop_size, "width": self.crop_size}
+        self.validate()
+
+    def validate(self):
+        bad = self._bad
+        if not isinstance(self.size, dict) or not (
+                _positive_int(self.size.get("shortest_edge"))
+                or (_positive_int(self.size.get("height")) and _positive_int(self.size.get("width")))):
+            raise bad("size", 'an int or a dict with "height" and "width", or "shortest_edge" (positive ints)')
+        if self.do_center_crop and not (isinstance(self.crop_size, dict) and _positive_int(self.crop_size.get("height"))
+                                        and _positive_int(self.crop_size.get("width"))):
+            raise bad("crop_size", 'a dict with "height" and "width" (positive ints) when do_center_crop is set')
+        self._validate_common()
+
+    def __call__(self, images) -> dict:
+        """images: one PIL image or a list of them. Returns {"pixel_values": float32 (B, 3, H, W)}."""
+        images = self._check_images(images)
+        arrays = [self._process(image) for image in images]             # each (3, H, W) float32
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise ValueError(f"BlipImageProcessor: the images come out in different shapes {sorted(shapes)} "
+                             f"(size {self.size} keeps aspect ratios), so they cannot be stacked into one batch")
+        return {"pixel_values": torch.from_numpy(np.stack(arrays))}   # (B, 3, H, W)
+
+    def _process(self, image: Image.Image) -> np.ndarray:
+        x = np.asarray(self._to_rgb(image))                              # (h, w, 3) uint8
+        if self.do_resize:
+            x = self._resize(x, *self._resized_shape(x.shape[0], x.shape[1]))
+        if self.do_center_crop:
+            x = _center_crop(x, self.crop_size["height"], self.crop_size["width"])
+        return self._rescale_normalize(x)                                # (3, h, w)
+
+
+__all__ = ["ImageProcessor", "LlavaNextImageProcessor", "BlipImageProcessor", "num_image_tokens", "OPENAI_CLIP_MEAN",
+           "OPENAI_CLIP_STD"]

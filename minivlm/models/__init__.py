@@ -15,6 +15,7 @@ MODEL_TYPES = {
     "clip_vision_model": "clip:CLIPVisionModel",
     "opt": "opt:OPTForCausalLM",
     "t5": "t5:T5ForConditionalGeneration",
+    "blip-2": "blip2:Blip2ForConditionalGeneration",
 }
 
 

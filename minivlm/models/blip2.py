@@ -1,0 +1,622 @@
+"""BLIP-2: a frozen image encoder, a small querying transformer (Q-Former) and a frozen language model.
+
+Paper: Li et al. 2023, "BLIP-2: Bootstrapping Language-Image Pre-training with Frozen Image Encoders and
+Large Language Models". The image encoder is EVA-CLIP's ViT-g/14 (Fang et al. 2022, "EVA"); the Q-Former
+is a BERT-base (Devlin et al. 2019) whose layers alternate self-attention over learned queries with
+cross-attention to the image. Reference implementation: Transformers 5.23's
+`models/blip_2/modeling_blip_2.py` (Blip2ForConditionalGeneration), whose parameter names this file
+mirrors and whose outputs the tests match.
+
+    pixels (B, 3, S, S) --EVA ViT (no pre-LN, fused qkv)--> post_layernorm --> image_embeds (B, 1+N, Dv)
+    query_tokens (1, Q, Dq) --LayerNorm--> Q-Former layers:
+        h = LN(h + SelfAttn(h))                            every layer
+        h = LN(h + CrossAttn(h, image_embeds))             layers 0, f, 2f, ... (f = cross_attention_frequency)
+        h = LN(h + FFN_query(h))                           every layer
+    language_projection: (B, Q, Dq) -> (B, Q, C)
+    input_ids hold Q image tokens per row; their embeddings are replaced by the projected queries
+    --> OPT decoder (logits (B, T, vocab)) or T5 encoder input (then the T5 decoder)
+
+Transformers 5.x puts the image into input_ids as `num_query_tokens` placeholder tokens
+(`image_token_index`) that are overwritten in order (masked_scatter); the 4.39-era code instead
+concatenated the queries in front of the text embeddings. For OPT with the processor's layout (image
+tokens first, then BOS and the prompt) both give the same numbers; labels and attention_mask must now
+cover the image tokens too.
+
+Half precision: the Q-Former and the query tokens stay float32 (`keep_in_float32`); the image features
+are cast up into it and its output back down. Transformers 5.23 does this in float16 only (its
+`_keep_in_fp32_modules` applies to float16, not bfloat16); minivlm does it in bfloat16 too, which costs
+little (the Q-Former is ~100M of BLIP-2's billions of parameters) and is closer to float32. 4.39 kept
+only T5's `wo` in float32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..generation import GenerationMixin
+from ._common import ModelOutput, activation, causal_lm_loss
+from .clip import CLIPMLP   # fc1 -> act -> fc2, the same MLP (and parameter names) as CLIP's
+
+LANGUAGE_MODELS = {"opt": "decoder-only (OPT)", "t5": "encoder-decoder (T5 / Flan-T5)"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------
+
+def _check_positive_ints(owner: str, config, names):
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
+
+
+def _check_eps(owner: str, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{owner}: layer_norm_eps must be a positive float, got {value!r}")
+
+
+def _from_known_fields(cls, d: dict, owner: str):
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise TypeError(f"{owner}.from_dict: expected a dict, got {type(d).__name__}")
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Blip2VisionConfig:
+    """The EVA ViT's settings ("vision_config"); defaults are Transformers 5.23's (EVA-CLIP ViT-g/14)."""
+    hidden_size: int = 1408          # width Dv of every token vector
+    intermediate_size: int = 6144    # hidden width of each layer's MLP
+    num_hidden_layers: int = 39      # encoder layers
+    num_attention_heads: int = 16    # heads per layer; head_dim = hidden_size // num_attention_heads
+    image_size: int = 224            # side S of the square input image, in pixels
+    patch_size: int = 14             # side of one patch; (S // patch_size) ** 2 patches
+    hidden_act: str = "gelu"         # MLP activation (exact, erf GELU)
+    layer_norm_eps: float = 1e-6     # epsilon of every LayerNorm
+    qkv_bias: bool = True            # the fused qkv projection has a bias (EVA: q and v biases, k's is 0)
+
+    def __post_init__(self):
+        # Transformers allows (height, width) pairs; the position table is a square grid, so only S x S.
+        for name in ("image_size", "patch_size"):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                if len(value) != 2 or value[0] != value[1]:
+                    raise ValueError(f"Blip2VisionConfig: {name} must be an int or a square (n, n) pair, got {value!r}")
+                setattr(self, name, value[0])
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Blip2VisionConfig":
+        return _from_known_fields(cls, d, "Blip2VisionConfig")
+
+    def validate(self):
+        owner = "Blip2VisionConfig"
+        _check_positive_ints(owner, self, ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                           "num_attention_heads", "image_size", "patch_size"))
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"{owner}: hidden_size {self.hidden_size} is not a multiple of "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if self.patch_size > self.image_size:
+            raise ValueError(f"{owner}: patch_size {self.patch_size} is larger than image_size {self.image_size}")
+        _check_eps(owner, self.layer_norm_eps)
+        activation(self.hidden_act)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass
+class Blip2QFormerConfig:
+    """The Q-Former's settings ("qformer_config"); defaults are Transformers 5.23's (BERT-base)."""
+    hidden_size: int = 768               # width Dq of the queries
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072        # hidden width of the query FFN
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12        # BERT's epsilon, in every (post-)LayerNorm
+    cross_attention_frequency: int = 2   # layer i cross-attends to the image when i % frequency == 0
+    encoder_hidden_size: int = 1408      # width of the image features; Blip2Config sets it to the vision width
+    use_qformer_text_input: bool = False  # text FFNs (for retrieval); their weights are unused here
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Blip2QFormerConfig":
+        config = _from_known_fields(cls, d, "Blip2QFormerConfig")
+        config.validate()
+        return config
+
+    def validate(self):
+        owner = "Blip2QFormerConfig"
+        _check_positive_ints(owner, self, ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                           "intermediate_size", "cross_attention_frequency", "encoder_hidden_size"))
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"{owner}: hidden_size {self.hidden_size} is not a multiple of "
+                             f"num_attention_heads {self.num_attention_heads}")
+        _check_eps(owner, self.layer_norm_eps)
+        activation(self.hidden_act)
+
+
+def _text_config_class(model_type: str):
+    """The config class of BLIP-2's language model, imported only when used."""
+    if model_type == "opt":
+        from .opt import OPTConfig
+        return OPTConfig
+    if model_type == "t5":
+        from .t5 import T5Config
+        return T5Config
+    raise ValueError(f"Blip2Config: text_config.model_type must be one of {sorted(LANGUAGE_MODELS)} "
+                     f"({', '.join(LANGUAGE_MODELS.values())}), got {model_type!r}")
+
+
+def _language_model_class(model_type: str):
+    if model_type == "opt":
+        from .opt import OPTForCausalLM
+        return OPTForCausalLM
+    from .t5 import T5ForConditionalGeneration
+    return T5ForConditionalGeneration
+
+
+@dataclass
+class Blip2Config:
+    """A BLIP-2 config.json (model_type "blip-2"); omitted fields get Transformers 5.23's defaults."""
+    vision_config: Blip2VisionConfig = field(default_factory=Blip2VisionConfig)
+    qformer_config: Blip2QFormerConfig = field(default_factory=Blip2QFormerConfig)
+    text_config: object = None               # an OPTConfig or a T5Config (by its model_type; default OPT)
+    num_query_tokens: int = 32               # Q, the learned queries = image tokens per image in input_ids
+    image_token_index: Optional[int] = None  # the placeholder id the queries replace (file: also image_token_id)
+    # Derived as Transformers does, whatever the file says: True for a causal LM (OPT), False for T5.
+    use_decoder_only_language_model: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Blip2Config":
+        if not isinstance(d, dict):
+            raise TypeError(f"Blip2Config.from_dict: expected a dict, got {type(d).__name__}")
+        vision = Blip2VisionConfig.from_dict(d.get("vision_config"))
+        # Transformers overwrites the Q-Former's encoder_hidden_size with the vision width: so do we.
+        qformer = Blip2QFormerConfig.from_dict({**(d.get("qformer_config") or {}),
+                                                "encoder_hidden_size": vision.hidden_size})
+        text_dict = {"model_type": "opt", **(d.get("text_config") or {})}
+        text = _text_config_class(text_dict["model_type"]).from_dict(text_dict)
+        image_token = d.get("image_token_index")
+        if image_token is None:
+            image_token = d.get("image_token_id")          # the attribute_map alias
+        config = cls(vision_config=vision, qformer_config=qformer, text_config=text,
+                     num_query_tokens=d.get("num_query_tokens", 32), image_token_index=image_token,
+                     use_decoder_only_language_model=text_dict["model_type"] == "opt")
+        config.validate()
+        return config
+
+    def validate(self):
+        owner = "Blip2Config"
+        if self.text_config is None:
+            self.text_config = _text_config_class("opt")()
+        _check_positive_ints(owner, self, ("num_query_tokens",))
+        t = self.image_token_index
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
+            raise ValueError(f"{owner}: image_token_index must be None or an int >= 0, got {t!r}")
+        if t is not None and t >= self.text_config.vocab_size:
+            raise ValueError(f"{owner}: image_token_index {t} is outside the language model's vocabulary "
+                             f"(vocab_size {self.text_config.vocab_size})")
+        embed_width = getattr(self.text_config, "word_embed_proj_dim", self.text_config.hidden_size)
+        if embed_width != self.text_config.hidden_size:
+            raise ValueError(f"{owner}: the language model's token embeddings are {embed_width} wide "
+                             f"(word_embed_proj_dim) but language_projection makes hidden_size="
+                             f"{self.text_config.hidden_size} wide queries; BLIP-2 needs them equal")
+        if self.qformer_config.encoder_hidden_size != self.vision_config.hidden_size:
+            raise ValueError(f"{owner}: qformer_config.encoder_hidden_size {self.qformer_config.encoder_hidden_size} "
+                             f"must equal vision_config.hidden_size {self.vision_config.hidden_size}")
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return not self.use_decoder_only_language_model
+
+
+# --------------------------------------------------------------------------------------------------
+# The EVA vision tower
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Blip2VisionOutput:
+    """last_hidden_state (B, 1+N, Dv): post_layernorm of the last layer's output (the Q-Former reads it);
+    pooler_output (B, Dv): post_layernorm applied once more to its class token."""
+    last_hidden_state: torch.Tensor
+    pooler_output: torch.Tensor
+
+
+class Blip2VisionEmbeddings(nn.Module):
+    """Patches by a strided convolution (with a bias, unlike CLIP's), a class token, learned positions
+    stored as one (1, 1+N, Dv) parameter."""
+
+    def __init__(self, config: Blip2VisionConfig):
+        super().__init__()
+        D = config.hidden_size
+        self.class_embedding = nn.Parameter(torch.randn(1, 1, D))                 # random until loaded
+        self.patch_embedding = nn.Conv2d(3, D, kernel_size=config.patch_size, stride=config.patch_size)
+        self.position_embedding = nn.Parameter(torch.randn(1, config.num_patches + 1, D))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        dtype = self.patch_embedding.weight.dtype
+        x = self.patch_embedding(pixel_values.to(dtype))                             # (B, Dv, S/p, S/p)
+        x = x.flatten(2).transpose(1, 2)                                             # (B, N, Dv)
+        cls = self.class_embedding.expand(x.shape[0], 1, -1).to(dtype)               # (B, 1, Dv)
+        return torch.cat([cls, x], dim=1) + self.position_embedding.to(dtype)       # (B, 1+N, Dv)
+
+
+class Blip2Attention(nn.Module):
+    """EVA's self-attention: one fused qkv projection, no mask.
+
+    EVA trains a bias for q and v only; the checkpoint stores them fused as qkv.bias = cat(q_bias, 0,
+    v_bias) (the zeros are k's), and, like Transformers, this module adds the stored vector as it is.
+    The (3 * Dv) outputs are laid out (3, heads, head_dim): q first, then k, then v.
+    """
+
+    def __init__(self, config: Blip2VisionConfig):
+        super().__init__()
+        D = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = D // self.num_heads
+        self.qkv = nn.Linear(D, 3 * D, bias=config.qkv_bias)
+        self.projection = nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hd)
+        y = ops.attention(qkv[0], qkv[1], qkv[2])            # softmax(q k^T / sqrt(hd)) v: (B, nh, T, hd)
+        return self.projection(y.transpose(1, 2).reshape(B, T, D))
+
+
+class Blip2EncoderLayer(nn.Module):
+    """Pre-LN layer: x + attn(LN1(x)), then x + mlp(LN2(x))."""
+
+    def __init__(self, config: Blip2VisionConfig):
+        super().__init__()
+        self.self_attn = Blip2Attention(config)
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = CLIPMLP(config)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x))
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class Blip2Encoder(nn.Module):
+    """Holds the layers, so that names read encoder.layers.N.* as in checkpoints."""
+
+    def __init__(self, config: Blip2VisionConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(Blip2EncoderLayer(config) for _ in range(config.num_hidden_layers))
+
+
+class Blip2VisionModel(nn.Module):
+    """The EVA ViT. Unlike CLIP it has no LayerNorm before the layers, and its last_hidden_state is
+    already post-LayerNormed (the pooler normalises the class token a second time)."""
+
+    def __init__(self, config: Blip2VisionConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.embeddings = Blip2VisionEmbeddings(config)
+        self.encoder = Blip2Encoder(config)
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, pixel_values: torch.Tensor) -> Blip2VisionOutput:
+        c = self.config
+        expected = (3, c.image_size, c.image_size)
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4 or \
+                tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(f"pixel_values: expected a (batch, 3, {c.image_size}, {c.image_size}) tensor, "
+                             f"got {_describe(pixel_values)}")
+        x = self.embeddings(pixel_values)                    # (B, 1+N, Dv)
+        for layer in self.encoder.layers:
+            x = layer(x)
+        x = self.post_layernorm(x)                           # (B, 1+N, Dv)
+        return Blip2VisionOutput(last_hidden_state=x, pooler_output=self.post_layernorm(x[:, 0]))
+
+
+# --------------------------------------------------------------------------------------------------
+# The Q-Former
+# --------------------------------------------------------------------------------------------------
+
+class Blip2QFormerMultiHeadAttention(nn.Module):
+    """Attention of the queries to themselves (self) or to the image features (cross: keys and values
+    from encoder_hidden_size wide inputs). No mask: every query sees every query and every patch."""
+
+    def __init__(self, config: Blip2QFormerConfig, is_cross_attention: bool = False):
+        super().__init__()
+        D = config.hidden_size
+        kv_width = config.encoder_hidden_size if is_cross_attention else D
+        self.num_heads = config.num_attention_heads
+        self.head_dim = D // self.num_heads
+        self.query = nn.Linear(D, D)
+        self.key = nn.Linear(kv_width, D)
+        self.value = nn.Linear(kv_width, D)
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        context = x if context is None else context
+        B, Q, D = x.shape
+        S = context.shape[1]
+        q = self.query(x).view(B, Q, self.num_heads, self.head_dim).transpose(1, 2)           # (B, nh, Q, hd)
+        k = self.key(context).view(B, S, self.num_heads, self.head_dim).transpose(1, 2)       # (B, nh, S, hd)
+        v = self.value(context).view(B, S, self.num_heads, self.head_dim).transpose(1, 2)     # (B, nh, S, hd)
+        return ops.attention(q, k, v).transpose(1, 2).reshape(B, Q, D)                        # (B, Q, Dq)
+
+
+class Blip2QFormerOutput(nn.Module):
+    """BERT's post-LN residual step: LayerNorm(residual + dense(x))."""
+
+    def __init__(self, in_features: int, config: Blip2QFormerConfig):
+        super().__init__()
+        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)   # sic: BERT's spelling
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(residual + self.dense(x))
+
+
+class Blip2QFormerAttention(nn.Module):
+    """h = LayerNorm(h + dense(attention(h[, image])))."""
+
+    def __init__(self, config: Blip2QFormerConfig, is_cross_attention: bool = False):
+        super().__init__()
+        self.attention = Blip2QFormerMultiHeadAttention(config, is_cross_attention)
+        self.output = Blip2QFormerOutput(config.hidden_size, config)
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.output(self.attention(x, context), x)
+
+
+class Blip2QFormerIntermediate(nn.Module):
+    """The FFN's first half: act(dense(x)), Dq -> intermediate_size."""
+
+    def __init__(self, config: Blip2QFormerConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = activation(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(x))
+
+
+class Blip2QFormerLayer(nn.Module):
+    """Self-attention, cross-attention to the image (on layers 0, f, 2f, ...), the query FFN; each a
+    post-LN residual step. (The text FFN `intermediate`/`output` of BLIP-2's retrieval head never runs on
+    query positions and is not built.)"""
+
+    def __init__(self, config: Blip2QFormerConfig, layer_idx: int):
+        super().__init__()
+        self.attention = Blip2QFormerAttention(config)
+        self.has_cross_attention = layer_idx % config.cross_attention_frequency == 0
+        if self.has_cross_attention:
+            self.crossattention = Blip2QFormerAttention(config, is_cross_attention=True)
+        self.intermediate_query = Blip2QFormerIntermediate(config)
+        self.output_query = Blip2QFormerOutput(config.intermediate_size, config)
+
+    def forward(self, h: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        h = self.attention(h)                                            # (B, Q, Dq)
+        if self.has_cross_attention:
+            h = self.crossattention(h, image_embeds)                     # (B, Q, Dq)
+        return self.output_query(self.intermediate_query(h), h)         # (B, Q, Dq)
+
+
+class Blip2QFormerEncoder(nn.Module):
+    """Holds the layers, so that names read encoder.layer.N.* (BERT's singular) as in checkpoints."""
+
+    def __init__(self, config: Blip2QFormerConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(Blip2QFormerLayer(config, i) for i in range(config.num_hidden_layers))
+
+
+class Blip2QFormerModel(nn.Module):
+    """The Q-Former over query embeddings only (BLIP-2 generation never feeds it text)."""
+
+    def __init__(self, config: Blip2QFormerConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.encoder = Blip2QFormerEncoder(config)
+
+    def forward(self, query_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """query_embeds (B, Q, Dq), image_embeds (B, 1+N, encoder_hidden_size) -> (B, Q, Dq), computed in
+        the Q-Former's own dtype (float32 in a half-precision BLIP-2) and returned in it."""
+        dtype = self.layernorm.weight.dtype
+        h = self.layernorm(query_embeds.to(dtype))                       # (B, Q, Dq)
+        image_embeds = image_embeds.to(dtype)                            # up to float32 in a 16-bit model
+        for layer in self.encoder.layer:
+            h = layer(h, image_embeds)
+        return h
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole model
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Blip2Output(ModelOutput):
+    """ModelOutput plus what BLIP-2 computed on the way: the vision tower's output, the Q-Former's
+    (B, Q, Dq) output, the projected (B, Q, C) `language_model_inputs` that replaced the image tokens."""
+    vision_outputs: Optional[Blip2VisionOutput] = None
+    qformer_output: Optional[torch.Tensor] = None
+    language_model_inputs: Optional[torch.Tensor] = None
+
+
+class Blip2ForConditionalGeneration(nn.Module, GenerationMixin):
+    config_class = Blip2Config
+    # Hub BLIP-2 checkpoints and Transformers 5.23 (in memory and save_pretrained) spell every key as this
+    # module does: vision_model.*, query_tokens, qformer.*, language_projection.*, language_model.* (OPT:
+    # language_model.model.decoder.*, language_model.lm_head.*; T5: language_model.shared/encoder/decoder.*).
+    # The language model's own renames apply under language_model (set per instance).
+    checkpoint_renames: list = []
+    # Text FFN weights (`intermediate`/`output`, present when use_qformer_text_input) never run in
+    # generation: skipped.
+    checkpoint_ignore = [r"^qformer\.encoder\.layer\.\d+\.(intermediate|output)\."]
+    # These stay float32 whatever 16-bit dtype the model is loaded in (Transformers 5.x: float16 only);
+    # `keep_in_float32` adds the language model's own (T5's `wo`, in float16).
+    KEEP_IN_FLOAT32 = ["qformer", "query_tokens"]
+
+    def __init__(self, config: Blip2Config):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.vision_model = Blip2VisionModel(config.vision_config)
+        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, config.qformer_config.hidden_size))
+        self.qformer = Blip2QFormerModel(config.qformer_config)
+        self.language_projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size)
+        lm_type = "opt" if config.use_decoder_only_language_model else "t5"
+        self.language_model = _language_model_class(lm_type)(config.text_config)
+        # An instance attribute: the same class is decoder-only with OPT and encoder-decoder with T5.
+        self.is_encoder_decoder = config.is_encoder_decoder
+        # The language model's own renames and ignored keys, under language_model.
+        self.checkpoint_renames = [(r"^language_model\." + p.lstrip("^"), "language_model." + r)
+                                   for p, r in getattr(self.language_model, "checkpoint_renames", [])]
+        self.checkpoint_ignore = type(self).checkpoint_ignore + [
+            r"^language_model\." + p.lstrip("^") for p in getattr(self.language_model, "checkpoint_ignore", [])]
+
+    @property
+    def keep_in_float32(self) -> list:
+        """What the loader keeps float32 after casting the model: read then, since T5's list depends on the
+        dtype it was cast to."""
+        return self.KEEP_IN_FLOAT32 + [f"language_model.{name}"
+                                       for name in getattr(self.language_model, "keep_in_float32", [])]
+
+    def tied_weights(self) -> dict[str, str]:
+        return {f"language_model.{k}": f"language_model.{v}" for k, v in self.language_model.tied_weights().items()}
+
+    def new_cache(self, batch_size: int, max_length: int, **kwargs):
+        """The language model's KV cache (the image is encoded once, at prefill)."""
+        return self.language_model.new_cache(batch_size, max_length, **kwargs)
+
+    def input_embeddings(self) -> nn.Embedding:
+        lm = self.language_model
+        return lm.get_input_embeddings() if hasattr(lm, "get_input_embeddings") else lm.model.decoder.embed_tokens
+
+    # -- image -> language-model inputs ----------------------------------------------------------------
+
+    def image_features(self, pixel_values: torch.Tensor):
+        """pixel_values (B, 3, S, S) -> (vision output, Q-Former output (B, Q, Dq) float32 in a 16-bit
+        model, language_model_inputs (B, Q, C) in the model's dtype)."""
+        vision = self.vision_model(pixel_values)
+        image_embeds = vision.last_hidden_state                                      # (B, 1+N, Dv)
+        queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)            # (B, Q, Dq)
+        qformer_output = self.qformer(queries, image_embeds)                         # (B, Q, Dq)
+        projected = self.language_projection(qformer_output.to(image_embeds.dtype))  # (B, Q, C)
+        return vision, qformer_output, projected
+
+    def embed_with_image(self, input_ids, pixel_values):
+        """Token embeddings (B, T, C) of input_ids with the image tokens replaced by the projected queries,
+        in row-major order (masked_scatter: image 0's queries fill the first Q image tokens, ...)."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
+            raise ValueError(f"input_ids: expected an integer (batch, sequence) tensor, got {_describe(input_ids)}")
+        embeds = self.input_embeddings()(input_ids)                                  # (B, T, C)
+        if pixel_values is None:
+            return embeds, None
+        token = self.config.image_token_index
+        if token is None:
+            raise ValueError("Blip2ForConditionalGeneration: config has no image_token_index, so input_ids cannot "
+                             "say where the image goes (this config predates Transformers' image tokens; set it)")
+        vision, qformer_output, projected = self.image_features(pixel_values)
+        is_image = input_ids == token                                                # (B, T)
+        n_tokens, n_features = int(is_image.sum()), projected.shape[0] * projected.shape[1]
+        if n_tokens != n_features:
+            raise ValueError(f"input_ids hold {n_tokens} image tokens (id {token}) but {projected.shape[0]} "
+                             f"image(s) give {n_features} query outputs; put num_query_tokens="
+                             f"{self.config.num_query_tokens} image tokens in each row")
+        embeds = embeds.masked_scatter(is_image[..., None], projected.to(embeds.dtype))
+        return embeds, (vision, qformer_output, projected)
+
+    # -- forward ---------------------------------------------------------------------------------------
+
+    def forward(self, input_ids, pixel_values=None, attention_mask=None, position_ids=None, cache=None,
+                labels=None, logits_to_keep: int = 0, *, decoder_input_ids=None,
+                decoder_attention_mask=None) -> Blip2Output:
+        """Logits for input_ids (B, T) holding num_query_tokens image tokens per row (per image).
+
+        OPT: logits (B, T, vocab) of the decoder over the merged embeddings; labels (B, L) with L <= T are
+        compared with the last L positions (as Transformers: logits[:, -L:], then the shifted loss; the
+        logits returned stay whole, where Transformers returns the slice).
+        T5: input_ids go to the encoder; logits (B, T_dec, vocab) for decoder_input_ids (made from labels
+        by shifting right when only labels are given); the loss is T5's.
+        pixel_values (B, 3, S, S) may be left out only when input_ids hold no image tokens, or during
+        cached decoding (the image is in the cache already).
+        """
+        if self.is_encoder_decoder:
+            self._check_image_tokens(input_ids, pixel_values, cached=False)
+            embeds, extras = self.embed_with_image(input_ids, pixel_values)
+            out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                      decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
+                                      labels=labels, cache=cache, logits_to_keep=logits_to_keep)
+            return self._output(out.logits, out.loss, extras)
+
+        self._check_image_tokens(input_ids, pixel_values, cached=cache is not None and cache.length > 0)
+        embeds, extras = self.embed_with_image(input_ids, pixel_values)
+        out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                  cache=cache, logits_to_keep=logits_to_keep)
+        loss = None
+        if labels is not None:
+            if labels.dim() != 2 or labels.shape[0] != out.logits.shape[0] or labels.shape[1] > out.logits.shape[1]:
+                raise ValueError(f"labels: expected (batch, L) with L <= {out.logits.shape[1]} (the last L positions), "
+                                 f"got {_describe(labels)}")
+            loss = causal_lm_loss(out.logits[:, -labels.shape[1]:], labels)
+        return self._output(out.logits, loss, extras)
+
+    def _check_image_tokens(self, input_ids, pixel_values, cached: bool):
+        token = self.config.image_token_index
+        if pixel_values is None and not cached and token is not None and isinstance(input_ids, torch.Tensor) \
+                and bool((input_ids == token).any()):
+            raise ValueError(f"input_ids hold image tokens (id {token}) but no pixel_values were given")
+
+    # -- T5: encoder and decoder, for minivlm.generation's encoder-decoder loop ---------------------------
+
+    def encode(self, input_ids, attention_mask=None, pixel_values=None) -> torch.Tensor:
+        """T5 encoder states (B, S, C) of input_ids (B, S) with the image's queries in its image tokens."""
+        self._check_image_tokens(input_ids, pixel_values, cached=False)
+        embeds, _ = self.embed_with_image(input_ids, pixel_values)
+        return self.language_model.encode(inputs_embeds=embeds, attention_mask=attention_mask)
+
+    def decode(self, decoder_input_ids, encoder_hidden_states, encoder_attention_mask=None, **kwargs) -> ModelOutput:
+        """The T5 decoder's logits (see T5ForConditionalGeneration.decode)."""
+        return self.language_model.decode(decoder_input_ids, encoder_hidden_states, encoder_attention_mask, **kwargs)
+
+    # -- generation ------------------------------------------------------------------------------------
+
+    def generate(self, input_ids=None, *, pixel_values=None, attention_mask=None, **kwargs) -> torch.LongTensor:
+        """Greedy decoding or sampling conditioned on an image (minivlm.generation; kwargs as there).
+
+        input_ids: the prompt with num_query_tokens image tokens per row, as Transformers' Blip2Processor
+        makes it; None = a caption from scratch: the image tokens then the language model's BOS, as
+        Transformers 5.23's generate builds it (T5 has no BOS: the image tokens alone). pixel_values
+        (B, 3, S, S) go to the prefill (T5: the encoder) only. OPT returns the prompt followed by the new
+        tokens, (B, T + N); T5 the decoder tokens, (B, 1 + N), decoder_start_token_id first.
+        """
+        if isinstance(input_ids, torch.Tensor) and input_ids.is_floating_point():
+            raise TypeError(f"generate: input_ids is a floating-point tensor of shape {tuple(input_ids.shape)}; "
+                            f"pass the image as generate(pixel_values=...)")
+        if input_ids is None:
+            if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+                raise ValueError(f"generate: without input_ids, pixel_values (batch, 3, S, S) are needed, "
+                                 f"got {_describe(pixel_values)}")
+            bos = self.config.text_config.bos_token_id
+            start = [self.config.image_token_index] * self.config.num_query_tokens + ([bos] if bos is not None else [])
+            input_ids = torch.tensor([start], device=pixel_values.device).repeat(pixel_values.shape[0], 1)
+        return GenerationMixin.generate(self, input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                                        **kwargs)
+
+    @staticmethod
+    def _output(logits, loss, extras):
+        vision, qformer_output, projected = extras if extras is not None else (None, None, None)
+        return Blip2Output(logits=logits, loss=loss, vision_outputs=vision, qformer_output=qformer_output,
+                           language_model_inputs=projected, image_hidden_states=projected)
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    return repr(x) if x is None else f"a {type(x).__name__}"
