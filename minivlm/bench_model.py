@@ -99,7 +99,100 @@ class LlavaNextBench:
         return model          # both libraries call the whole model once per token
 
 
-SPECS = {spec.name: spec for spec in (LlavaNextBench(),)}
+class Blip2Bench:
+    """BLIP-2 with an OPT language model: EVA tower, Q-Former, 32 image tokens then BOS and the prompt."""
+    name = "blip2"
+    VISION = dict(vision_hidden=704, vision_layers=6, vision_heads=11, image_size=224, patch_size=14,
+                  qformer_hidden=384, qformer_layers=6, qformer_heads=6, queries=32)
+    VISION_QUICK = dict(vision_hidden=64, vision_layers=2, vision_heads=4, image_size=56, patch_size=14,
+                        qformer_hidden=64, qformer_layers=2, qformer_heads=4, queries=8)
+    FULL = dict(VISION, text_hidden=1024, text_layers=8, text_heads=16, vocab=50272, text_tokens=32,
+                new_tokens=16, reps=5, warmup=1)
+    QUICK = dict(VISION_QUICK, text_hidden=128, text_layers=2, text_heads=4, vocab=512, text_tokens=16,
+                 new_tokens=4, reps=3, warmup=1)
+    BOS = 2
+
+    def hf_class(self):
+        from transformers import Blip2ForConditionalGeneration
+        return Blip2ForConditionalGeneration
+
+    def text_config(self, s: dict) -> dict:
+        from transformers import OPTConfig
+        return OPTConfig(hidden_size=s["text_hidden"], ffn_dim=4 * s["text_hidden"], num_hidden_layers=s["text_layers"],
+                         num_attention_heads=s["text_heads"], vocab_size=s["vocab"],
+                         word_embed_proj_dim=s["text_hidden"]).to_dict()
+
+    def hf_config(self, s: dict):
+        from transformers import Blip2Config
+
+        vision = dict(hidden_size=s["vision_hidden"], intermediate_size=4 * s["vision_hidden"],
+                      num_hidden_layers=s["vision_layers"], num_attention_heads=s["vision_heads"],
+                      image_size=s["image_size"], patch_size=s["patch_size"])
+        qformer = dict(hidden_size=s["qformer_hidden"], num_hidden_layers=s["qformer_layers"],
+                       num_attention_heads=s["qformer_heads"], intermediate_size=4 * s["qformer_hidden"],
+                       encoder_hidden_size=s["vision_hidden"])
+        return Blip2Config(vision_config=vision, qformer_config=qformer, text_config=self.text_config(s),
+                           num_query_tokens=s["queries"], image_token_index=s["vocab"] - 1)
+
+    def prompt(self, s: dict, text: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.full((s["queries"],), s["vocab"] - 1), torch.tensor([self.BOS]), text])
+
+    def make_inputs(self, s: dict, folder: str) -> dict:
+        g = torch.Generator().manual_seed(0)
+        text = torch.randint(4, s["vocab"] - 1, (s["text_tokens"],), generator=g)
+        ids = self.prompt(s, text)[None]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                "pixel_values": torch.randn(1, 3, s["image_size"], s["image_size"], generator=g)}
+
+    def describe(self, s: dict, inputs: dict) -> str:
+        patches = (s["image_size"] // s["patch_size"]) ** 2
+        return (f"EVA ViT hidden {s['vision_hidden']} x {s['vision_layers']} layers ({patches} patches + CLS); "
+                f"Q-Former {s['queries']} queries, hidden {s['qformer_hidden']} x {s['qformer_layers']} layers; "
+                f"{self.lm_name} hidden {s['text_hidden']} x {s['text_layers']} layers; "
+                f"prompt {inputs['input_ids'].shape[1]} tokens")
+
+    lm_name = "OPT"
+
+    def step_module(self, impl: str, model):
+        # Transformers' BLIP-2 generate runs the language model's own generate: its forward is called
+        # once per token; so is minivlm's (inside the BLIP-2 forward).
+        return model.language_model
+
+
+class Blip2T5Bench(Blip2Bench):
+    """BLIP-2 with a Flan-T5 language model: the image tokens and the prompt go to the encoder, the
+    decoder starts from the pad token; prefill = the encoder and the first decoder step."""
+    name = "blip2_t5"
+    FULL = dict(Blip2Bench.VISION, text_hidden=512, text_layers=6, text_heads=8, vocab=32128, text_tokens=32,
+                new_tokens=16, reps=5, warmup=1)
+    QUICK = dict(Blip2Bench.VISION_QUICK, text_hidden=128, text_layers=2, text_heads=4, vocab=512, text_tokens=16,
+                 new_tokens=4, reps=3, warmup=1)
+    lm_name = "Flan-T5 (encoder and decoder)"
+
+    def text_config(self, s: dict) -> dict:
+        from transformers import T5Config
+        return T5Config(d_model=s["text_hidden"], d_kv=s["text_hidden"] // s["text_heads"], d_ff=2 * s["text_hidden"],
+                        num_layers=s["text_layers"], num_heads=s["text_heads"], vocab_size=s["vocab"],
+                        feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0,
+                        eos_token_id=1, decoder_start_token_id=0).to_dict()
+
+    def adjust(self, model):
+        # Transformers 5.23 builds every T5 with lm_head tied to the embedding; Flan-T5's own is separate
+        # (and stored in hub files): give it its own weights, as tests/_blip2.py does.
+        lm = model.language_model
+        lm.lm_head.weight = torch.nn.Parameter(torch.randn_like(lm.shared.weight) * lm.shared.weight.std())
+
+    def prompt(self, s: dict, text: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.full((s["queries"],), s["vocab"] - 1), text, torch.tensor([1])])   # ... </s>
+
+    def prefill_inputs(self, inputs: dict) -> dict:
+        return {"decoder_input_ids": torch.zeros(inputs["input_ids"].shape[0], 1, dtype=torch.long)}
+
+    def step_module(self, impl: str, model):
+        return model.language_model.decoder     # the T5 decoder stack: once per token in both libraries
+
+
+SPECS = {spec.name: spec for spec in (LlavaNextBench(), Blip2Bench(), Blip2T5Bench())}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -108,7 +201,10 @@ SPECS = {spec.name: spec for spec in (LlavaNextBench(),)}
 
 def save_checkpoint(spec, s: dict, folder: str):
     torch.manual_seed(0)
-    spec.hf_class()(spec.hf_config(s)).save_pretrained(folder)
+    model = spec.hf_class()(spec.hf_config(s))
+    if hasattr(spec, "adjust"):
+        spec.adjust(model)
+    model.save_pretrained(folder)
 
 
 def load(spec, impl: str, folder: str):
@@ -118,17 +214,19 @@ def load(spec, impl: str, folder: str):
     return spec.hf_class().from_pretrained(folder, dtype=torch.float32).eval()
 
 
-def prefill_fn(impl: str, model, inputs: dict):
-    """One prompt forward into a fresh cache, last position's logits."""
-    B, T = inputs["input_ids"].shape
+def prefill_fn(spec, impl: str, model, inputs: dict):
+    """One prompt forward into a fresh cache, last position's logits. An encoder-decoder spec gives the
+    decoder's first input (`prefill_inputs`): the prefill is then the encoder plus one decoder step."""
+    extra = spec.prefill_inputs(inputs) if hasattr(spec, "prefill_inputs") else {"logits_to_keep": 1}
+    B, T = (extra.get("decoder_input_ids") if "decoder_input_ids" in extra else inputs["input_ids"]).shape
     if impl == "minivlm":
         def call():
             with torch.inference_mode():
-                return model(**inputs, cache=model.new_cache(B, T), logits_to_keep=1).logits
+                return model(**inputs, **extra, cache=model.new_cache(B, T)).logits[:, -1]
     else:
         def call():
             with torch.inference_mode():
-                return model(**inputs, use_cache=True, logits_to_keep=1).logits
+                return model(**inputs, **extra, use_cache=True).logits[:, -1]
     return call
 
 
@@ -232,8 +330,8 @@ def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[
         print(f"config: {spec.describe(s, inputs)}")
         # Same weights, same numbers: a check that the comparison is fair.
         with torch.inference_mode():
-            a = prefill_fn("minivlm", models["minivlm"], inputs)()
-            b = prefill_fn("transformers", models["transformers"], inputs)()
+            a = prefill_fn(spec, "minivlm", models["minivlm"], inputs)()
+            b = prefill_fn(spec, "transformers", models["transformers"], inputs)()
         diff = (a - b).abs().max().item()
         scale = b.abs().max().item()
         print(f"max |logit difference| at the last prompt position: {diff:.1e} (largest logit {scale:.1e})")
@@ -241,7 +339,7 @@ def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[
             print("WARNING: the two libraries disagree on these weights: the timings compare different work")
         print(f"{s['reps']} repetitions after {s['warmup']} warm-up, the two libraries alternating within each")
 
-        prefill = time_side_by_side({impl: prefill_fn(impl, m, inputs) for impl, m in models.items()},
+        prefill = time_side_by_side({impl: prefill_fn(spec, impl, m, inputs) for impl, m in models.items()},
                                     s["reps"], s["warmup"], 0.0)
         decode = time_decode(spec, models, inputs, s["new_tokens"], s["reps"], s["warmup"])
         del models
@@ -272,7 +370,7 @@ def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[
         print("(--quick: the targets are set for the full config; on the tiny one PASS/MISS mean little)")
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"environment": env, "model": name, "setup": s, "prompt_tokens": T, "max_abs_logit_diff": diff,
+            json.dump({"environment": env, "model": name, "setup": s, "prompt_tokens": T, "max_abs_logit_diff": diff, "max_abs_logit": scale,
                        "results": results, "tokens_per_s": tps, "memory": memory}, f, indent=2)
         print(f"\nwrote {json_path}")
     return 0

@@ -187,8 +187,9 @@ class KVCache:
 
     def __init__(self, num_layers, batch_size, num_kv_heads, max_length, head_dim, *, dtype, device=None):
         shape = (batch_size, num_kv_heads, max_length, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # Uninitialised: only [:length] is ever read, and zero-filling would cost a pass over the whole cache.
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.batch_size, self.max_length, self.dtype = batch_size, max_length, dtype
         self.length = 0
 
