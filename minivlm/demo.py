@@ -75,12 +75,16 @@ def stage_attention() -> StageResult:
     v = torch.randn(B, Hkv, L, D, generator=gen, requires_grad=True)
     mask = ops.causal_mask(left_padding(B, L), L)                    # (B, 1, L, L), 0 or finfo.min
 
-    def run(fn):
-        out = fn(q, k, v, mask, is_causal=True)
-        return out, torch.autograd.grad(out.square().sum(), (q, k, v))
+    def run(fn, *inputs):
+        out = fn(*inputs, is_causal=True)
+        return out, torch.autograd.grad(out.square().sum(), inputs[:3])
 
-    out, grads = run(ops.attention)
-    ref_out, ref_grads = run(reference.attention)
+    out, grads = run(ops.attention, q, k, v, mask)
+    # The reference runs in float64: the exact answer to compare the float32 kernel with. (In float32 the
+    # reference itself strays by up to 1e-4 here when the machine is busy: MKL then picks another matmul
+    # path, ~10x less accurate, and a 1e-4 tolerance against it would fail now and then.)
+    exact = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref_out, ref_grads = run(reference.attention, *exact, mask.double())
     with torch.no_grad():
         ms = median_ms(lambda: ops.attention(q, k, v, mask, is_causal=True))
         ref_ms = median_ms(lambda: reference.attention(q, k, v, mask, is_causal=True))
