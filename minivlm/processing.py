@@ -2,7 +2,8 @@
 
 - `LlavaNextImageProcessor`: pixel_values (B, P, 3, S, S) and image_sizes (B, 2), "anyres" crops.
 - `BlipImageProcessor` (BLIP-2): pixel_values (B, 3, H, W), one resize to a fixed square.
-Both build on `ImageProcessor` (reading preprocessor_config.json, RGB conversion, resize, rescale and
+- `CLIPImageProcessor` (CLIP, Kosmos-2): pixel_values (B, 3, H, W), resize, centre crop.
+All build on `ImageProcessor` (reading preprocessor_config.json, RGB conversion, resize, rescale and
 normalize in Transformers' order and precision).
 
 LLaVA-NeXT follows the "anyres" scheme of the LLaVA-NeXT blog post (Liu et al., 2024) as Transformers 5.23's
@@ -319,5 +320,84 @@ class BlipImageProcessor(ImageProcessor):
         return self._rescale_normalize(x)                                # (3, h, w)
 
 
-__all__ = ["ImageProcessor", "LlavaNextImageProcessor", "BlipImageProcessor", "num_image_tokens", "OPENAI_CLIP_MEAN",
-           "OPENAI_CLIP_STD"]
+# --------------------------------------------------------------------------------------------------
+# CLIP (and Kosmos-2, which uses CLIP's processor)
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class CLIPImageProcessor(ImageProcessor):
+    """CLIP's image preprocessing: PIL images -> pixel_values (B, 3, H, W) float32.
+
+    Matches Transformers 5.23's `CLIPImageProcessorPil` (models/clip/image_processing_pil_clip.py), the
+    generic steps of its PIL backend in this order:
+
+        convert to RGB (transparency composited onto white)
+        resize the shortest edge to size["shortest_edge"], the long edge scaled and truncated
+          (int(s * long / short)), PIL `resample` (bicubic); or to size["height"] x size["width"]
+        centre crop to crop_size (an image smaller than it is padded with black first)
+        x * rescale_factor (in float64, stored as float32), (x - image_mean) / image_std (float32)
+
+    Defaults are Transformers' class defaults (224, OpenAI CLIP mean/std). Kosmos-2 checkpoints
+    (microsoft/kosmos-2-patch14-224) use this processor with a 224 x 224 crop and squash the image to a
+    224 x 224 square first instead of keeping its aspect ratio (`use_square_size`, or size {"height": 224,
+    "width": 224}): the whole picture reaches the model, as the grounding boxes' coordinates assume.
+    `use_square_size` squares size["shortest_edge"]; Transformers 5.23 squares its class default (224)
+    whatever size says, which is the same for the checkpoints.
+    """
+    size: dict = field(default_factory=lambda: {"shortest_edge": 224})          # resize target
+    crop_size: dict = field(default_factory=lambda: {"height": 224, "width": 224})  # centre crop target
+    image_mean: tuple = OPENAI_CLIP_MEAN     # per-channel mean subtracted after rescaling
+    image_std: tuple = OPENAI_CLIP_STD       # per-channel std divided by after subtracting the mean
+    rescale_factor: float = 1 / 255          # uint8 -> [0, 1]
+    do_resize: bool = True
+    do_center_crop: bool = True
+    do_rescale: bool = True
+    do_normalize: bool = True
+    do_convert_rgb: bool = True              # convert every image to RGB first
+    resample: int = 3                        # PIL filter: 3 = BICUBIC (0 nearest, 2 bilinear, 1 lanczos)
+    use_square_size: bool = False            # Kosmos-2: resize to shortest_edge x shortest_edge (no aspect ratio)
+
+    def __post_init__(self):
+        # An int size is a shortest edge for CLIP (Transformers' default_to_square=False); an int crop a square.
+        if isinstance(self.size, int) and not isinstance(self.size, bool):
+            self.size = {"shortest_edge": self.size}
+        if isinstance(self.crop_size, int) and not isinstance(self.crop_size, bool):
+            self.crop_size = {"height": self.crop_size, "width": self.crop_size}
+        if self.use_square_size and isinstance(self.size, dict) and _positive_int(self.size.get("shortest_edge")):
+            self.size = {"height": self.size["shortest_edge"], "width": self.size["shortest_edge"]}
+        self.validate()
+
+    def validate(self):
+        bad = self._bad
+        if not isinstance(self.size, dict) or not (
+                _positive_int(self.size.get("shortest_edge"))
+                or (_positive_int(self.size.get("height")) and _positive_int(self.size.get("width")))):
+            raise bad("size", 'an int or a dict with "shortest_edge", or "height" and "width" (positive ints)')
+        if self.do_center_crop and not (isinstance(self.crop_size, dict) and _positive_int(self.crop_size.get("height"))
+                                        and _positive_int(self.crop_size.get("width"))):
+            raise bad("crop_size", 'an int or a dict with "height" and "width" (positive ints) when do_center_crop '
+                                   'is set')
+        self._validate_common()
+
+    def __call__(self, images) -> dict:
+        """images: one PIL image or a list of them. Returns {"pixel_values": float32 (B, 3, H, W)}."""
+        images = self._check_images(images)
+        arrays = [self._process(image) for image in images]             # each (3, H, W) float32
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise ValueError(f"CLIPImageProcessor: the images come out in different shapes {sorted(shapes)} "
+                             f"(do_center_crop is off and size {self.size} keeps aspect ratios), so they cannot "
+                             f"be stacked into one batch")
+        return {"pixel_values": torch.from_numpy(np.stack(arrays))}   # (B, 3, H, W)
+
+    def _process(self, image: Image.Image) -> np.ndarray:
+        x = np.asarray(self._to_rgb(image))                              # (h, w, 3) uint8
+        if self.do_resize:
+            x = self._resize(x, *self._resized_shape(x.shape[0], x.shape[1]))
+        if self.do_center_crop:
+            x = _center_crop(x, self.crop_size["height"], self.crop_size["width"])
+        return self._rescale_normalize(x)                                # (3, H, W)
+
+
+__all__ = ["ImageProcessor", "LlavaNextImageProcessor", "BlipImageProcessor", "CLIPImageProcessor", "num_image_tokens",
+           "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]

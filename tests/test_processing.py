@@ -1,5 +1,6 @@
 """LLaVA-NeXT image preprocessing (minivlm.processing) against Transformers 5.23's LlavaNextImageProcessorPil,
-and the image-token count against Transformers' LlavaNextProcessor.
+the image-token count against Transformers' LlavaNextProcessor, and CLIP / Kosmos-2 preprocessing against
+CLIPImageProcessorPil.
 
 Tolerance: none. Both sides resize with the same PIL call on the same uint8 pixels (deterministic integer
 output), pad and crop by integer indexing, then apply the same IEEE-754 operations in the same order
@@ -14,10 +15,11 @@ import pytest
 import torch
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor, PreTrainedTokenizerFast
+from transformers import (CLIPImageProcessorPil, LlavaNextImageProcessorPil, LlavaNextProcessor,
+                          PreTrainedTokenizerFast)
 
 from minivlm.models.llava_next import LlavaNextConfig
-from minivlm.processing import LlavaNextImageProcessor, num_image_tokens
+from minivlm.processing import CLIPImageProcessor, LlavaNextImageProcessor, num_image_tokens
 
 # A scaled-down processor: 32 px crops and the hub's pinpoints scaled by 32/336.
 TINY = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
@@ -205,3 +207,98 @@ def test_bad_config(field, value, message):
 def test_from_pretrained_without_config(tmp_path):
     with pytest.raises(FileNotFoundError, match="no preprocessor_config.json in"):
         LlavaNextImageProcessor.from_pretrained(tmp_path)
+
+
+# ---- CLIP / Kosmos-2 (CLIPImageProcessor against Transformers' CLIPImageProcessorPil) ------------------
+
+# microsoft/kosmos-2-patch14-224's settings: CLIP's processor, the image squashed to 224 x 224, crop 224.
+KOSMOS2 = dict(size={"shortest_edge": 224}, use_square_size=True, crop_size={"height": 224, "width": 224})
+CLIP_TINY = dict(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28})
+
+
+def assert_clip_same_as_transformers(images, **kwargs):
+    expected = CLIPImageProcessorPil(**kwargs)(images, return_tensors="pt")["pixel_values"]
+    got = CLIPImageProcessor(**kwargs)(images)["pixel_values"]
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert torch.equal(got, expected)
+    return got
+
+
+@pytest.mark.parametrize("height, width", [
+    (40, 40), (30, 90), (100, 20), (5, 7),   # square, wide, tall, smaller than the crop (padded black)
+    (33, 50),                                # 32 * 50 / 33 = 48.48: the long side truncates to 48
+    (31, 97),                                # odd leftovers: the crop's extra column goes to the right
+])
+def test_clip_sizes_match_transformers(height, width):
+    got = assert_clip_same_as_transformers(picture(height, width), **CLIP_TINY)
+    assert got.shape == (1, 3, 28, 28)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "RGB", "CMYK", "I;16"])
+def test_clip_modes_match_transformers(mode):
+    assert_clip_same_as_transformers(picture(45, 70, mode), **CLIP_TINY)
+
+
+@pytest.mark.parametrize("options", [
+    dict(resample=2),
+    dict(size=32, crop_size=24),                                         # ints: shortest edge, square crop
+    dict(size={"height": 20, "width": 36}, crop_size={"height": 24, "width": 24}),   # squash, then pad-crop
+    dict(do_center_crop=False, size={"height": 20, "width": 36}),
+    dict(do_rescale=False, image_mean=[100.0, 110.0, 120.0], image_std=[50.0, 60.0, 70.0]),
+    dict(do_resize=False, do_normalize=False),
+])
+def test_clip_options_match_transformers(options):
+    assert_clip_same_as_transformers([picture(45, 100), picture(60, 20, seed=1)], **{**CLIP_TINY, **options})
+
+
+@pytest.mark.parametrize("settings", [KOSMOS2, dict(size={"height": 224, "width": 224}), {}],
+                         ids=["kosmos2-use_square_size", "kosmos2-square", "clip-defaults"])
+def test_clip_hub_settings_match_transformers(settings):
+    images = [picture(480, 640), picture(300, 200, "RGBA", seed=1), picture(224, 224, "L", seed=2)]
+    got = assert_clip_same_as_transformers(images, **settings)
+    assert got.shape == (3, 3, 224, 224)
+    if settings:
+        # Kosmos-2 keeps the whole picture: a 480x640 image is squashed to 224x224, not cropped to its middle.
+        assert CLIPImageProcessor(**settings).size == {"height": 224, "width": 224}
+
+
+def test_clip_use_square_size_squares_the_given_size():
+    # Transformers 5.23 squares its class default (224) whatever size says; minivlm squares the given
+    # shortest edge (the option's purpose, and Transformers 4.x's behaviour). Both agree at 224 (above).
+    assert CLIPImageProcessor(size={"shortest_edge": 32}, use_square_size=True).size == {"height": 32, "width": 32}
+
+
+def test_clip_from_pretrained_reads_transformers_config(tmp_path):
+    CLIPImageProcessorPil(**KOSMOS2).save_pretrained(tmp_path)
+    ours = CLIPImageProcessor.from_pretrained(tmp_path)
+    assert ours.size == {"height": 224, "width": 224} and ours.crop_size == {"height": 224, "width": 224}
+    image = picture(150, 260)
+    assert torch.equal(ours(image)["pixel_values"],
+                       CLIPImageProcessorPil.from_pretrained(tmp_path)(image, return_tensors="pt")["pixel_values"])
+    # A hub-style config with use_square_size (the key Transformers 5.x drops when it saves).
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 224}, "use_square_size": True,
+         "crop_size": {"height": 224, "width": 224}, "resample": 3, "processor_class": "Kosmos2Processor"}))
+    assert torch.equal(CLIPImageProcessor.from_pretrained(tmp_path)(image)["pixel_values"],
+                       CLIPImageProcessorPil.from_pretrained(tmp_path)(image, return_tensors="pt")["pixel_values"])
+
+
+def test_clip_defaults_are_transformers_defaults():
+    theirs, ours = CLIPImageProcessorPil(), CLIPImageProcessor()
+    assert ours.size == {"shortest_edge": theirs.size.shortest_edge}
+    assert ours.crop_size == {"height": theirs.crop_size.height, "width": theirs.crop_size.width}
+    for name in ("rescale_factor", "resample", "do_resize", "do_center_crop", "do_rescale", "do_normalize",
+                 "do_convert_rgb"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert tuple(ours.image_mean) == tuple(theirs.image_mean) and tuple(ours.image_std) == tuple(theirs.image_std)
+
+
+def test_clip_bad_input():
+    with pytest.raises(ValueError, match='size must be an int or a dict with "shortest_edge"'):
+        CLIPImageProcessor(size={"longest_edge": 32})
+    with pytest.raises(ValueError, match='crop_size must be an int or a dict with "height" and "width"'):
+        CLIPImageProcessor(crop_size={"height": 32})
+    with pytest.raises(TypeError, match=r"images\[0\] must be a PIL.Image.Image, got ndarray"):
+        CLIPImageProcessor()([np.zeros((10, 10, 3), dtype=np.uint8)])
+    with pytest.raises(ValueError, match="come out in different shapes"):
+        CLIPImageProcessor(do_center_crop=False, size=8)([picture(10, 20), picture(20, 10)])
