@@ -16,6 +16,7 @@ MODEL_TYPES = {
     "opt": "opt:OPTForCausalLM",
     "t5": "t5:T5ForConditionalGeneration",
     "blip-2": "blip2:Blip2ForConditionalGeneration",
+    "kosmos-2": "kosmos2:Kosmos2ForConditionalGeneration",
 }
 
 

@@ -1,0 +1,469 @@
+"""Kosmos-2: a CLIP vision tower, 64 latent queries that resample it, and a sub-LN decoder that writes
+captions with grounding tokens (<phrase>...</phrase><object><patch_index_XXXX>...</object>).
+
+Papers: Peng et al. 2023, "Kosmos-2: Grounding Multimodal Large Language Models to the World"; Huang et al.
+2023, "Language Is Not All You Need" (Kosmos-1: the decoder and the latent-query resampler); Wang et al.
+2022, "Foundation Transformers" (Magneto: the extra sub-LayerNorms); Radford et al. 2021 (CLIP, the vision
+tower, imported from clip.py). Reference implementation: Transformers 5.23's
+`models/kosmos2/modeling_kosmos2.py` (Kosmos2ForConditionalGeneration), whose outputs the tests match and
+whose parameter names this module mirrors (text_model.model.*, vision_model.model.*,
+image_to_text_projection.*), so hub checkpoints and 5.23's save_pretrained load without renaming.
+
+The data flow (shapes for microsoft/kosmos-2-patch14-224: 224 px in 14 px patches, D=1024, Q=64, E=2048):
+
+    pixel_values (B, 3, 224, 224) --CLIP ViT-L/14--> last_hidden_state (B, 257, D)
+    post_layernorm over the WHOLE sequence (not only the class token), then L2-normalise each vector
+    image_to_text_projection:  f = dense(features)                                   (B, 257, E)
+        x_attn: queries = latent_query (the raw (Q, E) parameter), keys/values = cat(f, latent_query)
+        (B, Q, E) image embeddings; no LayerNorm, no mask, no residual
+    text decoder: token embeddings, the Q image embeddings written where image_embeds_position_mask is 1,
+        THEN everything times sqrt(E) (the image embeddings are scaled too), plus sinusoidal positions
+        for each of L blocks (pre-LN, with two extra "sub-LN"s):
+            x = x + out_proj(inner_attn_ln(attention(self_attn_layer_norm(x))))
+            x = x + fc2(ffn_layernorm(gelu(fc1(final_layer_norm(x)))))      # ffn_layernorm is over ffn_dim
+        logits = lm_head(layer_norm(x))                                                 (B, T, vocab)
+
+Positions are fairseq's: the sinusoid table's row `pad_token_id` (1) is zero, and the real tokens of a
+chunk of T new tokens after `past` cached ones read rows (cumsum(is_real) + past) * is_real + pad, where
+is_real = (input_ids != pad_token_id): a prompt's first real token reads row 2, a pad the zero row. With a
+cache the cumsum covers only the new tokens but `past` counts the cached pads too, so a decode step reads
+row past + 2 whatever the padding: a row with 2 left pads goes ..., 9 -> 12. That is Transformers 5.x; the
+seed era (4.39) renumbered the whole sequence and skipped pads (..., 9 -> 10). Transformers takes the pads
+from input_ids, not from attention_mask, and so does this file (a token equal to pad_token_id reads the
+zero row wherever it stands; the attention mask only hides keys).
+
+What differs from Transformers (same numbers, less machinery):
+- Transformers' mask is a causal part (only when T > 1) plus the padding part, both finfo.min, summed, so
+  an entry can reach -inf; minivlm uses ops.causal_mask (finite min, one term) or, without padding, no mask
+  tensor at all (the kernel's is_causal). Both give exactly 0 weight to hidden keys, so every real token's
+  output is the same; pad positions' outputs differ and are never read.
+- The sinusoid rows are computed for the positions asked for (no table buffer to grow).
+- The KV cache is llama.py's `KVCache` (preallocated, written in place).
+- generate is the shared minivlm.generation loop; it numbers positions cumsum(mask) - 1, which is not
+  Kosmos-2's numbering (see above), so during generate the model drops them and numbers its own, as
+  Transformers' Kosmos-2 does (its prepare_inputs_for_generation pops position_ids).
+- Dropout, LayerDrop and the unused text cross-attention (add_cross_attention) are not implemented.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..generation import GenerationMixin
+from ._common import ModelOutput, activation, causal_lm_loss
+from .clip import CLIPVisionConfig, CLIPVisionModel, CLIPVisionOutput
+from .llama import KVCache
+
+# Kosmos-2's vision tower when a config omits a field: CLIP ViT-L/14 at 224 px (Transformers'
+# Kosmos2VisionConfig defaults, which differ from CLIPVisionConfig's own ViT-B/32 ones).
+KOSMOS2_VISION_DEFAULTS = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                               num_attention_heads=16, image_size=224, patch_size=14, hidden_act="quick_gelu")
+# Transformers' Kosmos2TextConfig also accepts these generic names for its own fields (attribute_map).
+TEXT_ALIASES = {"hidden_size": "embed_dim", "num_hidden_layers": "layers", "num_attention_heads": "attention_heads"}
+POSITION_OFFSET = 2   # the sinusoid table has max_position_embeddings + 2 rows (fairseq's padding legacy)
+
+
+@dataclass
+class Kosmos2TextConfig:
+    """The decoder's settings (config.json's "text_config"); defaults are Transformers 5.23's
+    Kosmos2TextConfig, i.e. microsoft/kosmos-2-patch14-224's."""
+    vocab_size: int = 65037
+    max_position_embeddings: int = 2048   # nominal table size; sinusoids extend to any position
+    embed_dim: int = 2048                 # E, the residual stream width
+    layers: int = 24                      # decoder blocks
+    ffn_dim: int = 8192                   # MLP hidden width (and ffn_layernorm's width)
+    attention_heads: int = 32             # head_dim = embed_dim // attention_heads
+    activation_function: str = "gelu"     # the MLP activation
+    layer_norm_eps: float = 1e-5          # epsilon of every LayerNorm
+    scale_embedding: bool = True          # multiply the input embeddings by sqrt(embed_dim)
+    tie_word_embeddings: bool = True      # lm_head shares embed_tokens' weight
+    add_cross_attention: bool = False     # text cross-attention layers; unused by Kosmos-2, not supported
+    pad_token_id: Optional[int] = 1       # the zero row of the position table, and the position offset
+    bos_token_id: Optional[int] = 0
+    eos_token_id: Union[int, list, None] = 2
+
+    def validate(self):
+        for name in ("vocab_size", "max_position_embeddings", "embed_dim", "layers", "ffn_dim", "attention_heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Kosmos2TextConfig: {name} must be a positive int, got {value!r}")
+        if self.embed_dim % self.attention_heads:
+            raise ValueError(f"Kosmos2TextConfig: attention_heads={self.attention_heads} must divide "
+                             f"embed_dim={self.embed_dim}")
+        if self.embed_dim < 4:
+            raise ValueError(f"Kosmos2TextConfig: embed_dim must be >= 4 for the sinusoidal positions "
+                             f"(their frequencies divide by embed_dim // 2 - 1), got {self.embed_dim}")
+        pad = self.pad_token_id
+        if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < self.vocab_size:
+            raise ValueError(f"Kosmos2TextConfig: pad_token_id must be an int in [0, vocab_size={self.vocab_size}) "
+                             f"(it numbers the positions), got {pad!r}")
+        for name in ("scale_embedding", "tie_word_embeddings", "add_cross_attention"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"Kosmos2TextConfig: {name} must be a bool, got {getattr(self, name)!r}")
+        if self.add_cross_attention:
+            raise ValueError("Kosmos2TextConfig: add_cross_attention=True is not supported (Kosmos-2 never uses "
+                             "the text cross-attention layers; its checkpoints have none)")
+        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
+            raise ValueError(f"Kosmos2TextConfig: layer_norm_eps must be a positive float, got {self.layer_norm_eps!r}")
+        activation(self.activation_function)   # raises for an activation minivlm does not implement
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.attention_heads
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Kosmos2TextConfig":
+        names = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        for alias, name in TEXT_ALIASES.items():
+            if alias in d and name not in d:
+                kwargs[name] = d[alias]
+        config = cls(**kwargs)
+        config.validate()
+        return config
+
+
+@dataclass
+class Kosmos2Config:
+    """A Kosmos-2 config.json (model_type "kosmos-2"); omitted fields get Transformers 5.23's defaults."""
+    vision_config: CLIPVisionConfig = field(default_factory=lambda: CLIPVisionConfig(**KOSMOS2_VISION_DEFAULTS))
+    text_config: Kosmos2TextConfig = field(default_factory=Kosmos2TextConfig)
+    latent_query_num: int = 64            # Q, image embeddings per image (and image positions per prompt)
+    tie_word_embeddings: bool = True      # lm_head shares embed_tokens' weight (so does text_config's flag)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Kosmos2Config":
+        if not isinstance(d, dict):
+            raise TypeError(f"Kosmos2Config.from_dict: expected a dict, got {type(d).__name__}")
+        for name in ("vision_config", "text_config"):
+            if d.get(name) is not None and not isinstance(d[name], dict):
+                raise ValueError(f"Kosmos2Config: {name} must be a dict, got {type(d[name]).__name__}")
+        vision = {**KOSMOS2_VISION_DEFAULTS, **(d.get("vision_config") or {})}
+        config = cls(vision_config=CLIPVisionConfig.from_dict(vision),
+                     text_config=Kosmos2TextConfig.from_dict(d.get("text_config") or {}),
+                     **{k: d[k] for k in ("latent_query_num", "tie_word_embeddings") if k in d})
+        q = config.latent_query_num
+        if isinstance(q, bool) or not isinstance(q, int) or q < 1:
+            raise ValueError(f"Kosmos2Config: latent_query_num must be a positive int, got {q!r}")
+        if not isinstance(config.tie_word_embeddings, bool):
+            raise ValueError(f"Kosmos2Config: tie_word_embeddings must be a bool, got {config.tie_word_embeddings!r}")
+        return config
+
+    @property
+    def tied(self) -> bool:
+        # Transformers ties the head when either the top-level or the text model's flag asks for it.
+        return self.tie_word_embeddings or self.text_config.tie_word_embeddings
+
+
+def sinusoidal_positions(position_ids: torch.Tensor, dim: int, padding_idx: int) -> torch.Tensor:
+    """Rows `position_ids` (any shape) of the fairseq/tensor2tensor sinusoid table, (..., dim) in float32:
+    row p = [sin(p f_0), ..., sin(p f_{h-1}) | cos(p f_0), ..., cos(p f_{h-1})], f_i = 10000^(-i / (h - 1)),
+    h = dim // 2 (halves concatenated, not interleaved; a zero column last for odd dim); row padding_idx is 0.
+    """
+    half = dim // 2
+    freq = torch.exp(torch.arange(half, device=position_ids.device).float() * -(math.log(10000) / (half - 1)))
+    angles = position_ids[..., None].float() * freq                          # (..., h) in float32
+    rows = torch.cat([angles.sin(), angles.cos()], dim=-1)                   # (..., 2h)
+    if dim % 2:
+        rows = F.pad(rows, (0, 1))
+    return rows.masked_fill((position_ids == padding_idx)[..., None], 0.0)
+
+
+class KosmosTextAttention(nn.Module):
+    """Multi-head attention of the decoder blocks (causal self-attention, with `inner_attn_ln` before
+    out_proj) and of the image-to-text projection (queries attending to a `context`, no sub-LN)."""
+
+    def __init__(self, embed_dim: int, num_heads: int, *, inner_attn_ln: bool, eps: float, layer_idx: int = 0):
+        super().__init__()
+        self.layer_idx, self.num_heads, self.head_dim = layer_idx, num_heads, embed_dim // num_heads
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.inner_attn_ln = nn.LayerNorm(embed_dim, eps=eps) if inner_attn_ln else None
+
+    def _heads(self, x):
+        B, T, _ = x.shape
+        return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)               # (B, nh, T, hd)
+
+    def forward(self, x, context=None, *, mask=None, is_causal=False, cache: Optional[KVCache] = None):
+        """x (B, T, E) are the queries; keys and values come from `context` (B, S, E), default x."""
+        B, T, E = x.shape
+        kv = x if context is None else context
+        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(kv)), self._heads(self.v_proj(kv))
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)                                     # (B, nh, past+T, hd)
+        # softmax(q k^T / sqrt(hd) + mask) v; mask is None (is_causal, or no mask at all) or (B, 1, T, past+T).
+        y = ops.attention(q, k, v, mask, is_causal=is_causal)                             # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, E)                                            # (B, T, E)
+        if self.inner_attn_ln is not None:
+            y = self.inner_attn_ln(y)
+        return self.out_proj(y)
+
+
+class Kosmos2TextFFN(nn.Module):
+    """fc2(ffn_layernorm(act(fc1(x)))): the sub-LN sits inside the MLP, over its ffn_dim hidden width."""
+
+    def __init__(self, config: Kosmos2TextConfig):
+        super().__init__()
+        self.activation_fn = activation(config.activation_function)
+        self.fc1 = nn.Linear(config.embed_dim, config.ffn_dim)
+        self.fc2 = nn.Linear(config.ffn_dim, config.embed_dim)
+        self.ffn_layernorm = nn.LayerNorm(config.ffn_dim, eps=config.layer_norm_eps)
+
+    def forward(self, x):
+        return self.fc2(self.ffn_layernorm(self.activation_fn(self.fc1(x))))  # (B,T,E) -> (B,T,ffn) -> (B,T,E)
+
+
+class Kosmos2TextBlock(nn.Module):
+    def __init__(self, config: Kosmos2TextConfig, layer_idx: int):
+        super().__init__()
+        E, eps = config.embed_dim, config.layer_norm_eps
+        self.self_attn = KosmosTextAttention(E, config.attention_heads, inner_attn_ln=True, eps=eps,
+                                             layer_idx=layer_idx)
+        self.self_attn_layer_norm = nn.LayerNorm(E, eps=eps)
+        self.ffn = Kosmos2TextFFN(config)
+        self.final_layer_norm = nn.LayerNorm(E, eps=eps)
+
+    def forward(self, x, mask=None, cache=None):
+        x = x + self.self_attn(self.self_attn_layer_norm(x), mask=mask, is_causal=mask is None, cache=cache)
+        return x + self.ffn(self.final_layer_norm(x))
+
+
+class Kosmos2TextTransformer(nn.Module):
+    """Embeddings (with the image embeddings spliced in), the blocks and the final LayerNorm."""
+
+    def __init__(self, config: Kosmos2TextConfig):
+        super().__init__()
+        self.config = config
+        self.embed_scale = math.sqrt(config.embed_dim) if config.scale_embedding else 1.0
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=config.pad_token_id)
+        self.layers = nn.ModuleList(Kosmos2TextBlock(config, i) for i in range(config.layers))
+        self.layer_norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+
+    def positions(self, input_ids, past: int) -> torch.Tensor:
+        """Rows of the sinusoid table for the new tokens, (B, T): see the module docstring."""
+        pad = self.config.pad_token_id
+        real = (input_ids != pad).long()
+        return (real.cumsum(-1) + past) * real + pad
+
+    def forward(self, input_ids, *, image_embeds=None, image_embeds_position_mask=None, attention_mask=None,
+                position_ids=None, cache: Optional[KVCache] = None) -> torch.Tensor:
+        """Final hidden states (B, T, E). image_embeds (B, Q, E) replace the token embeddings where
+        image_embeds_position_mask (B, T) is 1. attention_mask: (B, past + T), 1 = real token, 0 = pad."""
+        name, c = "Kosmos2ForConditionalGeneration", self.config
+        B, T = input_ids.shape
+        x = self.embed_tokens(input_ids)                                                 # (B, T, E)
+        past = 0
+        if cache is not None:
+            cache.check(B, T, x.dtype)
+            past = cache.length
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, past + T):
+            raise ValueError(f"{name}: attention_mask must be (batch, cached + new tokens) = ({B}, {past + T}), "
+                             f"got {tuple(attention_mask.shape)}")
+        if position_ids is None:
+            position_ids = self.positions(input_ids, past)                               # (B, T)
+        else:
+            position_ids = _check_position_ids(position_ids, B, T)
+
+        if image_embeds is not None:
+            # Row by row, the Q image embeddings fill the Q marked positions in order; then scale everything.
+            x = x.masked_scatter(image_embeds_position_mask.bool()[..., None], image_embeds.to(x.dtype))
+        x = x * self.embed_scale + sinusoidal_positions(position_ids, c.embed_dim, c.pad_token_id).to(x.dtype)
+
+        # One mask for all layers, and only when some token is padding.
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = ops.causal_mask(attention_mask, T, dtype=x.dtype)                     # (B, 1, T, past+T)
+        for layer in self.layers:
+            x = layer(x, mask, cache)
+        if cache is not None:
+            cache.length += T
+        return self.layer_norm(x)
+
+
+class Kosmos2TextForCausalLM(nn.Module):
+    """Holds the decoder and lm_head, so that parameter names read text_model.model.* / text_model.lm_head."""
+
+    def __init__(self, config: Kosmos2TextConfig, tied: bool):
+        super().__init__()
+        self.model = Kosmos2TextTransformer(config)
+        self.lm_head = nn.Linear(config.embed_dim, config.vocab_size, bias=False)
+        if tied:
+            self.lm_head.weight = self.model.embed_tokens.weight    # one Parameter under two names
+
+
+class Kosmos2VisionModel(nn.Module):
+    """Holds the CLIP tower, so that parameter names read vision_model.model.* as in the checkpoints."""
+
+    def __init__(self, config: CLIPVisionConfig):
+        super().__init__()
+        self.model = CLIPVisionModel(config)
+
+
+class Kosmos2ImageToTextProjection(nn.Module):
+    """A resampler: Q learned latent queries attend to the projected image features and to themselves."""
+
+    def __init__(self, config: Kosmos2Config):
+        super().__init__()
+        t = config.text_config
+        self.dense = nn.Linear(config.vision_config.hidden_size, t.embed_dim)
+        self.latent_query = nn.Parameter(torch.randn(config.latent_query_num, t.embed_dim))
+        self.x_attn = KosmosTextAttention(t.embed_dim, t.attention_heads, inner_attn_ln=False, eps=t.layer_norm_eps)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        f = self.dense(features)                                                         # (B, N, E)
+        queries = self.latent_query.expand(f.shape[0], -1, -1)                           # (B, Q, E), the raw parameter
+        return self.x_attn(queries, torch.cat([f, queries], dim=1))                      # (B, Q, E); no residual
+
+
+@dataclass
+class Kosmos2Output(ModelOutput):
+    """ModelOutput plus the vision tower's output; hidden_states are the final hidden states (B, T, E) that
+    lm_head reads, image_hidden_states the (B, Q, E) image embeddings (Transformers' `image_embeds`; None,
+    like vision_model_output, when no image was given)."""
+    vision_model_output: Optional[CLIPVisionOutput] = None
+
+
+class Kosmos2ForConditionalGeneration(nn.Module, GenerationMixin):
+    config_class = Kosmos2Config
+    # Hub checkpoints (microsoft/kosmos-2-patch14-224) and Transformers 5.23 (in memory and save_pretrained)
+    # spell every key as this module does: text_model.model.*, text_model.lm_head.weight (absent when tied),
+    # vision_model.model.*, image_to_text_projection.*. A Kosmos2Model file (no lm_head) loads too when tied.
+    checkpoint_renames: list = []
+    # The sinusoid table is a buffer Transformers never saves (persistent=False, also in 4.x); skipped should a
+    # converted file carry it anyway. (CLIP's embeddings.position_ids are skipped by the loader itself.)
+    checkpoint_ignore = [r"\.embed_positions\.weights$"]
+
+    def __init__(self, config: Kosmos2Config):
+        super().__init__()
+        self.config = config
+        self.text_model = Kosmos2TextForCausalLM(config.text_config, config.tied)
+        self.vision_model = Kosmos2VisionModel(config.vision_config)
+        self.image_to_text_projection = Kosmos2ImageToTextProjection(config)
+        self._generating = False
+
+    def tied_weights(self) -> dict[str, str]:
+        return {"text_model.lm_head.weight": "text_model.model.embed_tokens.weight"} if self.config.tied else {}
+
+    def new_cache(self, batch_size: int, max_length: int, *, dtype=None, device=None) -> KVCache:
+        """An empty KV cache of the decoder's self-attention for `batch_size` rows of up to `max_length`
+        tokens (prompt + generated); dtype and device default to the embedding weight's."""
+        t, weight = self.config.text_config, self.text_model.model.embed_tokens.weight
+        return KVCache(t.layers, batch_size, t.attention_heads, max_length, t.head_dim,
+                       dtype=dtype or weight.dtype, device=device or weight.device)
+
+    def encode_image(self, pixel_values: torch.Tensor):
+        """(image embeddings (B, Q, E), the vision tower's output) for pixel_values (B, 3, S, S)."""
+        vision = self.vision_model.model(pixel_values)
+        # post_layernorm over the whole sequence, then unit length per vector (not the pooled class token).
+        features = F.normalize(self.vision_model.model.post_layernorm(vision.last_hidden_state), dim=-1)
+        return self.image_to_text_projection(features), vision                           # (B, Q, E)
+
+    def forward(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor] = None, attention_mask=None,
+                image_embeds_position_mask=None, position_ids=None, cache: Optional[KVCache] = None, labels=None,
+                logits_to_keep: int = 0, *, image_embeds: Optional[torch.Tensor] = None) -> Kosmos2Output:
+        """Logits (B, T, vocab), or the last logits_to_keep = k > 0 positions' (B, k, vocab).
+
+        input_ids (B, T): the prompt as Kosmos2Processor makes it (<s>, <image>, Q image positions,
+        </image>, text); pads must be pad_token_id (they also number the positions, as in Transformers).
+        pixel_values (B, 3, S, S), or image_embeds (B, Q, E) computed before, give the image; its Q
+        embeddings go where image_embeds_position_mask (B, T) is 1 (exactly Q per row). Image inputs are
+        used when nothing is cached yet (a prefill); with a filled cache they are ignored, as in
+        Transformers. None = a text-only forward. attention_mask: (B, cached + T), 1 = real, 0 = pad.
+        position_ids: rows of the sinusoid table, (B, T), (1, T) or (T,); None = from the padding (see the
+        module docstring); ignored inside generate. labels (B, T): `.loss`, next-token cross-entropy with
+        -100 ignored. `.image_hidden_states` are the image embeddings, `.vision_model_output` the tower's.
+        """
+        name, c = "Kosmos2ForConditionalGeneration", self.config
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0 or \
+                input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+            raise ValueError(f"{name}: input_ids must be an integer tensor (batch, sequence), got {_describe(input_ids)}")
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"{name}: logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
+        if self._generating:
+            position_ids = None    # the shared generate's cumsum(mask) - 1 is not Kosmos-2's numbering
+        B, T = input_ids.shape
+        Q, E = c.latent_query_num, c.text_config.embed_dim
+
+        vision = None
+        if pixel_values is not None and image_embeds is not None:
+            raise ValueError(f"{name}: pass pixel_values or image_embeds, not both")
+        if pixel_values is not None:
+            if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4 or pixel_values.shape[0] != B:
+                raise ValueError(f"{name}: pixel_values must be (batch={B}, channels, height, width), "
+                                 f"got {_describe(pixel_values)}")
+            image_embeds, vision = self.encode_image(pixel_values)
+        elif image_embeds is not None and (not isinstance(image_embeds, torch.Tensor) or
+                                           tuple(image_embeds.shape) != (B, Q, E)):
+            raise ValueError(f"{name}: image_embeds must be (batch, latent_query_num, embed_dim) = ({B}, {Q}, {E}), "
+                             f"got {_describe(image_embeds)}")
+
+        if image_embeds_position_mask is not None:
+            m = image_embeds_position_mask
+            if not isinstance(m, torch.Tensor) or tuple(m.shape) != (B, T):
+                raise ValueError(f"{name}: image_embeds_position_mask must have input_ids' shape ({B}, {T}), "
+                                 f"got {_describe(m)}")
+            if not bool(((m == 0) | (m == 1)).all()):
+                raise ValueError(f"{name}: image_embeds_position_mask must hold only 0 and 1")
+        insert = cache is None or cache.length == 0          # image inputs are for the prefill only
+        if insert and image_embeds is not None:
+            if image_embeds_position_mask is None:
+                raise ValueError(f"{name}: an image was given but no image_embeds_position_mask saying where its "
+                                 f"{Q} embeddings go in input_ids")
+            counts = image_embeds_position_mask.long().sum(-1)
+            if bool((counts != Q).any()):
+                raise ValueError(f"{name}: image_embeds_position_mask must mark latent_query_num={Q} positions per "
+                                 f"row, got {counts.tolist()}")
+        elif insert and image_embeds_position_mask is not None and bool(image_embeds_position_mask.any()):
+            raise ValueError(f"{name}: image_embeds_position_mask marks image positions but no pixel_values (or "
+                             f"image_embeds) were given")
+
+        hidden = self.text_model.model(input_ids, image_embeds=image_embeds if insert else None,
+                                       image_embeds_position_mask=image_embeds_position_mask,
+                                       attention_mask=attention_mask, position_ids=position_ids, cache=cache)
+        logits = self.text_model.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        return Kosmos2Output(logits=logits, loss=loss, hidden_states=hidden, image_hidden_states=image_embeds,
+                             vision_model_output=vision)
+
+    def generate(self, input_ids: torch.Tensor, *, pixel_values=None, image_embeds_position_mask=None,
+                 attention_mask=None, **kwargs) -> torch.LongTensor:
+        """Greedy decoding or sampling (minivlm.generation; kwargs as there): the prompt (B, T) followed by
+        the new tokens. pixel_values and image_embeds_position_mask (B, T) go to the prefill only; prompts are
+        left-padded with pad_token_id. Positions are numbered by the model from the padding and the cache
+        length, as Transformers 5.x does (the shared loop's position_ids are dropped)."""
+        if isinstance(input_ids, torch.Tensor) and input_ids.is_floating_point():
+            raise TypeError(f"generate: input_ids is a floating-point tensor of shape {tuple(input_ids.shape)}; "
+                            f"pass the image as generate(input_ids, pixel_values=...)")
+        self._generating = True
+        try:
+            return GenerationMixin.generate(self, input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                                            image_embeds_position_mask=image_embeds_position_mask, **kwargs)
+        finally:
+            self._generating = False
+
+
+def _check_position_ids(position_ids, B: int, T: int) -> torch.Tensor:
+    name = "Kosmos2ForConditionalGeneration"
+    if not isinstance(position_ids, torch.Tensor) or position_ids.shape[-1] != T or \
+            position_ids.dim() not in (1, 2) or (position_ids.dim() == 2 and position_ids.shape[0] not in (1, B)):
+        raise ValueError(f"{name}: position_ids must be ({B}, {T}), (1, {T}) or ({T},), got {_describe(position_ids)}")
+    if position_ids.is_floating_point() or position_ids.dtype == torch.bool:
+        raise TypeError(f"{name}: position_ids must be an integer tensor, got {position_ids.dtype}")
+    if bool((position_ids < 0).any()):
+        raise ValueError(f"{name}: position_ids are rows of the sinusoid table and must be >= 0, "
+                         f"got a minimum of {int(position_ids.min())}")
+    return position_ids
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    return repr(x) if x is None else f"a {type(x).__name__}"

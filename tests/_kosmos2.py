@@ -1,0 +1,82 @@
+"""Tiny Kosmos-2 checkpoints for the tests: random weights, built and saved by Transformers, so that
+minivlm's loader reads what a user's folder holds.
+
+Vision: 16 px images in 4 px patches (16 patches + the class token), width 32, 2 layers, 4 heads.
+Projection: 4 latent queries. Text: width 64, 2 layers, 4 heads, FFN 128, a 128-token vocabulary.
+Token ids: 0 <s>, 1 pad, 2 </s> (Kosmos-2's own); 126 <image>, 127 </image>; the 4 image positions hold
+ids 100..103, as Kosmos2Processor writes consecutive ids from its first_image_token_id there.
+"""
+import torch
+
+IMAGE = 16
+NUM_QUERIES = 4
+BOS, PAD, EOS = 0, 1, 2
+BOI, EOI = 126, 127
+FIRST_IMAGE_ID = 100
+TEXT_IDS = (3, 100)     # prompt text is drawn from [3, 100): never pad, eos or an image/marker id
+
+
+def hf_config(**text_overrides):
+    """A Transformers Kosmos2Config of tiny proportions."""
+    from transformers import Kosmos2Config
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=IMAGE, patch_size=4)
+    text = dict(embed_dim=64, layers=2, attention_heads=4, ffn_dim=128, vocab_size=128,
+                max_position_embeddings=64, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, **text_overrides)
+    return Kosmos2Config(vision_config=vision, text_config=text, latent_query_num=NUM_QUERIES)
+
+
+def hf_model(config, seed=0):
+    """A Transformers Kosmos2ForConditionalGeneration with every parameter random (latent queries, biases,
+    LayerNorm scales and shifts included; Transformers initialises several of them to 0 or 1, which would
+    hide a parameter that is read wrongly)."""
+    from transformers import Kosmos2ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = Kosmos2ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "_ln" in name:        # every LayerNorm: scale near 1, shift near 0
+                p.copy_(1 + 0.1 * torch.randn_like(p) if name.endswith("weight") else 0.1 * torch.randn_like(p))
+            elif name.endswith("latent_query"):
+                p.normal_(0, 1.0)
+            elif name.endswith("embed_tokens.weight"):
+                p.normal_(0, 0.1)
+            elif "text_model" in name and p.dim() >= 2:
+                # Strong blocks, so that the tied head does not just echo the input token (its embedding
+                # times sqrt(64) would dominate the residual stream and greedy decoding would repeat it).
+                p.normal_(0, 0.3)
+            elif p.dim() >= 2:
+                p.normal_(0, 0.1)
+            else:
+                p.normal_(0, 0.05)
+    return model
+
+
+def save(model, folder, **kwargs):
+    model.save_pretrained(folder, **kwargs)
+    return folder
+
+
+def pixel_values(batch, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, IMAGE, IMAGE, generator=g)
+
+
+def prompts(text_lengths, seed=0, padding_side="left"):
+    """input_ids, attention_mask and image_embeds_position_mask as Kosmos2Processor lays them out: <s>,
+    <image>, the image positions, </image>, the text; padded with pad on the given side (the masks with 0)."""
+    g = torch.Generator().manual_seed(seed)
+    image = [BOS, BOI] + list(range(FIRST_IMAGE_ID, FIRST_IMAGE_ID + NUM_QUERIES)) + [EOI]
+    rows = [image + torch.randint(*TEXT_IDS, (n,), generator=g).tolist() for n in text_lengths]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    image_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        start = width - len(row) if padding_side == "left" else 0
+        ids[i, start:start + len(row)] = torch.tensor(row)
+        mask[i, start:start + len(row)] = 1
+        image_mask[i, start + 2:start + 2 + NUM_QUERIES] = 1
+    return ids, mask, image_mask
