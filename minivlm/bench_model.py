@@ -192,7 +192,56 @@ class Blip2T5Bench(Blip2Bench):
         return model.language_model.decoder     # the T5 decoder stack: once per token in both libraries
 
 
-SPECS = {spec.name: spec for spec in (LlavaNextBench(), Blip2Bench(), Blip2T5Bench())}
+class Kosmos2Bench:
+    """Kosmos-2: CLIP tower, 64 latent queries, sub-LN text decoder. The prompt as Kosmos2Processor
+    lays it out: <s> <image> 64 image positions </image> <grounding> text."""
+    name = "kosmos2"
+    FULL = dict(vision_hidden=512, vision_layers=6, vision_heads=8, image_size=224, patch_size=14, queries=64,
+                text_hidden=1024, text_layers=8, text_heads=16, vocab=65037, text_tokens=32,
+                new_tokens=16, reps=5, warmup=1)
+    QUICK = dict(vision_hidden=64, vision_layers=2, vision_heads=4, image_size=56, patch_size=14, queries=8,
+                 text_hidden=128, text_layers=2, text_heads=4, vocab=512, text_tokens=16,
+                 new_tokens=4, reps=3, warmup=1)
+    BOS, IMAGE, END_IMAGE, GROUNDING = 0, 3, 4, 5      # ids of <s>, <image>, </image>, <grounding>
+
+    def hf_class(self):
+        from transformers import Kosmos2ForConditionalGeneration
+        return Kosmos2ForConditionalGeneration
+
+    def hf_config(self, s: dict):
+        from transformers import Kosmos2Config
+
+        vision = dict(hidden_size=s["vision_hidden"], intermediate_size=4 * s["vision_hidden"],
+                      num_hidden_layers=s["vision_layers"], num_attention_heads=s["vision_heads"],
+                      image_size=s["image_size"], patch_size=s["patch_size"])
+        text = dict(embed_dim=s["text_hidden"], ffn_dim=4 * s["text_hidden"], layers=s["text_layers"],
+                    attention_heads=s["text_heads"], vocab_size=s["vocab"])
+        return Kosmos2Config(vision_config=vision, text_config=text, latent_query_num=s["queries"])
+
+    def make_inputs(self, s: dict, folder: str) -> dict:
+        g = torch.Generator().manual_seed(0)
+        text = torch.randint(6, s["vocab"], (s["text_tokens"],), generator=g)
+        Q = s["queries"]
+        ids = torch.cat([torch.tensor([self.BOS, self.IMAGE]), torch.full((Q,), self.IMAGE),
+                         torch.tensor([self.END_IMAGE, self.GROUNDING]), text])[None]
+        position_mask = torch.zeros_like(ids)
+        position_mask[:, 2:2 + Q] = 1
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "image_embeds_position_mask": position_mask,
+                "pixel_values": torch.randn(1, 3, s["image_size"], s["image_size"], generator=g)}
+
+    def describe(self, s: dict, inputs: dict) -> str:
+        patches = (s["image_size"] // s["patch_size"]) ** 2
+        return (f"CLIP hidden {s['vision_hidden']} x {s['vision_layers']} layers ({patches} patches + CLS); "
+                f"{s['queries']} latent queries; text decoder hidden {s['text_hidden']} x {s['text_layers']} "
+                f"layers; prompt {inputs['input_ids'].shape[1]} tokens")
+
+    def step_module(self, impl: str, model):
+        # The text decoder stack (text_model.model in both libraries) runs once per token: Transformers'
+        # Kosmos-2 generate runs its text model's own generate, minivlm's forward calls the stack.
+        return model.text_model.model
+
+
+SPECS = {spec.name: spec for spec in (LlavaNextBench(), Blip2Bench(), Blip2T5Bench(), Kosmos2Bench())}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def test_unknown_command_is_an_error():
     assert "nothing" in result.stderr
 
 
-@pytest.mark.parametrize("name", ["llava_next", "blip2", "blip2_t5"])
+@pytest.mark.parametrize("name", ["llava_next", "blip2", "blip2_t5", "kosmos2"])
 def test_bench_model_quick_writes_json(tmp_path, name):
     path = tmp_path / "model.json"
     result = run("bench", "model", name, "--quick", "--reps", "2", "--json", str(path))
@@ -48,7 +48,7 @@ def test_bench_model_quick_writes_json(tmp_path, name):
 def test_bench_model_needs_a_known_name():
     result = run("bench", "model", "gpt5")
     assert result.returncode != 0
-    assert "NAME must be one of llava_next, blip2, blip2_t5, got 'gpt5'" in result.stderr
+    assert "NAME must be one of llava_next, blip2, blip2_t5, kosmos2, got 'gpt5'" in result.stderr
     result = run("bench", "kernels", "llava_next")
     assert result.returncode != 0
     assert "takes no NAME" in result.stderr
