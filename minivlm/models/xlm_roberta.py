@@ -1,0 +1,270 @@
+"""The XLM-RoBERTa text encoder: a bidirectional post-LN BERT over SentencePiece tokens.
+
+Papers: Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional Transformers for Language
+Understanding" (the post-LN encoder layer); Liu et al. 2019, "RoBERTa: A Robustly Optimized BERT
+Pretraining Approach" (positions numbered from the padding id, fairseq's convention); Conneau et al. 2020,
+"Unsupervised Cross-lingual Representation Learning at Scale" (XLM-R: the same network, a 250k multilingual
+vocabulary). Reference implementation: Transformers 5.23's `models/xlm_roberta/modeling_xlm_roberta.py`
+and the copy of it inside `models/altclip/modeling_altclip.py` (AltRobertaModel), whose parameter names
+this module mirrors (embeddings.*, encoder.layer.N.attention.self.query, ...).
+
+    input_ids (B, T) --word + token type + position embeddings, LayerNorm--> (B, T, D)
+    L post-LN layers:
+        a = LayerNorm(x + dense(attention(x)))        # every token sees every real (unpadded) token
+        x = LayerNorm(a + dense(gelu(dense(a))))
+    last_hidden_state (B, T, D)
+
+Positions are fairseq's: a real token's position is its rank among the row's real tokens plus
+pad_token_id, i.e. cumsum(is_real) * is_real + pad, where is_real = (input_ids != pad_token_id). With
+pad = 1 the first real token reads row 2 of the table and every pad reads row 1, whichever side the padding
+is on. As in Transformers, the pads are found from input_ids, and attention_mask only hides keys.
+
+This is an architecture of its own, not CLIP's text tower: CLIP's is pre-LN and causal with the EOS token
+as the summary; BERT/RoBERTa is post-LN and bidirectional, numbers positions from the pad id and adds a
+token-type embedding. AltCLIP (altclip.py) uses it without BERT's tanh pooler, which is therefore not
+implemented here.
+
+What differs from Transformers (same numbers, less machinery): attention is minivlm.ops.attention with a
+boolean key mask (Transformers builds an additive or boolean 4-D mask with create_bidirectional_mask);
+dropout, the decoder/cross-attention variants and the relative position types are not implemented.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import ops
+from ._common import activation
+
+
+@dataclass
+class XLMRobertaConfig:
+    """An XLM-R encoder's settings; defaults are Transformers 5.23's XLMRobertaConfig."""
+    vocab_size: int = 30522               # rows of the word embedding table
+    hidden_size: int = 768                # width D of every token vector
+    num_hidden_layers: int = 12           # encoder layers L
+    num_attention_heads: int = 12         # heads per layer; head_dim = hidden_size // num_attention_heads
+    intermediate_size: int = 3072         # hidden width of each layer's MLP
+    hidden_act: str = "gelu"              # MLP activation (exact, erf-based GELU)
+    max_position_embeddings: int = 512    # rows of the position table; the last usable position is this - 1
+    type_vocab_size: int = 2              # rows of the token-type table (segment A/B); every token here is type 0
+    layer_norm_eps: float = 1e-12         # epsilon of every LayerNorm
+    pad_token_id: int = 1                 # the padding id; positions are numbered from pad_token_id + 1
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """Build from a config dict; unknown keys are ignored, missing ones get the defaults above."""
+        if not isinstance(d, dict):
+            raise TypeError(f"{cls.__name__}.from_dict: expected a dict, got {type(d).__name__}")
+        if d.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"{cls.__name__}: position_embedding_type must be 'absolute' (the only type "
+                             f"Transformers 5.x keeps), got {d['position_embedding_type']!r}")
+        names = {f.name for f in fields(cls)}
+        config = cls(**{k: v for k, v in d.items() if k in names})
+        config.validate()
+        return config
+
+    def validate(self):
+        name_ = type(self).__name__
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name_}: {name} must be a positive int, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"{name_}: hidden_size {self.hidden_size} is not a multiple of "
+                             f"num_attention_heads {self.num_attention_heads}")
+        pad = self.pad_token_id
+        if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < self.vocab_size:
+            raise ValueError(f"{name_}: pad_token_id must be an int in [0, vocab_size={self.vocab_size}) "
+                             f"(it numbers the positions), got {pad!r}")
+        if self.max_position_embeddings <= pad + 1:
+            raise ValueError(f"{name_}: max_position_embeddings ({self.max_position_embeddings}) must exceed "
+                             f"pad_token_id + 1 ({pad + 1}), the first real token's position")
+        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
+            raise ValueError(f"{name_}: layer_norm_eps must be a positive float, got {self.layer_norm_eps!r}")
+        activation(self.hidden_act)   # raises ValueError naming hidden_act if unsupported
+
+    @property
+    def max_length(self) -> int:
+        """The longest sequence the position table can number: positions run up to T + pad_token_id."""
+        return self.max_position_embeddings - self.pad_token_id - 1
+
+
+def position_ids_from_input_ids(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """fairseq/RoBERTa positions: real tokens count up from pad_token_id + 1, pads get pad_token_id."""
+    is_real = (input_ids != pad_token_id).long()          # (B, T)
+    return torch.cumsum(is_real, dim=1) * is_real + pad_token_id
+
+
+class XLMRobertaEmbeddings(nn.Module):
+    """LayerNorm(word + token type + position); names as in the checkpoints (LayerNorm capitalised)."""
+
+    def __init__(self, config: XLMRobertaConfig):
+        super().__init__()
+        D = config.hidden_size
+        self.pad_token_id = config.pad_token_id
+        self.word_embeddings = nn.Embedding(config.vocab_size, D)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, D)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, D)
+        self.LayerNorm = nn.LayerNorm(D, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        positions = position_ids_from_input_ids(input_ids, self.pad_token_id)   # (B, T)
+        x = self.word_embeddings(input_ids)                                      # (B, T, D)
+        if token_type_ids is None:   # every token is segment 0: add that one row
+            x = x + self.token_type_embeddings.weight[0]
+        else:
+            x = x + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(positions)
+        return self.LayerNorm(x)
+
+
+class XLMRobertaSelfAttention(nn.Module):
+    """The q/k/v projections of BERT's attention (the output projection lives in XLMRobertaSelfOutput)."""
+
+    def __init__(self, config: XLMRobertaConfig):
+        super().__init__()
+        D = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = D // self.num_heads
+        self.query = nn.Linear(D, D)
+        self.key = nn.Linear(D, D)
+        self.value = nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        B, T, D = x.shape
+        q = self.query(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)   # (B, nh, T, hd)
+        k = self.key(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)     # (B, nh, T, hd)
+        v = self.value(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)   # (B, nh, T, hd)
+        # softmax(q k^T / sqrt(hd) over the real keys) v; the naive math is minivlm.reference.attention.
+        y = ops.attention(q, k, v, key_mask)                                           # (B, nh, T, hd)
+        return y.transpose(1, 2).reshape(B, T, D)                                      # (B, T, D)
+
+
+class XLMRobertaSelfOutput(nn.Module):
+    """Output projection, then the post-LN residual: LayerNorm(x + dense(y))."""
+
+    def __init__(self, config: XLMRobertaConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(residual + self.dense(y))
+
+
+class XLMRobertaAttention(nn.Module):
+    def __init__(self, config: XLMRobertaConfig):
+        super().__init__()
+        self.self = XLMRobertaSelfAttention(config)      # sic: the checkpoints' name
+        self.output = XLMRobertaSelfOutput(config)
+
+    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.output(self.self(x, key_mask), x)
+
+
+class XLMRobertaIntermediate(nn.Module):
+    def __init__(self, config: XLMRobertaConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = activation(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(x))                   # (B, T, intermediate)
+
+
+class XLMRobertaOutput(nn.Module):
+    """The MLP's down projection and the second post-LN residual."""
+
+    def __init__(self, config: XLMRobertaConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(residual + self.dense(h))  # (B, T, D)
+
+
+class XLMRobertaLayer(nn.Module):
+    """Post-LN layer: a = LN(x + attn(x)), then LN(a + mlp(a))."""
+
+    def __init__(self, config: XLMRobertaConfig):
+        super().__init__()
+        self.attention = XLMRobertaAttention(config)
+        self.intermediate = XLMRobertaIntermediate(config)
+        self.output = XLMRobertaOutput(config)
+
+    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        a = self.attention(x, key_mask)
+        return self.output(self.intermediate(a), a)
+
+
+class XLMRobertaEncoder(nn.Module):
+    """Only a holder of the layers, so that parameter names read encoder.layer.N.* as in checkpoints."""
+
+    def __init__(self, config: XLMRobertaConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(XLMRobertaLayer(config) for _ in range(config.num_hidden_layers))
+
+
+class XLMRobertaModel(nn.Module):
+    """Embeddings and encoder, no pooler: forward returns the last hidden state (B, T, D)."""
+
+    def __init__(self, config: XLMRobertaConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.embeddings = XLMRobertaEmbeddings(config)
+        self.encoder = XLMRobertaEncoder(config)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """input_ids (B, T) int; attention_mask (B, T) with 1 (or True) at real tokens and 0 at pads, or
+        None: every token is attended to, pads included (Transformers does the same without a mask).
+        token_type_ids (B, T) or None (all 0). Returns last_hidden_state (B, T, D)."""
+        self.check_inputs(input_ids, attention_mask, token_type_ids)
+        x = self.embeddings(input_ids, token_type_ids)                 # (B, T, D)
+        # Keys are hidden where the mask is 0; queries are not (a pad's own output is never read).
+        key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        for layer in self.encoder.layer:
+            x = layer(x, key_mask)                                     # (B, T, D)
+        return x
+
+    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None):
+        """ValueError/TypeError naming the argument for anything forward cannot take."""
+        c = self.config
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point() \
+                or input_ids.dtype == torch.bool or input_ids.is_complex():
+            raise TypeError(f"input_ids: expected an integer (batch, sequence) tensor, got {_describe(input_ids)}")
+        B, T = input_ids.shape
+        if B == 0 or T == 0:
+            raise ValueError(f"input_ids: expected a non-empty (batch, sequence), got shape {(B, T)}")
+        if T > c.max_length:
+            raise ValueError(f"input_ids: sequence length {T} exceeds the {c.max_length} tokens the position "
+                             f"table numbers (max_position_embeddings {c.max_position_embeddings} - "
+                             f"pad_token_id {c.pad_token_id} - 1)")
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= c.vocab_size:
+            raise ValueError(f"input_ids: ids must lie in [0, vocab_size={c.vocab_size}), got values in [{lo}, {hi}]")
+        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if t is None:
+                continue
+            if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex():
+                raise TypeError(f"{name}: expected an integer or bool tensor of shape {(B, T)}, got {_describe(t)}")
+            if tuple(t.shape) != (B, T):
+                raise ValueError(f"{name}: expected shape {(B, T)} (that of input_ids), got {tuple(t.shape)}")
+        if attention_mask is not None and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask: expected only 0 (pad) and 1 (real token)")
+        types_ok = token_type_ids is None or bool(((token_type_ids >= 0) & (token_type_ids < c.type_vocab_size)).all())
+        if not types_ok:
+            raise ValueError(f"token_type_ids: values must lie in [0, type_vocab_size={c.type_vocab_size})")
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    return f"a {type(x).__name__}"

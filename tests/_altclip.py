@@ -1,0 +1,90 @@
+"""Tiny AltCLIP checkpoints for the tests: random weights, built and saved by Transformers, so that
+minivlm's loader reads what a user's folder holds; and a tiny word-level tokenizer.json built offline.
+
+Vision: 16 px images in 4 px patches (16 patches + the class token), width 32, 2 layers, 4 heads.
+Text: XLM-R of width 32, 2 layers, 4 heads, MLP 64, a 128-token vocabulary, 64 positions, project_dim 24
+(unlike the width, so that a swapped projection cannot pass). Shared embedding width 16.
+Token ids are XLM-R's: 0 <s>, 1 <pad>, 2 </s>; prompt text is drawn from [3, 128).
+"""
+import torch
+
+IMAGE = 16
+BOS, PAD, EOS = 0, 1, 2
+VOCAB = 128
+WORDS = ["a", "photo", "of", "cat", "dog", "bird", "car", "tree", "boat", "house", "red", "small"]
+
+
+def hf_config(**overrides):
+    """A Transformers AltCLIPConfig of tiny proportions."""
+    from transformers import AltCLIPConfig
+
+    text = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                vocab_size=VOCAB, max_position_embeddings=64, project_dim=24, pad_token_id=PAD,
+                bos_token_id=BOS, eos_token_id=EOS)
+    vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  image_size=IMAGE, patch_size=4)
+    return AltCLIPConfig(text_config=text, vision_config=vision, projection_dim=16, **overrides)
+
+
+def hf_model(config, seed=0):
+    """A Transformers AltCLIPModel with every parameter random (LayerNorm scales and shifts, biases, the
+    pad rows of the embeddings and logit_scale included: Transformers initialises several of them to
+    0 or 1, which would hide a parameter that is read wrongly)."""
+    from transformers import AltCLIPModel
+
+    torch.manual_seed(seed)
+    model = AltCLIPModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name == "logit_scale":
+                p.fill_(3.0)                           # exp(3) ~ 20: logits spread over a few units
+            elif "norm" in name.lower() or "pre_LN" in name:
+                p.copy_(1 + 0.1 * torch.randn_like(p) if name.endswith("weight") else 0.1 * torch.randn_like(p))
+            elif p.dim() >= 2:
+                p.normal_(0, 0.1)
+            else:
+                p.normal_(0, 0.05)
+    return model
+
+
+def save(model, folder, **kwargs):
+    model.save_pretrained(folder, **kwargs)
+    return folder
+
+
+def pixel_values(batch, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, IMAGE, IMAGE, generator=g)
+
+
+def texts(lengths, seed=0, padding_side="right"):
+    """input_ids and attention_mask for rows <s> text </s> of the given text lengths, padded with <pad>
+    (mask 0) on the given side to the longest row."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [[BOS] + torch.randint(3, VOCAB, (n,), generator=g).tolist() + [EOS] for n in lengths]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        start = width - len(row) if padding_side == "left" else 0
+        ids[i, start:start + len(row)] = torch.tensor(row)
+        mask[i, start:start + len(row)] = 1
+    return ids, mask
+
+
+def build_tokenizer(path):
+    """A word-level tokenizer.json with XLM-R's special tokens and template (<s> $A </s>), no padding set."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"<s>": BOS, "<pad>": PAD, "</s>": EOS, "<unk>": 3}
+    vocab.update({w: 4 + i for i, w in enumerate(WORDS)})
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", BOS), ("</s>", EOS)])
+    tokenizer.save(str(path))
+    return path
+
+
+__all__ = ["hf_config", "hf_model", "save", "pixel_values", "texts", "build_tokenizer", "IMAGE", "BOS", "PAD",
+           "EOS", "VOCAB", "WORDS"]
