@@ -3,6 +3,8 @@
 - `LlavaNextImageProcessor`: pixel_values (B, P, 3, S, S) and image_sizes (B, 2), "anyres" crops.
 - `BlipImageProcessor` (BLIP-2): pixel_values (B, 3, H, W), one resize to a fixed square.
 - `CLIPImageProcessor` (CLIP, Kosmos-2): pixel_values (B, 3, H, W), resize, centre crop.
+- `IdeficsImageProcessor` (IDEFICS): pixel_values (B, N, 3, H, W), N images per interleaved sample
+  (zero-padded), resize to a fixed square; `idefics_image_attention_mask` gives which image each token sees.
 All build on `ImageProcessor` (reading preprocessor_config.json, RGB conversion, resize, rescale and
 normalize in Transformers' order and precision).
 
@@ -399,5 +401,141 @@ class CLIPImageProcessor(ImageProcessor):
         return self._rescale_normalize(x)                                # (3, H, W)
 
 
+# --------------------------------------------------------------------------------------------------
+# IDEFICS
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class IdeficsImageProcessor(ImageProcessor):
+    """IDEFICS's image preprocessing: the images of B interleaved samples -> pixel_values (B, N, 3, H, W).
+
+    Each image goes through the steps of Transformers 5.23's `IdeficsImageProcessorPil`
+    (models/idefics/image_processing_pil_idefics.py; the generic steps of its PIL backend), in this order:
+
+        convert to RGB (transparency composited onto white)
+        resize to image_size x image_size (the aspect ratio is not kept), PIL `resample` (bicubic)
+        x * rescale_factor (in float64, stored as float32), (x - image_mean) / image_std (float32)
+
+    Transformers' image processor returns the images of all samples as one flat stack; the batching is done
+    by `IdeficsProcessor` (models/idefics/processing_idefics.py), and is done here the same way: sample b's
+    N_b images fill pixel_values[b, :N_b] in order, and the rest of the row is all-zero images, with
+    N = max(1, max N_b) (a batch without any image still has one all-zero slot per sample). The zero images
+    are harmless because `image_attention_mask` never points at them (`idefics_image_attention_mask`).
+
+    Hub checkpoints (HuggingFaceM4/idefics-9b, -80b and their -instruct versions) write only `image_size`
+    (224) in preprocessor_config.json; `image_size`, when given, overrides `size`, as in Transformers.
+    The mean and std default to OpenAI CLIP's, which IDEFICS uses.
+    """
+    image_size: Optional[int] = None         # the hub's key: resize to image_size x image_size (overrides size)
+    size: dict = field(default_factory=lambda: {"height": 224, "width": 224})   # resize target
+    image_mean: tuple = OPENAI_CLIP_MEAN     # per-channel mean subtracted after rescaling
+    image_std: tuple = OPENAI_CLIP_STD       # per-channel std divided by after subtracting the mean
+    rescale_factor: float = 1 / 255          # uint8 -> [0, 1]
+    do_resize: bool = True
+    do_rescale: bool = True
+    do_normalize: bool = True
+    do_convert_rgb: bool = True              # convert every image to RGB first
+    resample: int = 3                        # PIL filter: 3 = BICUBIC (0 nearest, 2 bilinear, 1 lanczos)
+    image_num_channels: int = 3              # channels of the all-zero padding images (RGB: only 3 is valid)
+
+    def __post_init__(self):
+        if self.image_size is not None:
+            if not _positive_int(self.image_size):
+                raise self._bad("image_size", "a positive int")
+            self.size = {"height": self.image_size, "width": self.image_size}
+        if isinstance(self.size, int) and not isinstance(self.size, bool):
+            self.size = {"height": self.size, "width": self.size}
+        self.validate()
+        self.image_size = self.size["height"]    # as Transformers: image_size is size's height afterwards
+
+    def validate(self):
+        if not isinstance(self.size, dict) or not (
+                _positive_int(self.size.get("height")) and _positive_int(self.size.get("width"))):
+            raise self._bad("size", 'an int or a dict with "height" and "width" (positive ints)')
+        if self.image_num_channels != 3:
+            raise self._bad("image_num_channels", "3 (the images are RGB)")
+        self._validate_common()
+
+    def __call__(self, images) -> dict:
+        """images: a list with one entry per sample, each a list of that sample's PIL images in the order
+        they appear in its text (possibly empty), or a single PIL image (a sample with one image); one PIL
+        image alone is one sample with one image. Returns {"pixel_values": float32 (B, N, 3, H, W)}."""
+        samples = self._check_samples(images)
+        arrays = [[self._process(image) for image in sample] for sample in samples]   # each (3, H, W)
+        shapes = {a.shape for sample in arrays for a in sample}
+        if len(shapes) > 1:
+            raise ValueError(f"IdeficsImageProcessor: the images come out in different shapes {sorted(shapes)} "
+                             f"(do_resize is False), so they cannot be stacked into one batch")
+        shape = shapes.pop() if shapes else (3, self.size["height"], self.size["width"])
+        N = max(1, max(len(sample) for sample in arrays))
+        pixel_values = np.zeros((len(arrays), N) + shape, dtype=np.float32)    # (B, N, 3, H, W)
+        for b, sample in enumerate(arrays):
+            if sample:
+                pixel_values[b, :len(sample)] = np.stack(sample)                 # all-zero images after them
+        return {"pixel_values": torch.from_numpy(pixel_values)}
+
+    def _check_samples(self, images) -> list:
+        """Normalise `images` to a list of B lists of PIL images; a TypeError naming what arrived otherwise."""
+        if isinstance(images, Image.Image):
+            return [[images]]
+        if not isinstance(images, (list, tuple)) or not images:
+            raise TypeError(f"IdeficsImageProcessor: images must be a non-empty list with one entry per sample "
+                            f"(a list of PIL images, or one PIL image), got {images!r:.80}")
+        samples = []
+        for b, sample in enumerate(images):
+            sample = [sample] if isinstance(sample, Image.Image) else sample
+            if not isinstance(sample, (list, tuple)):
+                raise TypeError(f"IdeficsImageProcessor: images[{b}] must be a list of PIL images or a PIL image, "
+                                f"got {type(sample).__name__}")
+            for i, image in enumerate(sample):
+                if not isinstance(image, Image.Image):
+                    raise TypeError(f"IdeficsImageProcessor: images[{b}][{i}] must be a PIL.Image.Image, "
+                                    f"got {type(image).__name__}")
+            samples.append(list(sample))
+        return samples
+
+    def _process(self, image: Image.Image) -> np.ndarray:
+        x = np.asarray(self._to_rgb(image))                              # (h, w, 3) uint8
+        if self.do_resize:
+            x = self._resize(x, self.size["height"], self.size["width"])
+        return self._rescale_normalize(x)                                # (3, H, W)
+
+
+def idefics_image_attention_mask(input_ids: torch.Tensor, *, image_token_id: int, eos_token_id: Optional[int],
+                                 num_images: int) -> torch.Tensor:
+    """Which image each text token may attend to, as Transformers 5.23's `IdeficsProcessor` builds it.
+
+    input_ids: (B, T) ids holding one `image_token_id` ("<image>") per image, in order. Returns int64
+    (B, T, num_images), one-hot: token t of sample b sees image j when the most recent `<image>` at or
+    before t is sample b's j-th (counting from 0). A row is all zeros (the token sees no image, and the
+    model zeroes its cross-attention output) when
+      - no `<image>` comes at or before t (text before the first image, left padding),
+      - an `eos_token_id` ("</s>", the end of a document) came after the most recent `<image>` and before t
+        (the eos token itself still sees the image), or
+      - the most recent image's index is >= num_images (an image without a slot in pixel_values).
+    Pass the tokenizer's eos id to match Transformers (LLaMA's "</s>" is 2), or None for no document ends;
+    num_images is pixel_values.shape[1].
+    """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise TypeError(f"idefics_image_attention_mask: input_ids must be a (B, T) tensor, got "
+                        f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}")
+    if not _positive_int(num_images):
+        raise ValueError(f"idefics_image_attention_mask: num_images must be a positive int, got {num_images!r}")
+    B, T = input_ids.shape
+    position = torch.arange(T, device=input_ids.device).expand(B, T)       # (B, T)
+    is_image = input_ids == image_token_id
+    image_index = is_image.long().cumsum(-1) - 1                           # (B, T): -1 before the first image
+    last_image = torch.where(is_image, position, -1).cummax(-1).values     # position of the latest <image> <= t
+    if eos_token_id is None:
+        ended = torch.zeros_like(is_image)
+    else:
+        last_eos = torch.where(input_ids == eos_token_id, position, -1).cummax(-1).values
+        last_eos_before = torch.cat([last_eos.new_full((B, 1), -1), last_eos[:, :-1]], dim=1)  # latest eos < t
+        ended = last_eos_before > last_image                               # the document ended after the image
+    sees = (image_index >= 0) & (image_index < num_images) & ~ended        # (B, T)
+    one_hot = torch.nn.functional.one_hot(image_index.clamp(0, num_images - 1), num_images)  # (B, T, N)
+    return one_hot * sees.unsqueeze(-1)
+
+
 __all__ = ["ImageProcessor", "LlavaNextImageProcessor", "BlipImageProcessor", "CLIPImageProcessor", "num_image_tokens",
-           "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
+           "IdeficsImageProcessor", "idefics_image_attention_mask", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]

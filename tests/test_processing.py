@@ -302,3 +302,208 @@ def test_clip_bad_input():
         CLIPImageProcessor()([np.zeros((10, 10, 3), dtype=np.uint8)])
     with pytest.raises(ValueError, match="come out in different shapes"):
         CLIPImageProcessor(do_center_crop=False, size=8)([picture(10, 20), picture(20, 10)])
+
+
+# ---- IDEFICS (IdeficsImageProcessor against IdeficsImageProcessorPil and IdeficsProcessor) ----------------
+# The same bit-exactness argument as above: the same PIL resize, then the same float64 rescale and float32
+# normalize; the batching and the image mask are integer bookkeeping. So torch.equal throughout.
+
+from transformers import IdeficsImageProcessorPil, IdeficsProcessor  # noqa: E402
+from transformers.models.idefics import processing_idefics  # noqa: E402
+
+from minivlm.processing import IdeficsImageProcessor, idefics_image_attention_mask  # noqa: E402
+
+# The ids of a tiny IDEFICS tokenizer: LLaMA's <s> = 1 and </s> = 2, the two extra tokens, two words, a pad.
+IDEFICS_VOCAB = {"<unk>": 0, "<s>": 1, "</s>": 2, "<fake_token_around_image>": 3, "<image>": 4, "hello": 5,
+                 "world": 6, "<pad>": 7}
+
+
+def idefics_transformers_processor(padding_side="right", **image_processor_kwargs):
+    """IdeficsProcessor with a word-level tokenizer that knows IDEFICS's special tokens."""
+    tokenizer = Tokenizer(models.WordLevel(IDEFICS_VOCAB, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.add_special_tokens(["<s>", "</s>", "<fake_token_around_image>", "<image>", "<pad>"])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", padding_side=padding_side,
+                                   additional_special_tokens=["<fake_token_around_image>", "<image>"])
+    return IdeficsProcessor(image_processor=IdeficsImageProcessorPil(**image_processor_kwargs), tokenizer=fast)
+
+
+def assert_idefics_same_as_transformers(images, **kwargs):
+    """One sample holding `images`: Transformers' flat (N, 3, H, W) stack against ours (1, N, 3, H, W)."""
+    expected = IdeficsImageProcessorPil(**kwargs)(images, return_tensors="pt")
+    got = IdeficsImageProcessor(**kwargs)([images])["pixel_values"]
+    assert got.dtype == torch.float32 and got.shape == (1,) + tuple(expected.shape)
+    assert torch.equal(got[0], expected)
+    return got
+
+
+@pytest.mark.parametrize("height, width", [(40, 40), (30, 90), (100, 20), (5, 7), (16, 16), (33, 50)])
+def test_idefics_sizes_match_transformers(height, width):
+    # Up- and down-sizing, squashing wide and tall pictures, and a picture already at the target size.
+    got = assert_idefics_same_as_transformers([picture(height, width)], image_size=16)
+    assert got.shape == (1, 1, 3, 16, 16)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "RGB", "CMYK", "I;16"])
+def test_idefics_modes_match_transformers(mode):
+    assert_idefics_same_as_transformers([picture(45, 70, mode), picture(20, 10, mode, seed=1)], image_size=16)
+
+
+@pytest.mark.parametrize("options", [
+    dict(image_size=16, resample=2),                                                    # bilinear
+    dict(size={"height": 20, "width": 36}),                                             # not square
+    dict(size=24),                                                                      # an int: a square
+    dict(image_size=16, do_rescale=False, image_mean=[100.0, 110.0, 120.0], image_std=[50.0, 60.0, 70.0]),
+    dict(image_size=16, do_normalize=False),
+])
+def test_idefics_options_match_transformers(options):
+    assert_idefics_same_as_transformers([picture(45, 100), picture(60, 20, seed=1)], **options)
+
+
+def test_idefics_without_resize_matches_transformers():
+    assert_idefics_same_as_transformers([picture(12, 18), picture(12, 18, "RGBA", seed=1)], do_resize=False)
+    with pytest.raises(ValueError, match=r"come out in different shapes .* \(do_resize is False\)"):
+        IdeficsImageProcessor(do_resize=False)([[picture(12, 18)], [picture(18, 12)]])
+
+
+def test_idefics_hub_size_matches_transformers():
+    # idefics-9b's preprocessor_config.json: image_size 224 and CLIP's mean and std (the defaults).
+    assert_idefics_same_as_transformers([picture(480, 640), picture(300, 200, "RGBA", seed=1),
+                                         picture(224, 224, "L", seed=2)], image_size=224)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_idefics_interleaved_batch_matches_transformers_processor(padding_side):
+    # Four samples with 2, 0, 1 and 3 images; text before the first image, between images, after an end of
+    # document (</s>) and after the last image. Transformers' processor pads the images of each sample to the
+    # batch's largest count with all-zero images and builds the one-hot image_attention_mask from the ids.
+    processor = idefics_transformers_processor(padding_side, image_size=16)
+    a, b, c = picture(20, 30, seed=1), picture(10, 10, "RGBA", seed=2), picture(5, 40, "L", seed=3)
+    d, e, f = picture(50, 25, seed=4), picture(16, 16, "P", seed=5), picture(70, 30, seed=6)
+    prompts = [["hello", a, "world", b, "hello </s> world"],
+               ["hello world"],
+               [c, "hello"],
+               ["world", d, e, "hello world </s> hello", f, "world"]]
+    expected = processor(text=prompts, return_tensors="pt")
+    got = IdeficsImageProcessor(image_size=16)([[a, b], [], [c], [d, e, f]])["pixel_values"]
+    assert got.shape == expected["pixel_values"].shape == (4, 3, 3, 16, 16)
+    assert torch.equal(got, expected["pixel_values"])
+    assert (got[0, 2:] == 0).all() and (got[1] == 0).all() and (got[2, 1:] == 0).all()
+
+    mask = idefics_image_attention_mask(expected["input_ids"], image_token_id=IDEFICS_VOCAB["<image>"],
+                                        eos_token_id=IDEFICS_VOCAB["</s>"], num_images=got.shape[1])
+    assert mask.dtype == expected["image_attention_mask"].dtype == torch.int64
+    assert torch.equal(mask, expected["image_attention_mask"])
+    # The test means something: some tokens see no image, and every image is seen by some token.
+    assert (mask.sum(-1) == 0).any() and (mask.sum(-1) <= 1).all()
+    assert mask[0, :, :2].any(0).all() and mask[3].any(0).all()
+
+
+def test_idefics_batch_without_images_matches_transformers_processor():
+    # Text only: Transformers still gives one all-zero image per sample and an all-zero (B, T, 1) mask.
+    expected = idefics_transformers_processor(image_size=16)(text=[["hello world"], ["world"]], return_tensors="pt")
+    got = IdeficsImageProcessor(image_size=16)([[], []])["pixel_values"]
+    assert got.shape == expected["pixel_values"].shape == (2, 1, 3, 16, 16)
+    assert torch.equal(got, expected["pixel_values"])
+    mask = idefics_image_attention_mask(expected["input_ids"], image_token_id=4, eos_token_id=2, num_images=1)
+    assert mask.shape == expected["image_attention_mask"].shape
+    assert torch.equal(mask.bool(), expected["image_attention_mask"])
+
+
+def test_idefics_image_attention_mask_by_hand():
+    #          <s> hi  <f> <img> <f>  hi </s> hi  <f> <img> <f> <img>  hi
+    ids = torch.tensor([[1, 5, 3, 4, 3, 5, 2, 5, 3, 4, 3, 4, 5]])
+    seen = [-1, -1, -1, 0, 0, 0, 0, -1, -1, 1, 1, 2, 2]         # which image each token sees (-1: none)
+    for num_images, eos in [(3, 2), (2, 2), (3, None)]:
+        mask = idefics_image_attention_mask(ids, image_token_id=4, eos_token_id=eos, num_images=num_images)
+        expected = torch.zeros(1, 13, num_images, dtype=torch.long)
+        for t, j in enumerate(seen):
+            if eos is None and t in (7, 8):
+                j = 0                                           # without document ends, image 0 stays visible
+            if 0 <= j < num_images:                             # the third image has no slot when num_images is 2
+                expected[0, t, j] = 1
+        assert torch.equal(mask, expected), (num_images, eos)
+
+
+def test_idefics_image_attention_mask_matches_transformers_on_random_ids():
+    # Transformers' own functions (a per-token Python loop) on random ids rich in <image> and </s>.
+    class Ids:
+        eos_token_id = 2
+
+        @staticmethod
+        def convert_tokens_to_ids(token):
+            assert token == "<image>"
+            return 4
+
+    generator = torch.Generator().manual_seed(0)
+    for num_images in (1, 2, 3, 5):
+        ids = torch.randint(0, 8, (6, 40), generator=generator)
+        counts, _ = processing_idefics.image_attention_mask_for_packed_input_ids(ids, Ids, "pt")
+        expected = processing_idefics.incremental_to_binary_attention_mask(counts, "pt", num_classes=num_images)
+        got = idefics_image_attention_mask(ids, image_token_id=4, eos_token_id=2, num_images=num_images)
+        assert torch.equal(got, expected), num_images
+
+
+def test_idefics_from_pretrained_reads_transformers_and_hub_configs(tmp_path):
+    IdeficsImageProcessorPil(image_size=24, resample=2, image_mean=[0.5, 0.4, 0.3]).save_pretrained(tmp_path)
+    ours = IdeficsImageProcessor.from_pretrained(tmp_path)
+    assert ours.size == {"height": 24, "width": 24} and ours.image_size == 24 and ours.resample == 2
+    images = [picture(50, 70), picture(30, 20, "RGBA", seed=1)]
+    theirs = IdeficsImageProcessorPil.from_pretrained(tmp_path)
+    assert torch.equal(ours([images])["pixel_values"][0], theirs(images, return_tensors="pt"))
+    # The hub's file (idefics-9b): image_size only, which both read as a 24 x 24 square (here 20).
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_num_channels": 3,
+         "image_processor_type": "IdeficsImageProcessor", "image_size": 20,
+         "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    ours, theirs = IdeficsImageProcessor.from_pretrained(tmp_path), IdeficsImageProcessorPil.from_pretrained(tmp_path)
+    assert ours.size == {"height": 20, "width": 20}
+    assert torch.equal(ours([images])["pixel_values"][0], theirs(images, return_tensors="pt"))
+
+
+def test_idefics_defaults_are_transformers_defaults():
+    theirs, ours = IdeficsImageProcessorPil(), IdeficsImageProcessor()
+    assert ours.size == {"height": theirs.size.height, "width": theirs.size.width} == {"height": 224, "width": 224}
+    for name in ("image_size", "image_num_channels", "rescale_factor", "resample", "do_resize", "do_rescale",
+                 "do_normalize", "do_convert_rgb"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert tuple(ours.image_mean) == tuple(theirs.image_mean) and tuple(ours.image_std) == tuple(theirs.image_std)
+    # image_size overrides size, as in Transformers.
+    assert IdeficsImageProcessor(image_size=32, size={"height": 8, "width": 8}).size == {"height": 32, "width": 32}
+    assert IdeficsImageProcessorPil(image_size=32, size={"height": 8, "width": 8}).size.height == 32
+
+
+def test_idefics_input_forms():
+    processor = IdeficsImageProcessor(image_size=8)
+    a, b = picture(10, 12), picture(12, 10, seed=1)
+    nested = processor([[a], [b]])["pixel_values"]
+    assert nested.shape == (2, 1, 3, 8, 8)
+    assert torch.equal(processor([a, b])["pixel_values"], nested)        # a bare image is a one-image sample
+    assert torch.equal(processor(a)["pixel_values"], nested[:1])         # one image alone: one sample
+
+
+def test_idefics_bad_input():
+    processor = IdeficsImageProcessor(image_size=8)
+    with pytest.raises(TypeError, match="images must be a non-empty list with one entry per sample"):
+        processor([])
+    with pytest.raises(TypeError, match="images must be a non-empty list with one entry per sample"):
+        processor("cat.png")
+    with pytest.raises(TypeError, match=r"images\[1\] must be a list of PIL images or a PIL image, got str"):
+        processor([[picture(10, 10)], "cat.png"])
+    with pytest.raises(TypeError, match=r"images\[0\]\[1\] must be a PIL.Image.Image, got ndarray"):
+        processor([[picture(10, 10), np.zeros((10, 10, 3), dtype=np.uint8)]])
+    with pytest.raises(ValueError, match="do_convert_rgb is False, so images must be RGB, got mode 'L'"):
+        IdeficsImageProcessor(do_convert_rgb=False)([[picture(10, 10, "L")]])
+    with pytest.raises(ValueError, match="image_size must be a positive int, got 0"):
+        IdeficsImageProcessor(image_size=0)
+    with pytest.raises(ValueError, match='size must be an int or a dict with "height" and "width"'):
+        IdeficsImageProcessor(size={"shortest_edge": 224})
+    with pytest.raises(ValueError, match="image_num_channels must be 3"):
+        IdeficsImageProcessor(image_num_channels=1)
+    with pytest.raises(TypeError, match=r"input_ids must be a \(B, T\) tensor, got \(5,\)"):
+        idefics_image_attention_mask(torch.zeros(5, dtype=torch.long), image_token_id=4, eos_token_id=2,
+                                     num_images=1)
+    with pytest.raises(ValueError, match="num_images must be a positive int, got 0"):
+        idefics_image_attention_mask(torch.zeros(1, 5, dtype=torch.long), image_token_id=4, eos_token_id=2,
+                                     num_images=0)
