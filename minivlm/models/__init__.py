@@ -17,6 +17,7 @@ MODEL_TYPES = {
     "t5": "t5:T5ForConditionalGeneration",
     "blip-2": "blip2:Blip2ForConditionalGeneration",
     "kosmos-2": "kosmos2:Kosmos2ForConditionalGeneration",
+    "idefics": "idefics:IdeficsForVisionText2Text",
     "altclip": "altclip:AltCLIPModel",
 }
 

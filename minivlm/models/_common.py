@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 @dataclass
@@ -60,3 +61,22 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     shift_labels = labels[:, 1:].to(logits.device)        # (B, T-1)
     return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
                            ignore_index=ignore_index)
+
+
+class RMSNorm(nn.Module):
+    """weight * x / sqrt(mean(x^2) + eps): a scale-only norm (no mean subtraction, no bias), with the casts
+    of Transformers' T5LayerNorm and IdeficsRMSNorm: the mean square in float32 whatever x's dtype (float64
+    included), the product in x's dtype (promoted), rounded to the weight's dtype only for a 16-bit weight.
+    (LlamaRMSNorm in llama.py rounds in another order: it normalises a float32 copy of x.)"""
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x):
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(variance + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(self.weight.dtype)
+        return self.weight * x

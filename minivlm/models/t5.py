@@ -48,7 +48,7 @@ from torch import nn
 
 from .. import ops
 from ..generation import GenerationMixin
-from ._common import ModelOutput, activation
+from ._common import ModelOutput, RMSNorm, activation
 from .llama import KVCache
 
 
@@ -165,22 +165,8 @@ def relative_position_bucket(relative_position: torch.Tensor, bidirectional: boo
     return offset + torch.where(distance < max_exact, distance, log_bucket)
 
 
-class T5LayerNorm(nn.Module):
-    """Scale-only RMS norm: weight * x / sqrt(mean(x^2) + eps), no mean subtraction, no bias."""
-
-    def __init__(self, hidden_size: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.eps = eps
-
-    def forward(self, x):
-        # Transformers' casts: the mean square in float32 whatever x's dtype (float64 included), the product
-        # in x's dtype (promoted), rounded to the weight's dtype only for a 16-bit weight.
-        variance = x.float().pow(2).mean(-1, keepdim=True)
-        x = x * torch.rsqrt(variance + self.eps)
-        if self.weight.dtype in (torch.float16, torch.bfloat16):
-            x = x.to(self.weight.dtype)
-        return self.weight * x
+# T5's layer norm: scale only, the mean square in float32 (shared with IDEFICS: models/_common.py).
+T5LayerNorm = RMSNorm
 
 
 class T5Cache(KVCache):

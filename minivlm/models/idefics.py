@@ -1,0 +1,565 @@
+"""IDEFICS: a frozen LLaMA that reads interleaved images and text through gated cross-attention layers.
+
+Papers: Alayrac et al. 2022, "Flamingo: a Visual Language Model for Few-Shot Learning" (the Perceiver
+resampler and the tanh-gated cross-attention blocks inserted between frozen decoder layers), Laurencon et
+al. 2023, "OBELICS" (IDEFICS, the open reproduction), LLaMA (Touvron et al. 2023). Reference
+implementation: Transformers 5.23's `models/idefics/` (modeling_idefics.py, perceiver.py, vision.py),
+whose outputs the tests match and whose parameter names this module mirrors.
+
+    pixel_values (B, N, 3, S, S) -> CLIP ViT, last layer WITHOUT post_layernorm  (B*N, 1+P, Dv)
+        -> Perceiver resampler (if use_resampler)                                 (B*N, R, Dv)
+        = image states, flattened per sample                                      (B, N*R, Dv)
+    x = embed_tokens(ids)  (ids >= vocab_size read the additional table)          (B, T, C)
+    for idx, layer in enumerate(decoder layers):
+        if idx % cross_layer_interval == 0:    # the gated block runs BEFORE its decoder layer
+            x = x + tanh(alpha_cross_attn) * gate * XAttn(rms(x), image states)   # gate: 0 for a token
+            x = x + tanh(alpha_dense) * MLP(rms(x))                               # that sees no image
+        x = LLaMA layer(x)                     # rotary self-attention (text only), SwiGLU MLP
+    logits = cat(W norm(x), W_additional norm(x))                                 (B, T, vocab + extra)
+
+Interleaving: image_attention_mask (B, T, N) says which images token t may attend to; the processor makes it
+one-hot on the most recent image at or before t (all zero before the first image). A token with no visible
+image gets no cross-attention output at all (Transformers computes a uniform softmax over the masked scores
+and then zeroes it; minivlm's kernel returns 0 for such a row, and the gate zeroes it too).
+
+What is imported from minivlm.models.llama (the same math): the rotary embedding (cos/sin in float32,
+applied by ops.rope), the self-attention with its KV cache, the SwiGLU MLP, the decoder layer's residual
+wiring. What differs: IdeficsRMSNorm (below: the casting order), the decoupled embedding and head.
+
+What differs from Transformers (same numbers, less machinery):
+- The images are encoded once: the cache (`IdeficsCache`) keeps the image states, the last row of
+  image_attention_mask (new tokens see what the last prompt token saw, as Transformers' generate extends
+  it) and each gated layer's image keys/values, which Transformers recomputes at every decoding step.
+- The cross-attention gets a bool mask; Transformers builds an additive 0 / finfo.min one. Its attention
+  modules carry is_causal=True even for cross-attention (item 10 of shared/architectures.md), but 5.23
+  always passes the image mask, so SDPA never applies it there: cross-attention is never causal here.
+- The loss is the cross-entropy over all vocab + additional_vocab_size logits. Transformers 5.23 reshapes
+  the logits to (-1, vocab_size) in its loss, which is wrong (or fails) when additional_vocab_size > 0.
+- interpolate_pos_encoding (ViT positions for other image sizes) is not implemented.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..generation import GenerationMixin
+from ._common import ModelOutput, RMSNorm, causal_lm_loss
+from .clip import CLIPVisionConfig, CLIPVisionModel
+from .llama import KVCache, LlamaConfig, LlamaDecoderLayer, LlamaMLP, LlamaRotaryEmbedding
+
+# IdeficsVisionConfig's defaults (Transformers 5.23), in CLIPVisionConfig's names (embed_dim = hidden_size).
+IDEFICS_VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+                               image_size=224, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-5)
+ALPHA_TYPES = ("float", "vector")
+ALPHA_INITIALIZERS = ("zeros", "ones", "normal", "gaussian", "random")
+
+
+@dataclass
+class IdeficsPerceiverConfig:
+    """perceiver_config of an IDEFICS config.json (its own use_resampler flag is ignored, as Transformers
+    does: the top-level one decides)."""
+    resampler_n_latents: int = 64          # R, the latents each image is compressed to
+    resampler_depth: int = 6               # attention + MLP blocks
+    resampler_n_heads: int = 16
+    resampler_head_dim: int = 96
+    qk_layer_norms_perceiver: bool = False   # LayerNorm(head_dim) on q and k
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "IdeficsPerceiverConfig":
+        config = cls(**{f.name: d[f.name] for f in fields(cls) if f.name in (d or {})})
+        for name in ("resampler_n_latents", "resampler_depth", "resampler_n_heads", "resampler_head_dim"):
+            _check_positive(f"IdeficsPerceiverConfig: {name}", getattr(config, name))
+        return config
+
+
+@dataclass
+class IdeficsConfig:
+    """An IDEFICS config.json; omitted fields get Transformers 5.23's IdeficsConfig defaults (idefics-9b's
+    decoder). The freeze_* flags, dropout and initializer_range do not change the forward and are ignored."""
+    vision_config: CLIPVisionConfig = field(default_factory=lambda: CLIPVisionConfig(**IDEFICS_VISION_DEFAULTS))
+    perceiver_config: IdeficsPerceiverConfig = field(default_factory=IdeficsPerceiverConfig)
+    vocab_size: int = 32000                # rows of the base embedding / head
+    additional_vocab_size: int = 0         # extra ids vocab_size.. (e.g. <image>), their own embedding and head rows
+    hidden_size: int = 4096                # C
+    intermediate_size: int = 11008         # SwiGLU width (decoder layers and gated blocks)
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32          # head_dim = hidden_size // num_attention_heads (no GQA)
+    hidden_act: str = "silu"
+    rms_norm_eps: float = 1e-6
+    rope_parameters: dict = field(default_factory=lambda: {"rope_type": "default", "rope_theta": 10000.0})
+    max_position_embeddings: int = 2048    # only llama3 rope reads it
+    cross_layer_interval: int = 1          # a gated cross-attention block before every k-th decoder layer
+    qk_layer_norms: bool = False           # RMSNorm(head_dim) on the cross-attention's q and k
+    alpha_type: str = "float"              # the gates tanh(alpha): one scalar ("float") or one per channel ("vector")
+    alpha_initializer: str = "zeros"       # only for a model built without a checkpoint
+    alphas_initializer_range: float = 0.0  # std of the "normal" initializer
+    use_resampler: bool = False            # compress each image with the Perceiver resampler
+    tie_word_embeddings: bool = False      # head rows share the embedding tables
+    pad_token_id: Optional[int] = 0
+    bos_token_id: Optional[int] = 1
+    eos_token_id: Union[int, list, None] = 2
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "cross_layer_interval"):
+            _check_positive(f"IdeficsConfig: {name}", getattr(self, name))
+        a = self.additional_vocab_size
+        if isinstance(a, bool) or not isinstance(a, int) or a < 0:
+            raise ValueError(f"IdeficsConfig: additional_vocab_size must be an int >= 0, got {a!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"IdeficsConfig: num_attention_heads={self.num_attention_heads} must divide "
+                             f"hidden_size={self.hidden_size}")
+        if self.alpha_type not in ALPHA_TYPES:
+            raise ValueError(f"IdeficsConfig: alpha_type must be one of {ALPHA_TYPES}, got {self.alpha_type!r}")
+        if self.alpha_initializer not in ALPHA_INITIALIZERS:
+            raise ValueError(f"IdeficsConfig: alpha_initializer must be one of {ALPHA_INITIALIZERS}, "
+                             f"got {self.alpha_initializer!r}")
+        if self.num_hidden_layers % self.cross_layer_interval:
+            # Transformers builds num_hidden_layers // interval blocks but runs one before every layer
+            # idx % interval == 0, so it fails (an index error) on the last layers otherwise.
+            raise ValueError(f"IdeficsConfig: cross_layer_interval={self.cross_layer_interval} must divide "
+                             f"num_hidden_layers={self.num_hidden_layers}")
+        self.vision_config.validate()
+        self.decoder = self.llama_config()    # validates sizes, activation and rope; used to build the decoder
+
+    def llama_config(self) -> LlamaConfig:
+        """The decoder's settings as a LlamaConfig (MHA, no biases), for the layers imported from llama.py."""
+        return LlamaConfig(vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+                           intermediate_size=self.intermediate_size, num_hidden_layers=self.num_hidden_layers,
+                           num_attention_heads=self.num_attention_heads, hidden_act=self.hidden_act,
+                           rms_norm_eps=self.rms_norm_eps, rope_parameters=dict(self.rope_parameters),
+                           max_position_embeddings=self.max_position_embeddings)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "IdeficsConfig":
+        if not isinstance(d, dict):
+            raise TypeError(f"IdeficsConfig.from_dict: expected a dict, got {type(d).__name__}")
+        kwargs = {f.name: d[f.name] for f in fields(cls)
+                  if f.name in d and f.name not in ("vision_config", "perceiver_config", "rope_parameters")}
+        vision = dict(d.get("vision_config") or {})
+        if "embed_dim" in vision:                         # IdeficsVisionConfig's name for hidden_size
+            vision["hidden_size"] = vision.pop("embed_dim")
+        vision.pop("model_type", None)
+        # Rotary settings as LlamaConfig reads them: rope_parameters (5.x), or rope_theta / rope_scaling (hub).
+        rope = LlamaConfig.from_dict({k: d[k] for k in ("rope_parameters", "rope_theta", "rope_scaling",
+                                                         "max_position_embeddings") if k in d}).rope_parameters
+        return cls(vision_config=CLIPVisionConfig.from_dict({**IDEFICS_VISION_DEFAULTS, **vision}),
+                   perceiver_config=IdeficsPerceiverConfig.from_dict(d.get("perceiver_config") or {}),
+                   rope_parameters=rope, **kwargs)
+
+
+def _check_positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Decoder pieces that differ from Llama's
+# ----------------------------------------------------------------------------------------------------
+
+# IDEFICS's RMSNorm casts like T5's (models/_common.py), not like Llama's: Llama normalises a float32 copy
+# and rounds it to the input dtype before scaling; IDEFICS takes only the mean square in float32 and
+# multiplies x in its own dtype. Same numbers in float32 and in one shared 16-bit dtype; not in float64.
+IdeficsRMSNorm = RMSNorm
+
+
+class IdeficsDecoderLayer(LlamaDecoderLayer):
+    """Llama's layer (rotary self-attention with the KV cache, SwiGLU MLP, pre-norm residuals) with
+    IDEFICS's RMSNorm."""
+
+    def __init__(self, config: LlamaConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.input_layernorm = IdeficsRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = IdeficsRMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class IdeficsDecoupledEmbedding(nn.Module):
+    """Ids < vocab_size read `weight`, ids >= vocab_size read `additional_embedding` (id - vocab_size)."""
+
+    def __init__(self, vocab_size: int, additional: int, dim: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.weight = nn.Parameter(torch.randn(vocab_size, dim))
+        if additional > 0:
+            self.additional_embedding = nn.Embedding(additional, dim)
+
+    def forward(self, ids):
+        if not hasattr(self, "additional_embedding"):
+            return F.embedding(ids, self.weight)
+        extra = ids >= self.vocab_size                                                # (B, T)
+        base = F.embedding(ids.masked_fill(extra, 0), self.weight)                    # (B, T, C)
+        added = self.additional_embedding((ids - self.vocab_size).clamp_min(0))       # (B, T, C)
+        return torch.where(extra[..., None], added, base)
+
+
+class IdeficsDecoupledLinear(nn.Module):
+    """The head: logits over the base vocabulary, then over the additional ids, concatenated."""
+
+    def __init__(self, dim: int, vocab_size: int, additional: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(vocab_size, dim))
+        nn.init.normal_(self.weight, std=dim ** -0.5)
+        if additional > 0:
+            self.additional_fc = nn.Linear(dim, additional, bias=False)
+
+    def forward(self, x):
+        logits = F.linear(x, self.weight)                                             # (B, T, vocab)
+        if hasattr(self, "additional_fc"):
+            logits = torch.cat([logits, self.additional_fc(x)], dim=-1)               # (B, T, vocab + extra)
+        return logits
+
+
+# ----------------------------------------------------------------------------------------------------
+# Gated cross-attention (text queries, image keys/values)
+# ----------------------------------------------------------------------------------------------------
+
+class IdeficsCrossAttention(nn.Module):
+    """Multi-head attention from the text (queries) to the image states (keys/values of width Dv); no
+    rotary, no bias, optional RMSNorm(head_dim) on q and k after the projections."""
+
+    def __init__(self, config: IdeficsConfig):
+        super().__init__()
+        C, Dv = config.hidden_size, config.vision_config.hidden_size
+        self.num_heads, self.head_dim = config.num_attention_heads, C // config.num_attention_heads
+        self.q_proj = nn.Linear(C, C, bias=False)
+        self.k_proj = nn.Linear(Dv, C, bias=False)
+        self.v_proj = nn.Linear(Dv, C, bias=False)
+        self.o_proj = nn.Linear(C, C, bias=False)
+        if config.qk_layer_norms:
+            self.q_layer_norm = IdeficsRMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_layer_norm = IdeficsRMSNorm(self.head_dim, config.rms_norm_eps)
+
+    def image_keys_values(self, image_states):
+        """image_states (B, L, Dv) -> k, v (B, nh, L, hd); computed once per generation."""
+        B, L, _ = image_states.shape
+        k = self.k_proj(image_states).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)   # (B, nh, L, hd)
+        v = self.v_proj(image_states).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "k_layer_norm"):
+            k = self.k_layer_norm(k)
+        return k, v
+
+    def forward(self, x, k, v, image_mask):
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)   # (B, nh, T, hd)
+        if hasattr(self, "q_layer_norm"):
+            q = self.q_layer_norm(q)
+        y = ops.attention(q, k, v, image_mask)                                          # (B, nh, T, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class IdeficsGatedCrossAttentionLayer(nn.Module):
+    """x + tanh(alpha_cross_attn) * gate * XAttn(rms(x)), then x + tanh(alpha_dense) * MLP(rms(x))."""
+
+    def __init__(self, config: IdeficsConfig):
+        super().__init__()
+        C = config.hidden_size
+        self.cross_attn = IdeficsCrossAttention(config)
+        self.mlp = LlamaMLP(config.decoder)
+        self.input_layernorm = IdeficsRMSNorm(C, config.rms_norm_eps)
+        self.post_attention_layernorm = IdeficsRMSNorm(C, config.rms_norm_eps)
+        shape = (1,) if config.alpha_type == "float" else (1, 1, C)     # the checkpoint's shapes
+        init = config.alpha_initializer
+        make = {"zeros": torch.zeros, "ones": torch.ones}.get(
+            init, lambda *s: torch.randn(*s) * config.alphas_initializer_range)
+        self.alpha_cross_attn = nn.Parameter(make(*shape))
+        self.alpha_dense = nn.Parameter(make(*shape))
+
+    def forward(self, x, k, v, image_mask, gate):
+        """x (B, T, C); k, v (B, nh, N*R, hd); image_mask (B, 1, T, N*R) bool; gate (B, T) bool."""
+        y = self.cross_attn(self.input_layernorm(x), k, v, image_mask)
+        # Tokens that see no image get nothing. minivlm's kernel already returns 0 for a row with no visible
+        # key; the explicit fill states the rule and keeps it whatever a kernel does with an empty row.
+        y = y.masked_fill(~gate[..., None], 0.0)
+        x = x + torch.tanh(self.alpha_cross_attn) * y
+        return x + torch.tanh(self.alpha_dense) * self.mlp(self.post_attention_layernorm(x))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Perceiver resampler (Flamingo): R learned latents attend to [image tokens; latents]
+# ----------------------------------------------------------------------------------------------------
+
+class IdeficsPerceiverAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, head_dim: int, qk_layer_norms: bool):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.context_layer_norm = nn.LayerNorm(dim)      # eps 1e-5 (nn.LayerNorm's), not the vision eps
+        self.latents_layer_norm = nn.LayerNorm(dim)
+        if qk_layer_norms:
+            self.q_layer_norm = nn.LayerNorm(head_dim)
+            self.k_layer_norm = nn.LayerNorm(head_dim)
+        self.q_proj = nn.Linear(dim, heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(dim, heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(dim, heads * head_dim, bias=False)
+        self.output_proj = nn.Linear(heads * head_dim, dim, bias=False)
+
+    def forward(self, context, latents):
+        """context (M, P, Dv), latents (M, R, Dv) -> (M, R, Dv)."""
+        context, latents = self.context_layer_norm(context), self.latents_layer_norm(latents)
+        both = torch.cat([context, latents], dim=1)                                    # (M, P + R, Dv)
+        M, R, _ = latents.shape
+        q = self.q_proj(latents).view(M, R, self.heads, self.head_dim).transpose(1, 2)  # (M, h, R, d)
+        k = self.k_proj(both).view(M, -1, self.heads, self.head_dim).transpose(1, 2)    # (M, h, P + R, d)
+        v = self.v_proj(both).view(M, -1, self.heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "q_layer_norm"):
+            q, k = self.q_layer_norm(q), self.k_layer_norm(k)
+        y = ops.attention(q, k, v)                        # softmax(q k^T / sqrt(d)) v, no mask
+        return self.output_proj(y.transpose(1, 2).reshape(M, R, self.heads * self.head_dim))
+
+
+class IdeficsPerceiverMLP(nn.Module):
+    """c_proj(relu(fc(LayerNorm(x)))), no biases."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.ln = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, hidden, bias=False)
+        self.c_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.fc(self.ln(x))))
+
+
+class IdeficsPerceiverResampler(nn.Module):
+    def __init__(self, config: IdeficsConfig):
+        super().__init__()
+        p, Dv = config.perceiver_config, config.vision_config.hidden_size
+        self.latents = nn.Parameter(torch.randn(p.resampler_n_latents, Dv))
+        # blocks.i.0 = attention, blocks.i.1 = MLP, as the checkpoint names them.
+        self.blocks = nn.ModuleList(
+            nn.ModuleList([IdeficsPerceiverAttention(Dv, p.resampler_n_heads, p.resampler_head_dim,
+                                                     p.qk_layer_norms_perceiver),
+                           IdeficsPerceiverMLP(Dv, 4 * Dv)])
+            for _ in range(p.resampler_depth))
+        self.layer_norm = nn.LayerNorm(Dv)
+
+    def forward(self, context):
+        """context (M, P, Dv) -> (M, R, Dv)."""
+        latents = self.latents.expand(context.shape[0], -1, -1)                         # (M, R, Dv)
+        for attn, mlp in self.blocks:
+            latents = latents + attn(context, latents)
+            latents = latents + mlp(latents)
+        return self.layer_norm(latents)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------------
+
+class IdeficsCache(KVCache):
+    """The decoder's KV cache plus what generation reuses from the prefill: the image states
+    (B, N*R, Dv), each gated layer's image keys/values, and the last row of image_attention_mask (B, 1, N)."""
+
+    def __init__(self, *args, num_cross_layers: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.image_states = None
+        self.image_mask = None
+        self.cross_kv = [None] * num_cross_layers
+
+
+class IdeficsModel(nn.Module):
+    def __init__(self, config: IdeficsConfig):
+        super().__init__()
+        self.config = config
+        llama = config.decoder
+        self.embed_tokens = IdeficsDecoupledEmbedding(config.vocab_size, config.additional_vocab_size,
+                                                      config.hidden_size)
+        self.vision_model = CLIPVisionModel(config.vision_config)
+        if config.use_resampler:
+            self.perceiver_resampler = IdeficsPerceiverResampler(config)
+        self.layers = nn.ModuleList(IdeficsDecoderLayer(llama, i) for i in range(config.num_hidden_layers))
+        self.gated_cross_attn_layers = nn.ModuleList(
+            IdeficsGatedCrossAttentionLayer(config)
+            for _ in range(config.num_hidden_layers // config.cross_layer_interval))
+        self.norm = IdeficsRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(llama)
+
+    def encode_images(self, pixel_values=None, image_encoder_embeddings=None):
+        """Image states (B, N, R, Dv) from pixel_values (B, N, 3, S, S) or from the vision tower's output
+        (B, N, 1+P, Dv): the tower's last layer without post_layernorm, then the resampler if used."""
+        v = self.config.vision_config
+        if pixel_values is not None:
+            shape = (v.num_channels, v.image_size, v.image_size)
+            if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 5 or \
+                    tuple(pixel_values.shape[2:]) != shape or pixel_values.shape[1] == 0:
+                raise ValueError(f"pixel_values: expected a (batch, images >= 1, {shape[0]}, {shape[1]}, {shape[2]}) "
+                                 f"tensor, got {_describe(pixel_values)}")
+            B, N = pixel_values.shape[:2]
+            states = self.vision_model(pixel_values.flatten(0, 1)).last_hidden_state     # (B*N, 1+P, Dv)
+        else:
+            e = image_encoder_embeddings
+            if not isinstance(e, torch.Tensor) or e.dim() != 4 or e.shape[-1] != v.hidden_size or e.shape[1] == 0:
+                raise ValueError(f"image_encoder_embeddings: expected a (batch, images >= 1, tokens, {v.hidden_size}) "
+                                 f"tensor, got {_describe(e)}")
+            B, N = e.shape[:2]
+            states = e.flatten(0, 1).to(self.embed_tokens.weight.dtype)
+        if self.config.use_resampler:
+            states = self.perceiver_resampler(states)                                    # (B*N, R, Dv)
+        return states.view(B, N, *states.shape[1:])
+
+    def forward(self, input_ids, *, pixel_values=None, image_encoder_embeddings=None, perceiver_embeddings=None,
+                image_attention_mask=None, attention_mask=None, position_ids=None,
+                cache: Optional[IdeficsCache] = None):
+        """Final normed hidden states (B, T, C) and the image states (B, N, R, Dv)."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
+            raise ValueError(f"input_ids: expected an integer (batch, sequence) tensor, got {_describe(input_ids)}")
+        c = self.config
+        B, T = input_ids.shape
+        total = c.vocab_size + c.additional_vocab_size
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= total):
+            raise ValueError(f"input_ids: ids must lie in [0, {total}) (vocab_size {c.vocab_size} + "
+                             f"additional_vocab_size {c.additional_vocab_size}), got ids from "
+                             f"{int(input_ids.min())} to {int(input_ids.max())}")
+        dtype = self.embed_tokens.weight.dtype
+        past = 0
+        if cache is not None:
+            cache.check(B, T, dtype)
+            past = cache.length
+
+        # -- the image states: given now (encoded here), or kept in the cache since the prefill
+        given = [n for n, x in (("pixel_values", pixel_values), ("image_encoder_embeddings", image_encoder_embeddings),
+                                ("perceiver_embeddings", perceiver_embeddings)) if x is not None]
+        if len(given) > 1:
+            raise ValueError(f"IDEFICS: pass one of pixel_values, image_encoder_embeddings, perceiver_embeddings; "
+                             f"got {given}")
+        if given:
+            if perceiver_embeddings is not None:
+                if not c.use_resampler:
+                    raise ValueError("perceiver_embeddings: this model has no resampler (use_resampler is false); "
+                                     "pass pixel_values or image_encoder_embeddings")
+                p = perceiver_embeddings
+                if not isinstance(p, torch.Tensor) or p.dim() != 4 or p.shape[-1] != c.vision_config.hidden_size:
+                    raise ValueError(f"perceiver_embeddings: expected a (batch, images, latents, "
+                                     f"{c.vision_config.hidden_size}) tensor, got {_describe(p)}")
+                images = p.to(dtype)
+            else:
+                images = self.encode_images(pixel_values, image_encoder_embeddings)      # (B, N, R, Dv)
+            if images.shape[0] != B:
+                raise ValueError(f"{given[0]}: batch size {images.shape[0]} differs from input_ids' {B}")
+            N, R = images.shape[1:3]
+            states, cross_kv = images.flatten(1, 2), [None] * len(self.gated_cross_attn_layers)   # (B, N*R, Dv)
+        elif cache is not None and cache.image_states is not None:
+            states, cross_kv = cache.image_states, cache.cross_kv
+            N = cache.image_mask.shape[-1]
+            R, images = states.shape[1] // N, None
+        else:
+            raise ValueError("IDEFICS: the first call needs pixel_values (or image_encoder_embeddings / "
+                             "perceiver_embeddings) and image_attention_mask; later calls may reuse them "
+                             "through the cache")
+
+        # -- which images each token sees: (B, T, N) -> bool (B, 1, T, N*R), and the gate (B, T)
+        if image_attention_mask is None:
+            if given or cache is None or cache.image_mask is None:
+                raise ValueError(f"image_attention_mask: required with images, a (batch, sequence, images) = "
+                                 f"({B}, {T}, {N}) tensor (1 = the token sees that image)")
+            image_attention_mask = cache.image_mask.expand(B, T, N)   # new tokens see what the last one saw
+        elif not isinstance(image_attention_mask, torch.Tensor) or tuple(image_attention_mask.shape) != (B, T, N):
+            raise ValueError(f"image_attention_mask: expected (batch, sequence, images) = ({B}, {T}, {N}), "
+                             f"got {_describe(image_attention_mask)}")
+        sees = image_attention_mask != 0                                                  # (B, T, N)
+        gate = sees.any(-1)                                                               # (B, T)
+        image_mask = sees[..., None].expand(B, T, N, R).reshape(B, 1, T, N * R)
+
+        # -- text positions and the self-attention mask (as LlamaModel)
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, past + T):
+            raise ValueError(f"attention_mask: expected (batch, cached + new tokens) = ({B}, {past + T}), "
+                             f"got {_describe(attention_mask)}")
+        if position_ids is None:
+            if attention_mask is not None:   # Transformers: cumsum - 1, pads at 1
+                position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)[:, -T:]
+            else:
+                position_ids = torch.arange(past, past + T, device=input_ids.device)
+        elif position_ids.shape[-1] != T or position_ids.dim() not in (1, 2) or \
+                (position_ids.dim() == 2 and position_ids.shape[0] not in (1, B)):
+            raise ValueError(f"position_ids: expected ({B}, {T}) or ({T},), got {_describe(position_ids)}")
+        x = self.embed_tokens(input_ids)                                                  # (B, T, C)
+        cos, sin = self.rotary_emb(position_ids, x.dtype)
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = ops.causal_mask(attention_mask, T, dtype=x.dtype)                      # (B, 1, T, past + T)
+
+        if cache is not None:   # everything is checked: now the cache may keep this call's image side
+            cache.image_states, cache.cross_kv = states, cross_kv
+            cache.image_mask = image_attention_mask[:, -1:]
+        for idx, layer in enumerate(self.layers):
+            if idx % self.config.cross_layer_interval == 0:
+                i = idx // self.config.cross_layer_interval
+                block = self.gated_cross_attn_layers[i]
+                if cross_kv[i] is None:
+                    cross_kv[i] = block.cross_attn.image_keys_values(states.to(x.dtype))
+                x = block(x, *cross_kv[i], image_mask, gate)
+            x = layer(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.length += T
+        if images is None:
+            images = states.view(B, N, R, -1)
+        return self.norm(x), images
+
+
+class IdeficsForVisionText2Text(nn.Module, GenerationMixin):
+    """IDEFICS: logits for interleaved image-text input, the loss, and `generate`, which encodes the images
+    once at the prefill and reuses them (through the cache) at every step."""
+    config_class = IdeficsConfig
+    # Hub checkpoints (HuggingFaceM4/idefics-9b, -80b), Transformers 5.23's save_pretrained and its in-memory
+    # state dict all use this module's names (model.embed_tokens.*, model.vision_model.*,
+    # model.perceiver_resampler.*, model.layers.*, model.gated_cross_attn_layers.*, model.norm, lm_head.*):
+    # no renaming. The rotary buffers older files hold are skipped by the loader's IGNORED_KEYS.
+    checkpoint_renames: list = []
+    checkpoint_ignore = [r"\.rotary_emb\.(cos|sin)_cached$"]
+
+    def __init__(self, config: IdeficsConfig):
+        super().__init__()
+        self.config = config
+        self.model = IdeficsModel(config)
+        self.lm_head = IdeficsDecoupledLinear(config.hidden_size, config.vocab_size, config.additional_vocab_size)
+        if config.tie_word_embeddings:
+            for name, source in self.tied_weights().items():
+                _set(self, name, self.get_parameter(source))
+
+    def tied_weights(self) -> dict:
+        if not self.config.tie_word_embeddings:
+            return {}
+        tied = {"lm_head.weight": "model.embed_tokens.weight"}
+        if self.config.additional_vocab_size:
+            tied["lm_head.additional_fc.weight"] = "model.embed_tokens.additional_embedding.weight"
+        return tied
+
+    def new_cache(self, batch_size: int, max_length: int, *, dtype=None, device=None) -> IdeficsCache:
+        weight = self.model.embed_tokens.weight
+        c = self.config
+        return IdeficsCache(c.num_hidden_layers, batch_size, c.num_attention_heads, max_length,
+                            c.hidden_size // c.num_attention_heads, dtype=dtype or weight.dtype,
+                            device=device or weight.device, num_cross_layers=len(self.model.gated_cross_attn_layers))
+
+    def forward(self, input_ids, pixel_values=None, attention_mask=None, image_attention_mask=None, position_ids=None,
+                cache: Optional[IdeficsCache] = None, labels=None, logits_to_keep: int = 0, *,
+                image_encoder_embeddings=None, perceiver_embeddings=None) -> ModelOutput:
+        """Logits (B, T, vocab + additional) for input_ids (B, T) with images pixel_values (B, N, 3, S, S) and
+        image_attention_mask (B, T, N) (1 = token t sees image n). With a cache that already holds images,
+        both may be omitted: new tokens see the images the last cached token saw. `.loss` when labels are
+        given; `.image_hidden_states` (B, N, R, Dv); `.hidden_states` the final normed states (B, T, C)."""
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep: expected an int >= 0, got {logits_to_keep!r}")
+        hidden, images = self.model(input_ids, pixel_values=pixel_values,
+                                    image_encoder_embeddings=image_encoder_embeddings,
+                                    perceiver_embeddings=perceiver_embeddings,
+                                    image_attention_mask=image_attention_mask, attention_mask=attention_mask,
+                                    position_ids=position_ids, cache=cache)
+        logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        return ModelOutput(logits=logits, loss=loss, hidden_states=hidden, image_hidden_states=images)
+
+
+def _set(model: nn.Module, name: str, param: nn.Parameter):
+    module, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(module), attr, param)
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a tensor of shape {tuple(x.shape)} ({x.dtype})"
+    return repr(x) if x is None else f"a {type(x).__name__}"
