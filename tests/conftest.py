@@ -138,13 +138,18 @@ def assert_within(actual, exact, bound, what):
             f"expected {e[idx].item()!r}, bound {bound[idx].item():.3e}")
 
 
-def assert_close_rel(actual, expected, what, rtol):
-    """|actual - expected| <= rtol * max|expected|: a model's outputs against Transformers', at a tolerance
-    relative to the outputs' scale (each test file justifies its rtol)."""
+def assert_close_rel(actual, expected, what, rtol, mask=None):
+    """|actual - expected| <= rtol * max|expected|, NaN-free: a model's outputs against Transformers', at a
+    tolerance relative to the outputs' scale (each test file justifies its rtol). mask (B, T): compare only
+    the positions where it is 1 (real tokens, not padding)."""
+    if mask is not None:
+        keep = mask.bool()
+        actual, expected = actual[keep], expected[keep]
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert not torch.isnan(actual).any(), f"{what}: NaN"
     bound = rtol * expected.abs().max().item()
-    err = (actual - expected).abs().max().item()
-    assert err <= bound, f"{what}: max error {err:.3e} > bound {bound:.3e}"
+    err = (actual.double() - expected.double()).abs().max().item()
+    assert err <= bound, f"{what}: max error {err:.3e} > bound {bound:.3e} ({rtol:g} x the largest value)"
 
 
 def check_cache_errors(model, vocab):

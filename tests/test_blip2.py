@@ -20,6 +20,7 @@ from minivlm.models.blip2 import Blip2Config, Blip2ForConditionalGeneration
 from minivlm.processing import BlipImageProcessor
 from _blip2 import (IMAGE_TOKEN, NUM_QUERIES, OPT_BOS, T5_PAD, hf_config, hf_model, opt_prompts, pixel_values, save,
                     t5_prompts)
+from conftest import assert_close_rel
 
 # float32 tolerance, relative to the largest value compared. Both sides run the same float32 math in a
 # different order (minivlm's blocked attention kernel against SDPA, other GEMM blockings), so values
@@ -32,13 +33,7 @@ F32_REL = 1e-5
 
 
 def assert_close(ours, theirs, what, mask=None, rel=F32_REL):
-    if mask is not None:
-        keep = mask.bool()
-        ours, theirs = ours[keep], theirs[keep]
-    assert ours.shape == theirs.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(theirs.shape)}"
-    scale = theirs.abs().max().item()
-    err = (ours.double() - theirs.double()).abs().max().item()
-    assert err <= rel * scale, f"{what}: max error {err:.3e} > {rel:g} x scale {scale:.3e}"
+    assert_close_rel(ours, theirs, what, rel, mask)
 
 
 @pytest.fixture(scope="module")

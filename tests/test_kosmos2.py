@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 import minivlm
 from minivlm.loading import CheckpointError
 from minivlm.models.kosmos2 import Kosmos2Config, sinusoidal_positions
-from conftest import check_cache_errors
+from conftest import assert_close_rel, check_cache_errors
 from _kosmos2 import EOS, NUM_QUERIES, PAD, hf_config, hf_model, pixel_values, prompts, save
 
 # float32 tolerance, relative to the largest value compared. Both sides run the same float32 math, in a
@@ -36,14 +36,7 @@ MIN_MARGIN = 1e-3
 
 
 def assert_close(ours, theirs, what, mask=None, rel=F32_REL):
-    if mask is not None:
-        keep = mask.bool()
-        ours, theirs = ours[keep], theirs[keep]
-    assert ours.shape == theirs.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(theirs.shape)}"
-    assert not torch.isnan(ours).any(), f"{what}: NaN"
-    scale = theirs.abs().max().item()
-    err = (ours.double() - theirs.double()).abs().max().item()
-    assert err <= rel * scale, f"{what}: max error {err:.3e} > {rel:g} x scale {scale:.3e}"
+    assert_close_rel(ours, theirs, what, rel, mask)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import minivlm
 from minivlm.loading import CheckpointError
 from minivlm.models.llava_next import LlavaNextForConditionalGeneration
 from _llava import BOS, EOS, IMAGE_TOKEN, crops_of, hf_config, hf_model, pixel_values, prompts, save
+from conftest import assert_close_rel
 
 # float32 tolerance, relative to the largest logit. Both sides run the same float32 math in a different
 # order (minivlm's blocked online-softmax attention against SDPA, other GEMM blockings), so each dot
@@ -33,12 +34,7 @@ SIZES_MANY = [(12, 14), (20, 40), (45, 13), (33, 31)]
 
 
 def assert_close_logits(ours, theirs, mask=None, rel=F32_REL, what="logits"):
-    if mask is not None:
-        keep = mask.bool()
-        ours, theirs = ours[keep], theirs[keep]
-    scale = theirs.abs().max().item()
-    err = (ours.double() - theirs.double()).abs().max().item()
-    assert err <= rel * scale, f"{what}: max error {err:.3e} > {rel:g} x scale {scale:.3e}"
+    assert_close_rel(ours, theirs, what, rel, mask)
 
 
 @pytest.fixture(scope="module")
