@@ -30,7 +30,8 @@ import torch
 from .bench import Timing, environment, fmt_timing, print_table, time_side_by_side
 from ._memory import current_rss_kib, peak_rss_kib
 
-# Targets (issue 3): prefill at most 1.05x Transformers' time, decode per token at most 0.9x.
+# Targets (issues 3, 5-8): prefill (or a contrastive model's forward) at most 1.05x Transformers' time,
+# decode per token at most 0.9x.
 PREFILL_TARGET = 1.05
 DECODE_TARGET = 0.9
 
@@ -241,7 +242,115 @@ class Kosmos2Bench:
         return model.text_model.model
 
 
-SPECS = {spec.name: spec for spec in (LlavaNextBench(), Blip2Bench(), Blip2T5Bench(), Kosmos2Bench())}
+class IdeficsBench:
+    """IDEFICS: CLIP-style tower, Perceiver resampler, a Llama decoder with gated cross-attention every 4th
+    layer; two images per sample, interleaved with text (each token sees the most recent image)."""
+    name = "idefics"
+    FULL = dict(vision_hidden=512, vision_layers=6, vision_heads=8, image_size=224, patch_size=14, latents=64,
+                resampler_depth=2, text_hidden=1024, text_layers=8, text_heads=16, intermediate=2816, vocab=32000,
+                cross_interval=4, text_tokens=32, new_tokens=16, reps=5, warmup=1)
+    QUICK = dict(vision_hidden=64, vision_layers=2, vision_heads=4, image_size=56, patch_size=14, latents=8,
+                 resampler_depth=1, text_hidden=128, text_layers=4, text_heads=4, intermediate=256, vocab=512,
+                 cross_interval=2, text_tokens=16, new_tokens=4, reps=3, warmup=1)
+
+    def hf_class(self):
+        from transformers import IdeficsForVisionText2Text
+        return IdeficsForVisionText2Text
+
+    def hf_config(self, s: dict):
+        from transformers import IdeficsConfig
+
+        vision = dict(embed_dim=s["vision_hidden"], intermediate_size=4 * s["vision_hidden"],
+                      num_hidden_layers=s["vision_layers"], num_attention_heads=s["vision_heads"],
+                      image_size=s["image_size"], patch_size=s["patch_size"])
+        perceiver = dict(use_resampler=True, resampler_n_latents=s["latents"], resampler_depth=s["resampler_depth"],
+                         resampler_n_heads=s["text_heads"] // 2, resampler_head_dim=64)
+        # Alphas of one (not Transformers' default zeros) so that the cross-attention counts in the outputs.
+        return IdeficsConfig(vocab_size=s["vocab"], additional_vocab_size=2, hidden_size=s["text_hidden"],
+                             intermediate_size=s["intermediate"], num_hidden_layers=s["text_layers"],
+                             num_attention_heads=s["text_heads"], cross_layer_interval=s["cross_interval"],
+                             use_resampler=True, vision_config=vision, perceiver_config=perceiver,
+                             alpha_initializer="ones", alpha_type="float")
+
+    def make_inputs(self, s: dict, folder: str) -> dict:
+        """<s> text <image> text <image> text, as IdeficsProcessor lays out two images (the image token is
+        the first additional id); image_attention_mask[b, t, i] = 1 when image i is the latest before t."""
+        g = torch.Generator().manual_seed(0)
+        image = s["vocab"] + 1
+        n = s["text_tokens"]
+        text = torch.randint(3, s["vocab"], (n,), generator=g)
+        ids = torch.cat([torch.tensor([1]), text[: n // 4], torch.tensor([image]), text[n // 4: n // 2],
+                         torch.tensor([image]), text[n // 2:]])[None]
+        T = ids.shape[1]
+        first, second = (ids[0] == image).nonzero()[:, 0].tolist()
+        image_mask = torch.zeros(1, T, 2, dtype=torch.long)
+        image_mask[0, first:second, 0] = 1
+        image_mask[0, second:, 1] = 1
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "image_attention_mask": image_mask,
+                "pixel_values": torch.randn(1, 2, 3, s["image_size"], s["image_size"], generator=g)}
+
+    def describe(self, s: dict, inputs: dict) -> str:
+        return (f"vision hidden {s['vision_hidden']} x {s['vision_layers']} layers; resampler {s['latents']} latents, "
+                f"depth {s['resampler_depth']}; decoder hidden {s['text_hidden']} x {s['text_layers']} layers, "
+                f"cross-attention every {s['cross_interval']}; 2 images; prompt {inputs['input_ids'].shape[1]} tokens")
+
+    def step_module(self, impl: str, model):
+        return model          # both libraries call the whole model once per token
+
+
+class AltclipBench:
+    """AltCLIP: a batch of images against a batch of labels, one forward (a contrastive model: no generate)."""
+    name = "altclip"
+    generates = False
+    compared = "logits_per_image"
+    FULL = dict(vision_hidden=768, vision_layers=6, vision_heads=12, image_size=224, patch_size=14,
+                text_hidden=768, text_layers=6, text_heads=12, vocab=250002, projection=768, images=8, labels=16,
+                label_tokens=12, reps=5, warmup=1)
+    QUICK = dict(vision_hidden=64, vision_layers=2, vision_heads=4, image_size=56, patch_size=14,
+                 text_hidden=64, text_layers=2, text_heads=4, vocab=512, projection=32, images=2, labels=4,
+                 label_tokens=6, reps=3, warmup=1)
+
+    def hf_class(self):
+        from transformers import AltCLIPModel
+        return AltCLIPModel
+
+    def hf_config(self, s: dict):
+        from transformers import AltCLIPConfig
+
+        vision = dict(hidden_size=s["vision_hidden"], intermediate_size=4 * s["vision_hidden"],
+                      num_hidden_layers=s["vision_layers"], num_attention_heads=s["vision_heads"],
+                      image_size=s["image_size"], patch_size=s["patch_size"], projection_dim=s["projection"])
+        text = dict(hidden_size=s["text_hidden"], intermediate_size=4 * s["text_hidden"],
+                    num_hidden_layers=s["text_layers"], num_attention_heads=s["text_heads"], vocab_size=s["vocab"],
+                    project_dim=s["projection"])
+        return AltCLIPConfig(text_config=text, vision_config=vision, projection_dim=s["projection"])
+
+    def make_inputs(self, s: dict, folder: str) -> dict:
+        """Labels of 3 to label_tokens tokens (<s> ... </s>, right-padded with 1 as XLM-R's tokenizer does)."""
+        g = torch.Generator().manual_seed(0)
+        L = s["label_tokens"]
+        lengths = torch.randint(3, L + 1, (s["labels"],), generator=g)
+        ids = torch.ones(s["labels"], L, dtype=torch.long)
+        for row, n in enumerate(lengths.tolist()):
+            ids[row, :n] = torch.cat([torch.tensor([0]), torch.randint(4, s["vocab"], (n - 2,), generator=g),
+                                      torch.tensor([2])])
+        return {"input_ids": ids, "attention_mask": (ids != 1).long(),
+                "pixel_values": torch.randn(s["images"], 3, s["image_size"], s["image_size"], generator=g)}
+
+    def describe(self, s: dict, inputs: dict) -> str:
+        return (f"CLIP vision hidden {s['vision_hidden']} x {s['vision_layers']} layers, {s['image_size']} px; "
+                f"XLM-R text hidden {s['text_hidden']} x {s['text_layers']} layers; {s['images']} images against "
+                f"{s['labels']} labels of up to {s['label_tokens']} tokens")
+
+    def forward_fn(self, impl: str, model, inputs: dict):
+        def call():
+            with torch.inference_mode():
+                return model(**inputs).logits_per_image
+        return call
+
+
+SPECS = {spec.name: spec for spec in (LlavaNextBench(), Blip2Bench(), Blip2T5Bench(), Kosmos2Bench(), IdeficsBench(),
+                                      AltclipBench())}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -354,7 +463,10 @@ def _memory_child(child: dict) -> dict:
     model = load(spec, child["impl"], child["folder"])
     inputs = spec.make_inputs(s, child["folder"])
     loaded = current_rss_kib()
-    generate_fn(child["impl"], model, inputs, s["new_tokens"] + 1)()
+    if getattr(spec, "generates", True):
+        generate_fn(child["impl"], model, inputs, s["new_tokens"] + 1)()
+    else:
+        spec.forward_fn(child["impl"], model, inputs)()
     return {"start_kib": start, "after_load_kib": loaded, "peak_kib": peak_rss_kib()}
 
 
@@ -377,26 +489,31 @@ def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[
         models = {impl: load(spec, impl, folder) for impl in ("minivlm", "transformers")}
         T = inputs["input_ids"].shape[1]
         print(f"config: {spec.describe(s, inputs)}")
+        # A contrastive model (no generate) is timed on one forward; a generative one on prefill and decode.
+        generates = getattr(spec, "generates", True)
+        first = "prefill" if generates else "forward"
+        fns = {impl: (prefill_fn(spec, impl, m, inputs) if generates else spec.forward_fn(impl, m, inputs))
+               for impl, m in models.items()}
         # Same weights, same numbers: a check that the comparison is fair.
         with torch.inference_mode():
-            a = prefill_fn(spec, "minivlm", models["minivlm"], inputs)()
-            b = prefill_fn(spec, "transformers", models["transformers"], inputs)()
+            a, b = fns["minivlm"](), fns["transformers"]()
         diff = (a - b).abs().max().item()
         scale = b.abs().max().item()
-        print(f"max |logit difference| at the last prompt position: {diff:.1e} (largest logit {scale:.1e})")
+        where = "at the last prompt position" if generates else f"in {spec.compared}"
+        print(f"max |logit difference| {where}: {diff:.1e} (largest logit {scale:.1e})")
         if not diff <= 1e-4 * max(scale, 1.0):   # float32 parity is ~1e-6 relative (the parity tests)
             print("WARNING: the two libraries disagree on these weights: the timings compare different work")
         print(f"{s['reps']} repetitions after {s['warmup']} warm-up, the two libraries alternating within each")
 
-        prefill = time_side_by_side({impl: prefill_fn(spec, impl, m, inputs) for impl, m in models.items()},
-                                    s["reps"], s["warmup"], 0.0)
-        decode = time_decode(spec, models, inputs, s["new_tokens"], s["reps"], s["warmup"])
+        prefill = time_side_by_side(fns, s["reps"], s["warmup"], 0.0)
+        decode = time_decode(spec, models, inputs, s["new_tokens"], s["reps"], s["warmup"]) if generates else None
         del models
         memory = {impl: measure_memory(spec, impl, folder, s) for impl in ("minivlm", "transformers")}
 
     rows = [["", "minivlm ms", "transformers ms", "ratio [min-max]", "target", ""]]
     results = {}
-    for what, times, target in (("prefill", prefill, PREFILL_TARGET), ("decode / token", decode, DECODE_TARGET)):
+    timed = [(first, prefill, PREFILL_TARGET)] + ([("decode / token", decode, DECODE_TARGET)] if decode else [])
+    for what, times, target in timed:
         r = _ratios(times["minivlm"], times["transformers"])
         med = statistics.median(r)
         results[what] = {"minivlm": times["minivlm"].to_json(), "transformers": times["transformers"].to_json(),
@@ -406,9 +523,11 @@ def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[
                      f"{med:.2f}x [{min(r):.2f}-{max(r):.2f}]", f"<= {target}x", results[what]["result"]])
     print("\nmedian [min-max] of the repetitions; ratio = minivlm / transformers, per repetition")
     print_table(rows, [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))])
-    tps = {impl: 1e3 / decode[impl].median for impl in decode}
-    print(f"decode tokens/s: minivlm {tps['minivlm']:.1f}, transformers {tps['transformers']:.1f}")
-    print("\npeak resident memory, loading + generating, each library in a fresh process (MiB):")
+    tps = {impl: 1e3 / decode[impl].median for impl in decode} if decode else None
+    if tps:
+        print(f"decode tokens/s: minivlm {tps['minivlm']:.1f}, transformers {tps['transformers']:.1f}")
+    print(f"\npeak resident memory, loading + {'generating' if decode else 'one forward'}, each library in a "
+          f"fresh process (MiB):")
     for impl, m in memory.items():
         if "error" in m:
             print(f"  {impl}: error: {m['error']}")

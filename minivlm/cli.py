@@ -18,7 +18,7 @@ BENCHMARKS = {
     "model": "bench_model:run",
 }
 #: The models `minivlm bench model NAME` knows.
-BENCH_MODELS = ("llava_next", "blip2", "blip2_t5", "kosmos2")
+BENCH_MODELS = ("llava_next", "blip2", "blip2_t5", "kosmos2", "idefics", "altclip")
 
 
 def positive_int(text: str) -> int:
