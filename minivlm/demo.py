@@ -369,6 +369,104 @@ def stage_kosmos2() -> StageResult:
     return StageResult("kosmos2", detail, diff, 1e-4, ms, ref_ms)
 
 
+# The tiny AltCLIP's word-level vocabulary, XLM-R's special tokens first (0 <s>, 1 <pad>, 2 </s>).
+ALTCLIP_WORDS = ["<s>", "<pad>", "</s>", "<unk>", "a", "photo", "of", "house", "cat", "sun", "over", "grass",
+                 "boat"]
+ALTCLIP_LABELS = ["house", "cat", "sun over grass", "boat"]
+
+
+def tiny_altclip():
+    """An AltCLIP of tiny proportions with random weights, and its image processor: 32 px images in 8 px
+    patches (16 + the class token), a 2-layer CLIP tower of width 32; a 2-layer XLM-R of width 32
+    (vocabulary 128, project_dim 24); a shared embedding width P = 16."""
+    from .models.altclip import AltCLIPConfig, AltCLIPModel
+    from .processing import CLIPImageProcessor
+
+    config = AltCLIPConfig.from_dict({
+        "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                          "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+        "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                        "num_attention_heads": 4, "vocab_size": 128, "max_position_embeddings": 64,
+                        "project_dim": 24},
+        "projection_dim": 16})
+    torch.manual_seed(0)
+    model = AltCLIPModel(config).eval()
+    side = config.vision_config.image_size
+    # BAAI/AltCLIP's CLIP preprocessing (shortest edge, centre crop, OpenAI mean/std) scaled to 32 px.
+    return model, CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+
+
+def write_tiny_tokenizer(path):
+    """A word-level tokenizer.json (the `tokenizers` library) with XLM-R's template <s> $A </s>."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(ALTCLIP_WORDS)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A </s>",
+                                                             special_tokens=[("<s>", 0), ("</s>", 2)])
+    tokenizer.save(str(path))
+    return path
+
+
+def stage_altclip() -> StageResult:
+    """A tiny random-weight AltCLIP (CLIP vision tower, XLM-R text tower, contrastive head): the drawn
+    picture and two variants against a few labels tokenized with a tiny tokenizer.json, with the shapes and
+    the zero-shot probabilities; logits_per_image on the compiled kernels against the reference math."""
+    import tempfile
+    from pathlib import Path
+
+    from PIL import ImageOps
+
+    from .models.altclip import tokenize_labels
+    from .ops import use_reference
+
+    model, processor = tiny_altclip()
+    cfg = model.config
+    picture = draw_picture()
+    images = {"picture": picture, "mirrored": ImageOps.mirror(picture), "inverted": ImageOps.invert(picture)}
+    pv = processor(list(images.values()))["pixel_values"]                   # (N, 3, S, S)
+    with tempfile.TemporaryDirectory() as tmp:
+        ids, mask = tokenize_labels(write_tiny_tokenizer(Path(tmp) / "tokenizer.json"), ALTCLIP_LABELS)
+    with torch.no_grad():
+        out = model(ids, pv, attention_mask=mask)
+        with use_reference():
+            ref = model(ids, pv, attention_mask=mask)
+    probs = model.zero_shot(pv, ids, mask)                                  # (N, L), rows sum to 1
+    vc, tc = cfg.vision_config, cfg.text_config
+    N, L, P = pv.shape[0], ids.shape[0], cfg.projection_dim
+    detail = "\n".join([
+        f"tiny random weights (the ranking below is meaningless); picture 40x120 (h x w), mirrored, "
+        f"colour-inverted; shortest edge -> {vc.image_size}, centre crop {vc.image_size}x{vc.image_size}",
+        f"  pixel_values {tuple(pv.shape)} --CLIP tower ({vc.num_hidden_layers} layers, "
+        f"{(vc.image_size // vc.patch_size) ** 2} patches + CLS), post_layernorm(CLS) "
+        f"{tuple(out.vision_model_output.pooler_output.shape)} --visual_projection, L2--> image_embeds "
+        f"{tuple(out.image_embeds.shape)}",
+        f"  labels {ALTCLIP_LABELS} in 'a photo of a {{}}' -> input_ids {tuple(ids.shape)}, attention_mask "
+        f"{tuple(mask.shape)} (row lengths {mask.sum(1).tolist()}; pad {tc.pad_token_id} on the right)",
+        f"  XLM-R ({tc.num_hidden_layers} post-LN layers) -> pre_LN -> transformation "
+        f"{tuple(out.text_model_output.last_hidden_state.shape)} -> token 0 --text_projection, L2--> "
+        f"text_embeds {tuple(out.text_embeds.shape)}",
+        f"  logits_per_image {tuple(out.logits_per_image.shape)} = exp(logit_scale = "
+        f"{model.logit_scale.item():.4f}) x cosine; logits_per_text {tuple(out.logits_per_text.shape)}",
+        *(f"  zero-shot {name:<8} " + ", ".join(f"{ALTCLIP_LABELS[j]!r} {probs[i, j]:.3f}"
+                                                 for j in probs[i].argsort(descending=True).tolist())
+          for i, name in enumerate(images)),
+    ])
+    assert out.image_embeds.shape == (N, P) and out.text_embeds.shape == (L, P)
+    with torch.no_grad():
+        ms = median_ms(lambda: model(ids, pv, attention_mask=mask), reps=3)
+        with use_reference():
+            ref_ms = median_ms(lambda: model(ids, pv, attention_mask=mask), reps=3)
+    # float32 end to end on the kernels vs the reference math: the same operations in another order. A
+    # logit is exp(logit_scale) ~ 14.3 times a cosine of unit vectors, so its rounding error is ~14.3 times
+    # that of the normalised embeddings (~1e-7 in float32): ~1.4e-6 whatever the cosine's size (here < 1).
+    # Measured 1.4e-6, and each float32 run is 1.2e-6 to 1.7e-6 from a float64 one: float32 rounding.
+    # 1e-4 absolute leaves a margin of 70x; bugs are far above it (measured on these logits: pads left
+    # visible moves them by 1.2, positions off by one by 4.7).
+    return StageResult("altclip", detail, max_abs_diff(out.logits_per_image, ref.logits_per_image), 1e-4,
+                       ms, ref_ms)
+
+
 #: The demo's stages, in order. Add a stage by writing a function that returns a StageResult and
 #: listing it here.
 STAGES = [
@@ -378,6 +476,7 @@ STAGES = [
     stage_llava_next,
     stage_blip2,
     stage_kosmos2,
+    stage_altclip,
 ]
 
 
