@@ -48,12 +48,17 @@ class CheckpointError(ValueError):
     misshapen tensor."""
 
 
-def from_pretrained(path, dtype: torch.dtype = torch.float32, device="cpu", *, progress: bool | None = None):
+def from_pretrained(path, dtype: torch.dtype = torch.float32, device="cpu", *, progress: bool | None = None,
+                    mmap: bool = True):
     """Build the model a local checkpoint folder describes and load its weights; returns it in eval mode.
 
     path: a folder holding config.json and model.safetensors (or a sharded set with
     model.safetensors.index.json). dtype: the floating-point dtype of every parameter. device: where the
     weights go. progress: show a progress bar (default: only for checkpoints over 256 MiB).
+    mmap: on the CPU, a tensor stored in `dtype` already becomes a view of the file mapped into memory
+    (copy-on-write: writing to a weight never changes the file), read from disk when first used; so a
+    large table of which a forward reads a few rows (a 250k-token embedding) never fills memory.
+    mmap=False reads every tensor into memory at load time.
     A model that generates text also gets its `generation_config` (bos/eos/pad ids) from the folder's
     generation_config.json, then config.json.
     """
@@ -74,7 +79,7 @@ def from_pretrained(path, dtype: torch.dtype = torch.float32, device="cpu", *, p
     files = checkpoint_files(folder)
     if progress is None:
         progress = sum(f.stat().st_size for f in files) > PROGRESS_BAR_BYTES
-    load_weights(model, _SafetensorsFiles(files), dtype=dtype, device=device, progress=progress,
+    load_weights(model, _SafetensorsFiles(files, mmap=mmap), dtype=dtype, device=device, progress=progress,
                  source=str(folder))
     if hasattr(model, "generate"):
         from .generation import GenerationConfig
@@ -126,19 +131,23 @@ SAFETENSORS_DTYPES = {
 
 
 class _SafetensorsFiles:
-    """A checkpoint's tensors, read straight into the model's parameters.
+    """A checkpoint's tensors, served to the model's parameters without a second copy in memory.
 
     A safetensors file is 8 bytes (little-endian u64: the header's length), a JSON header giving each
     tensor's dtype, shape and byte range [begin, end) after the header, then the raw little-endian bytes.
-    Names and shapes come from the headers alone. `read_into` reads a tensor's bytes with one
-    `readinto` into the parameter's own memory when dtype and device allow, else into a buffer of that
-    one tensor: the checkpoint is never held in memory beside the model (a memory map would keep every
-    page it touched resident until it is closed, doubling the peak).
+    Names and shapes come from the headers alone. Two ways in:
+    - `mapped` (mmap=True, the tensor already in the wanted dtype, on the CPU): the parameter becomes a
+      view of the file mapped privately into memory; pages are read from disk when first touched, and a
+      write copies the page (the file never changes).
+    - `read_into`: one `readinto` of the tensor's bytes into the parameter's own memory when dtype and
+      device allow, else into a buffer of that one tensor, then `copy_` (which converts the dtype).
     """
 
-    def __init__(self, files: Iterable[Path]):
+    def __init__(self, files: Iterable[Path], mmap: bool = False):
         self.files = list(files)
         self.headers = [self._header(f) for f in self.files]
+        self.mmap = mmap
+        self._storages = {}
 
     @staticmethod
     def _header(file: Path) -> dict:
@@ -172,6 +181,24 @@ class _SafetensorsFiles:
         """name -> which file holds it."""
         return {name: i for i, header in enumerate(self.headers) for name in header}
 
+    def mapped(self, name: str, index: int, target: torch.Tensor):
+        """The tensor as a view of its file mapped into memory (private, copy-on-write), or None where it
+        cannot stand in for `target` as is (another dtype or device, or unaligned in the file)."""
+        dtype, shape, offset, nbytes = self.headers[index][name]
+        if not self.mmap or target.dtype != dtype or target.device.type != "cpu" or offset % dtype.itemsize:
+            return None
+        if index not in self._storages:
+            size = self.files[index].stat().st_size
+            self._storages[index] = (torch.UntypedStorage.from_file(str(self.files[index]), shared=False, nbytes=size),
+                                     size)
+        storage, size = self._storages[index]
+        if offset + nbytes > size:
+            raise ValueError(f"from_pretrained: {self.files[index]} is truncated (tensor {name!r})")
+        strides = [1] * len(shape)
+        for d in range(len(shape) - 2, -1, -1):
+            strides[d] = strides[d + 1] * shape[d + 1]
+        return torch.empty(0, dtype=dtype).set_(storage, offset // dtype.itemsize, shape, strides)
+
     def read_into(self, name: str, index: int, target: torch.Tensor):
         dtype, shape, offset, nbytes = self.headers[index][name]
         direct = target.dtype == dtype and target.device.type == "cpu" and target.is_contiguous()
@@ -196,6 +223,9 @@ class _InMemory:
 
     def index(self) -> dict:
         return {}
+
+    def mapped(self, name: str, index: int, target: torch.Tensor):
+        return None
 
     def read_into(self, name: str, index: int, target: torch.Tensor):
         target.copy_(self.tensors[name])
@@ -269,7 +299,11 @@ def load_weights(model: nn.Module, tensors, *, dtype: torch.dtype | None = None,
     from tqdm.auto import tqdm
     with torch.no_grad():
         for name, key in tqdm(found.items(), desc="loading weights", unit="tensor", disable=not progress):
-            tensors.read_into(key, file_index.get(key, 0), own[name])   # copy_ converts the dtype
+            view = tensors.mapped(key, file_index.get(key, 0), own[name])
+            if view is not None:
+                own[name].data = view            # the same Parameter object: ties to it stay
+            else:
+                tensors.read_into(key, file_index.get(key, 0), own[name])   # copy_ converts the dtype
     return model
 
 

@@ -32,7 +32,7 @@ def test_unknown_command_is_an_error():
     assert "nothing" in result.stderr
 
 
-@pytest.mark.parametrize("name", ["llava_next", "blip2", "blip2_t5", "kosmos2"])
+@pytest.mark.parametrize("name", ["llava_next", "blip2", "blip2_t5", "kosmos2", "idefics", "altclip"])
 def test_bench_model_quick_writes_json(tmp_path, name):
     path = tmp_path / "model.json"
     result = run("bench", "model", name, "--quick", "--reps", "2", "--json", str(path))
@@ -40,7 +40,7 @@ def test_bench_model_quick_writes_json(tmp_path, name):
     data = json.loads(path.read_text())
     # Same weights in both libraries: the float32 logits agree to float32 rounding (the parity tests).
     assert data["max_abs_logit_diff"] < 1e-4 * max(1.0, data["max_abs_logit"])
-    assert set(data["results"]) == {"prefill", "decode / token"}
+    assert set(data["results"]) == ({"forward"} if name == "altclip" else {"prefill", "decode / token"})
     for impl in ("minivlm", "transformers"):
         assert data["memory"][impl]["peak_kib"] >= data["memory"][impl]["after_load_kib"] > 0
 
@@ -48,7 +48,7 @@ def test_bench_model_quick_writes_json(tmp_path, name):
 def test_bench_model_needs_a_known_name():
     result = run("bench", "model", "gpt5")
     assert result.returncode != 0
-    assert "NAME must be one of llava_next, blip2, blip2_t5, kosmos2, got 'gpt5'" in result.stderr
+    assert "NAME must be one of llava_next, blip2, blip2_t5, kosmos2, idefics, altclip, got 'gpt5'" in result.stderr
     result = run("bench", "kernels", "llava_next")
     assert result.returncode != 0
     assert "takes no NAME" in result.stderr

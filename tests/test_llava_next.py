@@ -286,6 +286,31 @@ def test_loading_converts_dtypes_exactly(checkpoints, tmp_path):
                 assert torch.equal(weights[name], stored[name].to(file_dtype).to(dtype)), (path.name, dtype, name)
 
 
+def test_mmap_serves_the_file_copy_on_write(checkpoints, tmp_path):
+    """mmap=True (the default): float32 weights of a float32 file are views of the mapped file, give the same
+    logits as mmap=False, and writing to one changes the model, never the file."""
+    hf, folder = checkpoints(text="llama", feature_layer=1)
+    work = tmp_path / "copy"
+    shutil.copytree(folder, work)
+    mapped, read = minivlm.from_pretrained(work), minivlm.from_pretrained(work, mmap=False)
+    file_size = (work / "model.safetensors").stat().st_size
+    w = mapped.language_model.model.layers[0].mlp.up_proj.weight
+    assert w.untyped_storage().nbytes() == file_size                      # a view of the whole file
+    assert read.language_model.model.layers[0].mlp.up_proj.weight.untyped_storage().nbytes() < file_size
+    assert minivlm.from_pretrained(work, dtype=torch.bfloat16).language_model.lm_head.weight.untyped_storage().nbytes() \
+        < file_size                                                       # another dtype: read and cast
+    ids, mask = prompts(SIZES_PAIR, [8, 3], hf.config)
+    pv, sizes = pixel_values(SIZES_PAIR), torch.tensor(SIZES_PAIR)
+    with torch.no_grad():
+        assert torch.equal(mapped(ids, pixel_values=pv, image_sizes=sizes, attention_mask=mask).logits,
+                           read(ids, pixel_values=pv, image_sizes=sizes, attention_mask=mask).logits)
+        before = (work / "model.safetensors").read_bytes()
+        w.mul_(2)                                                         # a write: copy-on-write
+    assert (work / "model.safetensors").read_bytes() == before
+    reloaded = minivlm.from_pretrained(work).language_model.model.layers[0].mlp.up_proj.weight
+    assert torch.equal(reloaded * 2, w)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "not_safetensors"])
 def test_damaged_file_fails_clearly(checkpoints, tmp_path, damage):
     _, folder = checkpoints(text="llama", feature_layer=1)
