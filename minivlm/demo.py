@@ -263,6 +263,79 @@ def stage_blip2() -> StageResult:
     return StageResult("blip2", detail, max_abs_diff(out.logits, ref.logits), 1e-4, ms, ref_ms)
 
 
+# Token ids of the tiny IDEFICS: LLaMA's 0/1/2 for pad, <s>, </s>; the two additional ids after the base
+# vocabulary of 128, as idefics-9b's tokenizer puts them: <fake_token_around_image> and <image>.
+IDEFICS_VOCAB = 128
+IDEFICS_FAKE, IDEFICS_IMAGE = IDEFICS_VOCAB, IDEFICS_VOCAB + 1
+
+
+def tiny_idefics():
+    """An IDEFICS of tiny proportions with random weights: 32 px images in 8 px patches (17 tokens each), a
+    Perceiver resampler of 4 latents, a 4-layer Llama decoder of width 64 with a gated cross-attention block
+    before layers 0 and 2, the gates' alphas set to 1 (tanh(1) = 0.76: the images count)."""
+    from .models.idefics import IdeficsConfig, IdeficsForVisionText2Text
+    from .processing import IdeficsImageProcessor
+
+    config = IdeficsConfig.from_dict({
+        "vocab_size": IDEFICS_VOCAB, "additional_vocab_size": 2, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 4, "num_attention_heads": 4, "cross_layer_interval": 2, "use_resampler": True,
+        "alpha_initializer": "ones", "alpha_type": "float",
+        "vision_config": {"embed_dim": 32, "image_size": 32, "patch_size": 8, "num_hidden_layers": 2,
+                          "num_attention_heads": 4, "intermediate_size": 64},
+        "perceiver_config": {"resampler_n_latents": 4, "resampler_depth": 1, "resampler_n_heads": 2,
+                             "resampler_head_dim": 16}})
+    torch.manual_seed(0)
+    model = IdeficsForVisionText2Text(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "alpha" in name:
+                p.fill_(1.0)              # checkpoints hold trained gates; a fresh model's may start at 0
+    return model, IdeficsImageProcessor(image_size=32)
+
+
+def stage_idefics() -> StageResult:
+    """A tiny random-weight IDEFICS on two pictures interleaved with text: the image attention mask that
+    lets each token see the latest image before it, the resampled image states, logits on the kernels
+    against the reference math, a few greedy tokens."""
+    from .ops import use_reference
+    from .processing import idefics_image_attention_mask
+
+    model, processor = tiny_idefics()
+    picture = draw_picture()
+    images = [[picture, picture.transpose(0)]]                          # one sample, two images (2nd mirrored)
+    pv = processor(images)["pixel_values"]                              # (1, 2, 3, S, S)
+    img = [IDEFICS_FAKE, IDEFICS_IMAGE, IDEFICS_FAKE]                   # how the processor writes an image
+    ids = torch.tensor([[1, 17, 42] + img + [23, 64, 5] + img + [77, 88]])   # text, image, text, image, text
+    image_mask = idefics_image_attention_mask(ids, image_token_id=IDEFICS_IMAGE, eos_token_id=2, num_images=2)
+    inputs = dict(pixel_values=pv, image_attention_mask=image_mask)
+    with torch.no_grad():
+        out = model(ids, **inputs)
+        with use_reference():
+            ref = model(ids, **inputs)
+    tokens = model.generate(ids, **inputs, max_new_tokens=6, eos_token_id=[])
+    cfg = model.config
+    sees = ["-" if not row.any() else str(int(row.argmax())) for row in image_mask[0]]
+    detail = "\n".join([
+        "tiny random weights; two pictures (the drawing and its mirror image) interleaved with text",
+        f"  pixel_values {tuple(pv.shape)} -> vision tower (no post-LayerNorm) -> resampler "
+        f"({cfg.perceiver_config.resampler_n_latents} latents) -> image states {tuple(out.image_hidden_states.shape)}",
+        f"  input_ids {tuple(ids.shape)}: <s> text <fake><image><fake> text <fake><image><fake> text; "
+        f"ids {IDEFICS_FAKE}, {IDEFICS_IMAGE} lie beyond the base vocabulary ({IDEFICS_VOCAB}): decoupled embedding",
+        f"  image_attention_mask {tuple(image_mask.shape)}: the image each token sees {' '.join(sees)} "
+        f"(- = none: the gate zeroes its cross-attention)",
+        f"  gated cross-attention before layers {list(range(0, cfg.num_hidden_layers, cfg.cross_layer_interval))}; "
+        f"logits {tuple(out.logits.shape)} (base + additional vocabulary)",
+        f"  greedy tokens (images encoded once, kept in the cache) {tokens[0, ids.shape[1]:].tolist()}",
+    ])
+    with torch.no_grad():
+        ms = median_ms(lambda: model(ids, **inputs), reps=3)
+        with use_reference():
+            ref_ms = median_ms(lambda: model(ids, **inputs), reps=3)
+    # float32 end to end on the kernels vs the reference math: the same operations in another order, a few
+    # float32 ulps of logits of order 1 (measured below 1e-6); 1e-4 absolute leaves a 100x margin.
+    return StageResult("idefics", detail, max_abs_diff(out.logits, ref.logits), 1e-4, ms, ref_ms)
+
+
 # Token ids of the tiny Kosmos-2 (Kosmos-2's own 0/1/2 for <s>, pad, </s>; the rest chosen here).
 KOSMOS2_BOS, KOSMOS2_BOI, KOSMOS2_EOI, KOSMOS2_GROUNDING, KOSMOS2_FIRST_IMAGE_ID = 0, 126, 127, 125, 100
 
@@ -476,6 +549,7 @@ STAGES = [
     stage_llava_next,
     stage_blip2,
     stage_kosmos2,
+    stage_idefics,
     stage_altclip,
 ]
 
