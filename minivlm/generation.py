@@ -106,8 +106,9 @@ class GenerationMixin:
         """The prompt (B, T) followed by up to max_new_tokens new tokens: a LongTensor (B, T + N); for an
         encoder-decoder model the decoder tokens (B, 1 + N), decoder_start_token_id first.
 
-        attention_mask: (B, T), 1 = real token, 0 = padding (None = no padding); decoder-only models need
-        left padding. eos_token_id, pad_token_id, max_new_tokens: default to `self.generation_config`.
+        attention_mask: (B, T), 1 = real token, 0 = padding; decoder-only models need left padding. None:
+        the pad id's positions are padding if it occurs in input_ids and differs from every eos id (as
+        Transformers infers it), else there is no padding. eos_token_id, pad_token_id, max_new_tokens: default to `self.generation_config`.
         do_sample: draw from the distribution instead of taking the argmax, after dividing the logits by
         temperature and keeping the top_k most likely tokens (None = all) and the smallest set whose
         probability reaches top_p (None = all); generator makes the draws reproducible. model_inputs
@@ -117,6 +118,8 @@ class GenerationMixin:
         N = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens
         eos = defaults.eos_token_id if eos_token_id is None else GenerationConfig(eos_token_id=eos_token_id).eos_token_id
         pad = defaults.pad_token_id if pad_token_id is None else pad_token_id
+        if attention_mask is None:
+            attention_mask = infer_attention_mask(input_ids, pad, eos)
         if pad is None and eos:
             pad = eos[0]
         encoder_decoder = bool(getattr(self, "is_encoder_decoder", False))
@@ -171,6 +174,17 @@ class GenerationMixin:
                                logits_to_keep=1).logits[:, -1]
 
         return _choose_tokens(tokens, 1, step(tokens[:, 0], -1), step, **choose)
+
+
+def infer_attention_mask(input_ids, pad, eos):
+    """The padding mask of a prompt given without one, as Transformers' generate infers it: where a pad id
+    exists, differs from every eos id and occurs in input_ids, its positions are padding; else None (no
+    padding). (With pad == eos an eos inside a prompt would be taken for padding, so nothing is inferred.)"""
+    if pad is None or not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or \
+            input_ids.dtype.is_floating_point or (eos and pad in eos):
+        return None
+    is_pad = input_ids == pad
+    return (~is_pad).long() if bool(is_pad.any()) else None
 
 
 def _choose_tokens(tokens, start, logits, step, *, eos, pad, do_sample, temperature, top_k, top_p, generator):

@@ -186,3 +186,20 @@ def test_bad_arguments_raise(kwargs, match, small_model):
 def test_bad_input_ids_raise(ids, match, small_model):
     with pytest.raises(ValueError, match=match):
         small_model.generate(ids)
+
+
+@pytest.mark.parametrize("pad_token_id,inferred", [(0, True), (None, False), (2, False)],
+                         ids=["pad_0", "no_pad_id", "pad_equals_eos"])
+def test_mask_inferred_from_the_pad_id_as_transformers(tmp_path, pad_token_id, inferred):
+    """Without attention_mask, a pad id that occurs in the prompt and is not an eos id marks padding (as
+    Transformers' generate infers it); with no pad id, or pad == eos, the prompt is taken as it is."""
+    hf, model = load_pair(tmp_path, "llama", pad_token_id=pad_token_id, eos_token_id=2)
+    ids = torch.randint(3, VOCAB, (2, 20))
+    ids[1, :7] = 0 if pad_token_id is None else pad_token_id       # a left-padded second row
+    kwargs = dict(max_new_tokens=NEW)                                # eos 2 from the config
+    got = model.generate(ids, **kwargs)
+    expected = hf.generate(ids, max_new_tokens=NEW, do_sample=False, pad_token_id=pad_token_id)
+    masked = model.generate(ids, attention_mask=(ids != ids[1, 0]).long(), **kwargs)
+    assert torch.equal(got, masked) == inferred
+    if pad_token_id == 0:
+        assert torch.equal(got, expected)
