@@ -41,6 +41,8 @@ def _optional_int(fn, name, value, minimum):
 
 # csrc/cuda/attention.cu: kMaxHeadDim, the largest head the CUDA kernels hold in registers.
 CUDA_MAX_HEAD_DIM = 256
+# csrc/cuda/attention*.cu launch one grid row (gridDim.y, at most 65535) per (batch, query head).
+CUDA_MAX_BATCH_HEADS = 65535
 
 
 def check_attention(q, k, v, attn_mask, is_causal, scale, window):
@@ -68,6 +70,9 @@ def check_attention(q, k, v, attn_mask, is_causal, scale, window):
     if q.device.type == "cuda" and D > CUDA_MAX_HEAD_DIM:
         raise ValueError(f"{fn}: the CUDA kernels take head_dim up to {CUDA_MAX_HEAD_DIM} (32 lanes x 8 values "
                          f"per lane), got q of shape {tuple(q.shape)}; the CPU kernels take any head_dim")
+    if q.device.type == "cuda" and B * Hq > CUDA_MAX_BATCH_HEADS:
+        raise ValueError(f"{fn}: the CUDA kernels take batch x query heads up to {CUDA_MAX_BATCH_HEADS} (one "
+                         f"grid row per (batch, head)), got {B} x {Hq} = {B * Hq}; split the batch")
     if not isinstance(is_causal, bool):
         raise TypeError(f"{fn}: is_causal must be a bool, got {type(is_causal).__name__}")
     if is_causal and Lq > Lk:

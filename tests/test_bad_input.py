@@ -149,3 +149,10 @@ def test_head_dim_beyond_the_cuda_kernels_raises(device):
     q = torch.randn(1, 2, 3, 264, device=device)
     with pytest.raises(ValueError, match=r"^attention: the CUDA kernels take head_dim up to 256"):
         minivlm.attention(q, q, q)
+
+
+@pytest.mark.parametrize("device", [d for d in DEVICES if d != "cpu"])
+def test_batch_times_heads_beyond_the_cuda_grid_raises(device):
+    q = torch.randn(4097, 16, 1, 8, device=device)
+    with pytest.raises(ValueError, match=r"^attention: the CUDA kernels take batch x query heads up to 65535"):
+        minivlm.attention(q, q, q)

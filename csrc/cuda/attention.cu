@@ -543,7 +543,10 @@ AttentionParams<scalar_t> make_params(const at::Tensor& q, const at::Tensor& k, 
   AttentionParams<scalar_t> p{};
   p.B = q.size(0); p.Hq = q.size(1); p.Lq = q.size(2); p.D = q.size(3);
   p.Hkv = k.size(1); p.Lk = k.size(2); p.group = p.Hq / p.Hkv;
-  p.scale = acc_t(scale); p.causal = is_causal; p.window = static_cast<int>(window.value_or(0));
+  p.scale = acc_t(scale); p.causal = is_causal;
+  // 0 = no window. A window of Lk keys or more hides nothing (the queries are the last Lq of the Lk
+  // positions), and keeping it out of int range also keeps the band arithmetic from overflowing.
+  p.window = (window.has_value() && *window < p.Lk) ? static_cast<int>(*window) : 0;
   p.q = q.const_data_ptr<scalar_t>(); p.k = k.const_data_ptr<scalar_t>(); p.v = v.const_data_ptr<scalar_t>();
   p.qs_b = q.stride(0); p.qs_h = q.stride(1); p.qs_l = q.stride(2);
   p.ks_b = k.stride(0); p.ks_h = k.stride(1); p.ks_l = k.stride(2);
