@@ -53,6 +53,14 @@ def max_abs_diff(a, b) -> float:
     return max((x.detach() - y.detach()).abs().max().item() for x, y in zip(a, b))
 
 
+def time_model(forward):
+    """Median ms of forward() on the compiled kernels and on the reference math (use_reference), no grad."""
+    with torch.no_grad():
+        ms = median_ms(forward, reps=3)
+        with ops.use_reference():
+            return ms, median_ms(forward, reps=3)
+
+
 def left_padding(B: int, L: int) -> torch.Tensor:
     """(B, L) bool: sequence b has 3 * b padding tokens on the left (True = real token)."""
     return torch.arange(L)[None, :] >= 3 * torch.arange(B)[:, None]
@@ -157,7 +165,6 @@ def stage_llava_next() -> StageResult:
     """A tiny random-weight LLaVA-NeXT on a drawn picture, stage by stage with the shapes; its logits on
     the compiled kernels against the same model on the reference math; a few greedy tokens."""
     from .models.llava_next import anyres_grid_shape, image_feature_count, num_patches, unpad_bounds
-    from .ops import use_reference
 
     model, processor = tiny_llava_next()
     cfg = model.config
@@ -172,7 +179,7 @@ def stage_llava_next() -> StageResult:
         hidden = model.vision_tower(pv[0, :P], output_hidden_states=True).hidden_states
         features = model.image_features(pv, sizes)[0]
         out = model(prompt, **inputs)
-        with use_reference():
+        with ops.use_reference():
             ref = model(prompt, **inputs)
     tokens = model.generate(prompt, **inputs, max_new_tokens=6, eos_token_id=[])
     rows, cols = anyres_grid_shape(size, cfg.image_grid_pinpoints, cfg.vision_config.image_size)
@@ -190,10 +197,7 @@ def stage_llava_next() -> StageResult:
         f"embeddings {(1, prompt.shape[1], cfg.text_config.hidden_size)}",
         f"  logits {tuple(out.logits.shape)}; greedy tokens {tokens[0, prompt.shape[1]:].tolist()}",
     ])
-    with torch.no_grad():
-        ms = median_ms(lambda: model(prompt, **inputs), reps=3)
-        with use_reference():
-            ref_ms = median_ms(lambda: model(prompt, **inputs), reps=3)
+    ms, ref_ms = time_model(lambda: model(prompt, **inputs))
     # float32 end to end on the kernels vs the reference math: the same operations in another order,
     # ~1e-6 of the logits; 1e-4 absolute is a wide margin for logits of order 1.
     return StageResult("llava_next", detail, max_abs_diff(out.logits, ref.logits), 1e-4, ms, ref_ms)
@@ -229,7 +233,6 @@ def stage_blip2() -> StageResult:
     """A tiny random-weight BLIP-2 (EVA tower, Q-Former, OPT) on a drawn picture, stage by stage with the
     shapes; its logits on the compiled kernels against the same model on the reference math; a caption of
     a few greedy tokens."""
-    from .ops import use_reference
 
     model, processor = tiny_blip2()
     cfg = model.config
@@ -238,7 +241,7 @@ def stage_blip2() -> StageResult:
     prompt = torch.tensor([[cfg.image_token_index] * Q + [bos, 17, 42, 99]])   # image tokens, BOS, prompt
     with torch.no_grad():
         out = model(prompt, pixel_values=pv)
-        with use_reference():
+        with ops.use_reference():
             ref = model(prompt, pixel_values=pv)
     caption = model.generate(pixel_values=pv, max_new_tokens=6, eos_token_id=[])    # (1, Q + 1 + 6)
     vc, C = cfg.vision_config, cfg.text_config.hidden_size
@@ -254,10 +257,7 @@ def stage_blip2() -> StageResult:
         f"  logits {tuple(out.logits.shape)}; caption generate(pixel_values=...) {tuple(caption.shape)}: "
         f"new tokens {caption[0, Q + 1:].tolist()}",
     ])
-    with torch.no_grad():
-        ms = median_ms(lambda: model(prompt, pixel_values=pv), reps=3)
-        with use_reference():
-            ref_ms = median_ms(lambda: model(prompt, pixel_values=pv), reps=3)
+    ms, ref_ms = time_model(lambda: model(prompt, pixel_values=pv))
     # float32 end to end on the kernels vs the reference math: the same operations in another order.
     # Measured 4.8e-7 on logits up to ~2 (a few float32 ulps); 1e-4 absolute leaves a 200x margin.
     return StageResult("blip2", detail, max_abs_diff(out.logits, ref.logits), 1e-4, ms, ref_ms)
@@ -297,7 +297,6 @@ def stage_idefics() -> StageResult:
     """A tiny random-weight IDEFICS on two pictures interleaved with text: the image attention mask that
     lets each token see the latest image before it, the resampled image states, logits on the kernels
     against the reference math, a few greedy tokens."""
-    from .ops import use_reference
     from .processing import idefics_image_attention_mask
 
     model, processor = tiny_idefics()
@@ -310,7 +309,7 @@ def stage_idefics() -> StageResult:
     inputs = dict(pixel_values=pv, image_attention_mask=image_mask)
     with torch.no_grad():
         out = model(ids, **inputs)
-        with use_reference():
+        with ops.use_reference():
             ref = model(ids, **inputs)
     tokens = model.generate(ids, **inputs, max_new_tokens=6, eos_token_id=[])
     cfg = model.config
@@ -327,10 +326,7 @@ def stage_idefics() -> StageResult:
         f"logits {tuple(out.logits.shape)} (base + additional vocabulary)",
         f"  greedy tokens (images encoded once, kept in the cache) {tokens[0, ids.shape[1]:].tolist()}",
     ])
-    with torch.no_grad():
-        ms = median_ms(lambda: model(ids, **inputs), reps=3)
-        with use_reference():
-            ref_ms = median_ms(lambda: model(ids, **inputs), reps=3)
+    ms, ref_ms = time_model(lambda: model(ids, **inputs))
     # float32 end to end on the kernels vs the reference math: the same operations in another order, a few
     # float32 ulps of logits of order 1 (measured below 1e-6); 1e-4 absolute leaves a 100x margin.
     return StageResult("idefics", detail, max_abs_diff(out.logits, ref.logits), 1e-4, ms, ref_ms)
@@ -384,7 +380,6 @@ def stage_kosmos2() -> StageResult:
     from PIL import Image
 
     from .grounding import draw_boxes, post_process_generation
-    from .ops import use_reference
 
     model, processor = tiny_kosmos2()
     cfg = model.config
@@ -400,7 +395,7 @@ def stage_kosmos2() -> StageResult:
     inputs = dict(pixel_values=pv, image_embeds_position_mask=position_mask)
     with torch.no_grad():
         out = model(prompt, **inputs)
-        with use_reference():
+        with ops.use_reference():
             ref = model(prompt, **inputs)
     tokens = model.generate(prompt, **inputs, max_new_tokens=6, eos_token_id=[])
 
@@ -431,10 +426,7 @@ def stage_kosmos2() -> StageResult:
           for e in entities),
         f"    boxes drawn on the picture (x{scale}): {png}",
     ])
-    with torch.no_grad():
-        ms = median_ms(lambda: model(prompt, **inputs), reps=3)
-        with use_reference():
-            ref_ms = median_ms(lambda: model(prompt, **inputs), reps=3)
+    ms, ref_ms = time_model(lambda: model(prompt, **inputs))
     # float32 end to end on the kernels vs the reference math: the same operations in another order.
     # Measured 7.2e-7 on logits up to ~1.9 (6e-8 on the image embeds); each float32 run is ~6.5e-7 from a
     # float64 one, i.e. float32 rounding. 1e-4 absolute leaves a margin of over 100x.
@@ -491,7 +483,6 @@ def stage_altclip() -> StageResult:
     from PIL import ImageOps
 
     from .models.altclip import tokenize_labels
-    from .ops import use_reference
 
     model, processor = tiny_altclip()
     cfg = model.config
@@ -502,7 +493,7 @@ def stage_altclip() -> StageResult:
         ids, mask = tokenize_labels(write_tiny_tokenizer(Path(tmp) / "tokenizer.json"), ALTCLIP_LABELS)
     with torch.no_grad():
         out = model(ids, pv, attention_mask=mask)
-        with use_reference():
+        with ops.use_reference():
             ref = model(ids, pv, attention_mask=mask)
     probs = model.zero_shot(pv, ids, mask)                                  # (N, L), rows sum to 1
     vc, tc = cfg.vision_config, cfg.text_config
@@ -526,10 +517,7 @@ def stage_altclip() -> StageResult:
           for i, name in enumerate(images)),
     ])
     assert out.image_embeds.shape == (N, P) and out.text_embeds.shape == (L, P)
-    with torch.no_grad():
-        ms = median_ms(lambda: model(ids, pv, attention_mask=mask), reps=3)
-        with use_reference():
-            ref_ms = median_ms(lambda: model(ids, pv, attention_mask=mask), reps=3)
+    ms, ref_ms = time_model(lambda: model(ids, pv, attention_mask=mask))
     # float32 end to end on the kernels vs the reference math: the same operations in another order. A
     # logit is exp(logit_scale) ~ 14.3 times a cosine of unit vectors, so its rounding error is ~14.3 times
     # that of the normalised embeddings (~1e-7 in float32): ~1.4e-6 whatever the cosine's size (here < 1).

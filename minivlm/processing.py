@@ -65,6 +65,17 @@ class ImageProcessor:
     def _bad(self, name, expected) -> ValueError:
         return ValueError(f"{type(self).__name__}: {name} must be {expected}, got {getattr(self, name)!r}")
 
+    def _validate_size_and_crop(self, crop_needed: bool):
+        """size: {"shortest_edge"} or {"height", "width"} of positive ints; crop_size: {"height", "width"}
+        when crop_needed."""
+        ok = isinstance(self.size, dict) and (_positive_int(self.size.get("shortest_edge")) or (
+            _positive_int(self.size.get("height")) and _positive_int(self.size.get("width"))))
+        if not ok:
+            raise self._bad("size", 'an int or a dict with "shortest_edge", or "height" and "width" (positive ints)')
+        if crop_needed and not (isinstance(self.crop_size, dict) and _positive_int(self.crop_size.get("height"))
+                                and _positive_int(self.crop_size.get("width"))):
+            raise self._bad("crop_size", 'an int or a dict with "height" and "width" (positive ints)')
+
     def _validate_common(self):
         for name in ("image_mean", "image_std"):
             value = getattr(self, name)
@@ -125,6 +136,26 @@ class ImageProcessor:
             x = (x - np.array(self.image_mean, dtype=np.float32)) / np.array(self.image_std, dtype=np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 
+    def _finish(self, x: np.ndarray) -> np.ndarray:
+        """The generic steps on one (h, w, 3) uint8 image: resize (per `size`), centre crop (where the
+        processor has do_center_crop), rescale, normalize -> (3, H, W) float32."""
+        if self.do_resize:
+            x = self._resize(x, *self._resized_shape(x.shape[0], x.shape[1]))
+        if getattr(self, "do_center_crop", False):
+            x = _center_crop(x, self.crop_size["height"], self.crop_size["width"])
+        return self._rescale_normalize(x)
+
+    def __call__(self, images) -> dict:
+        """images: one PIL image or a list of them. Returns {"pixel_values": float32 (B, 3, H, W)}."""
+        images = self._check_images(images)
+        arrays = [self._finish(np.asarray(self._to_rgb(image))) for image in images]   # each (3, H, W)
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise ValueError(f"{type(self).__name__}: the images come out in different shapes {sorted(shapes)} "
+                             f"(size {self.size} keeps aspect ratios and nothing crops them to one size), so "
+                             f"they cannot be stacked into one batch")
+        return {"pixel_values": torch.from_numpy(np.stack(arrays))}   # (B, 3, H, W)
+
 
 @dataclass
 class LlavaNextImageProcessor(ImageProcessor):
@@ -155,18 +186,11 @@ class LlavaNextImageProcessor(ImageProcessor):
         self.validate()
 
     def validate(self):
-        bad = self._bad
         pins = self.image_grid_pinpoints
         if not isinstance(pins, (list, tuple)) or not pins or not all(
                 isinstance(p, (list, tuple)) and len(p) == 2 and all(_positive_int(x) for x in p) for p in pins):
-            raise bad("image_grid_pinpoints", "a non-empty list of [height, width] pairs of positive ints")
-        if not isinstance(self.size, dict) or not (
-                _positive_int(self.size.get("shortest_edge"))
-                or (_positive_int(self.size.get("height")) and _positive_int(self.size.get("width")))):
-            raise bad("size", 'a dict with "shortest_edge", or "height" and "width" (positive ints)')
-        if not isinstance(self.crop_size, dict) or not (
-                _positive_int(self.crop_size.get("height")) and _positive_int(self.crop_size.get("width"))):
-            raise bad("crop_size", 'a dict with "height" and "width" (positive ints)')
+            raise self._bad("image_grid_pinpoints", "a non-empty list of [height, width] pairs of positive ints")
+        self._validate_size_and_crop(crop_needed=True)
         self._validate_common()
 
     # -- the pipeline ------------------------------------------------------------------------------
@@ -218,14 +242,6 @@ class LlavaNextImageProcessor(ImageProcessor):
         base = self._resize(np.asarray(image), side_h, side_w)
 
         return np.stack([self._finish(x) for x in [base] + crops])        # (P, 3, S, S)
-
-    def _finish(self, x: np.ndarray) -> np.ndarray:
-        """The per-crop steps: resize, centre crop, rescale, normalize; (h, w, 3) uint8 -> (3, S, S)."""
-        if self.do_resize:
-            x = self._resize(x, *self._resized_shape(x.shape[0], x.shape[1]))
-        if self.do_center_crop:
-            x = _center_crop(x, self.crop_size["height"], self.crop_size["width"])
-        return self._rescale_normalize(x)                                  # (3, S, S)
 
 
 def _center_crop(x: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -293,33 +309,8 @@ class BlipImageProcessor(ImageProcessor):
         self.validate()
 
     def validate(self):
-        bad = self._bad
-        if not isinstance(self.size, dict) or not (
-                _positive_int(self.size.get("shortest_edge"))
-                or (_positive_int(self.size.get("height")) and _positive_int(self.size.get("width")))):
-            raise bad("size", 'an int or a dict with "height" and "width", or "shortest_edge" (positive ints)')
-        if self.do_center_crop and not (isinstance(self.crop_size, dict) and _positive_int(self.crop_size.get("height"))
-                                        and _positive_int(self.crop_size.get("width"))):
-            raise bad("crop_size", 'a dict with "height" and "width" (positive ints) when do_center_crop is set')
+        self._validate_size_and_crop(crop_needed=self.do_center_crop)
         self._validate_common()
-
-    def __call__(self, images) -> dict:
-        """images: one PIL image or a list of them. Returns {"pixel_values": float32 (B, 3, H, W)}."""
-        images = self._check_images(images)
-        arrays = [self._process(image) for image in images]             # each (3, H, W) float32
-        shapes = {a.shape for a in arrays}
-        if len(shapes) > 1:
-            raise ValueError(f"BlipImageProcessor: the images come out in different shapes {sorted(shapes)} "
-                             f"(size {self.size} keeps aspect ratios), so they cannot be stacked into one batch")
-        return {"pixel_values": torch.from_numpy(np.stack(arrays))}   # (B, 3, H, W)
-
-    def _process(self, image: Image.Image) -> np.ndarray:
-        x = np.asarray(self._to_rgb(image))                              # (h, w, 3) uint8
-        if self.do_resize:
-            x = self._resize(x, *self._resized_shape(x.shape[0], x.shape[1]))
-        if self.do_center_crop:
-            x = _center_crop(x, self.crop_size["height"], self.crop_size["width"])
-        return self._rescale_normalize(x)                                # (3, h, w)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -370,35 +361,8 @@ class CLIPImageProcessor(ImageProcessor):
         self.validate()
 
     def validate(self):
-        bad = self._bad
-        if not isinstance(self.size, dict) or not (
-                _positive_int(self.size.get("shortest_edge"))
-                or (_positive_int(self.size.get("height")) and _positive_int(self.size.get("width")))):
-            raise bad("size", 'an int or a dict with "shortest_edge", or "height" and "width" (positive ints)')
-        if self.do_center_crop and not (isinstance(self.crop_size, dict) and _positive_int(self.crop_size.get("height"))
-                                        and _positive_int(self.crop_size.get("width"))):
-            raise bad("crop_size", 'an int or a dict with "height" and "width" (positive ints) when do_center_crop '
-                                   'is set')
+        self._validate_size_and_crop(crop_needed=self.do_center_crop)
         self._validate_common()
-
-    def __call__(self, images) -> dict:
-        """images: one PIL image or a list of them. Returns {"pixel_values": float32 (B, 3, H, W)}."""
-        images = self._check_images(images)
-        arrays = [self._process(image) for image in images]             # each (3, H, W) float32
-        shapes = {a.shape for a in arrays}
-        if len(shapes) > 1:
-            raise ValueError(f"CLIPImageProcessor: the images come out in different shapes {sorted(shapes)} "
-                             f"(do_center_crop is off and size {self.size} keeps aspect ratios), so they cannot "
-                             f"be stacked into one batch")
-        return {"pixel_values": torch.from_numpy(np.stack(arrays))}   # (B, 3, H, W)
-
-    def _process(self, image: Image.Image) -> np.ndarray:
-        x = np.asarray(self._to_rgb(image))                              # (h, w, 3) uint8
-        if self.do_resize:
-            x = self._resize(x, *self._resized_shape(x.shape[0], x.shape[1]))
-        if self.do_center_crop:
-            x = _center_crop(x, self.crop_size["height"], self.crop_size["width"])
-        return self._rescale_normalize(x)                                # (3, H, W)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -461,7 +425,7 @@ class IdeficsImageProcessor(ImageProcessor):
         they appear in its text (possibly empty), or a single PIL image (a sample with one image); one PIL
         image alone is one sample with one image. Returns {"pixel_values": float32 (B, N, 3, H, W)}."""
         samples = self._check_samples(images)
-        arrays = [[self._process(image) for image in sample] for sample in samples]   # each (3, H, W)
+        arrays = [[self._finish(np.asarray(self._to_rgb(image))) for image in sample] for sample in samples]
         shapes = {a.shape for sample in arrays for a in sample}
         if len(shapes) > 1:
             raise ValueError(f"IdeficsImageProcessor: the images come out in different shapes {sorted(shapes)} "
@@ -493,12 +457,6 @@ class IdeficsImageProcessor(ImageProcessor):
                                     f"got {type(image).__name__}")
             samples.append(list(sample))
         return samples
-
-    def _process(self, image: Image.Image) -> np.ndarray:
-        x = np.asarray(self._to_rgb(image))                              # (h, w, 3) uint8
-        if self.do_resize:
-            x = self._resize(x, self.size["height"], self.size["width"])
-        return self._rescale_normalize(x)                                # (3, H, W)
 
 
 def idefics_image_attention_mask(input_ids: torch.Tensor, *, image_token_id: int, eos_token_id: Optional[int],

@@ -8,6 +8,8 @@ Token ids are XLM-R's: 0 <s>, 1 <pad>, 2 </s>; prompt text is drawn from [3, 128
 """
 import torch
 
+from conftest import save  # noqa: F401  (the tests import it from here)
+
 IMAGE = 16
 BOS, PAD, EOS = 0, 1, 2
 VOCAB = 128
@@ -45,11 +47,6 @@ def hf_model(config, seed=0):
             else:
                 p.normal_(0, 0.05)
     return model
-
-
-def save(model, folder, **kwargs):
-    model.save_pretrained(folder, **kwargs)
-    return folder
 
 
 def pixel_values(batch, seed=0):

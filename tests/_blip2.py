@@ -8,6 +8,8 @@ Token ids: OPT 1 pad, 2 bos/eos (OPT's own defaults); T5 0 pad (and decoder star
 """
 import torch
 
+from conftest import save  # noqa: F401  (the tests import it from here)
+
 IMAGE = 16
 IMAGE_TOKEN = 127
 NUM_QUERIES = 4
@@ -59,11 +61,6 @@ def hf_model(config, seed=0):
             # the tie and keeps the original flag as scale_decoder_outputs): untie it, as the hub's weights are.
             lm.lm_head.weight = torch.nn.Parameter(torch.randn_like(lm.shared.weight) * 0.08)
     return model
-
-
-def save(model, folder, **kwargs):
-    model.save_pretrained(folder, **kwargs)
-    return folder
 
 
 def pixel_values(batch, seed=0):

@@ -8,6 +8,8 @@ ids 100..103, as Kosmos2Processor writes consecutive ids from its first_image_to
 """
 import torch
 
+from conftest import save  # noqa: F401  (the tests import it from here)
+
 IMAGE = 16
 NUM_QUERIES = 4
 BOS, PAD, EOS = 0, 1, 2
@@ -52,11 +54,6 @@ def hf_model(config, seed=0):
             else:
                 p.normal_(0, 0.05)
     return model
-
-
-def save(model, folder, **kwargs):
-    model.save_pretrained(folder, **kwargs)
-    return folder
 
 
 def pixel_values(batch, seed=0):

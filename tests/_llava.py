@@ -7,6 +7,8 @@ columns. Token ids: 0 pad, 1 bos, 2 eos, 127 the image placeholder.
 """
 import torch
 
+from conftest import save  # noqa: F401  (the tests import it from here)
+
 from minivlm.models.llava_next import image_feature_count, num_patches
 
 CROP = 16
@@ -45,11 +47,6 @@ def hf_model(config, seed=0):
             if p.dim() >= 2:
                 p.normal_(0, 0.08)
     return model
-
-
-def save(model, folder, **kwargs):
-    model.save_pretrained(folder, **kwargs)
-    return folder
 
 
 def pixel_values(image_sizes, seed=0):

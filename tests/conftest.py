@@ -168,3 +168,17 @@ def check_cache_errors(model, vocab):
             model(torch.randint(0, vocab, (2, 1)), cache=model.new_cache(2, 4, dtype=torch.float64))
     assert cache.length == 8      # failed calls store nothing
     return cache
+
+
+def save(model, folder, **kwargs):
+    """A Transformers model saved as a user's checkpoint folder (save_pretrained); returns the folder."""
+    model.save_pretrained(folder, **kwargs)
+    return folder
+
+
+def left_padded_mask(lengths, T):
+    """(B, T) int64 attention mask: row b has lengths[b] real tokens at the end, padding before them."""
+    mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, T - n:] = 1
+    return mask

@@ -20,7 +20,7 @@ import transformers
 
 import minivlm
 from minivlm.models.llama import KVCache, LlamaConfig, LlamaForCausalLM, rope_inv_freq
-from conftest import assert_close_rel, check_cache_errors
+from conftest import assert_close_rel, check_cache_errors, left_padded_mask
 
 VOCAB = 97
 RTOL32 = 1e-5    # times the largest reference logit; see the module docstring
@@ -53,13 +53,6 @@ def save_and_load(hf, path, dtype=torch.float32):
 
 def assert_close(actual, expected, what, rtol=RTOL32):
     assert_close_rel(actual, expected, what, rtol)
-
-
-def left_padded_mask(lengths, T):
-    mask = torch.zeros(len(lengths), T, dtype=torch.long)
-    for row, n in enumerate(lengths):
-        mask[row, T - n:] = 1
-    return mask
 
 
 CASES = {

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 import minivlm
 from minivlm.models.llama import KVCache
 from minivlm.models.opt import OPTConfig, OPTForCausalLM
-from conftest import assert_close_rel, check_cache_errors
+from conftest import assert_close_rel, check_cache_errors, left_padded_mask
 
 VOCAB = 128
 PAD, BOS, EOS = 1, 2, 2       # OPT's own ids
@@ -52,13 +52,6 @@ def save_and_load(hf, path, dtype=torch.float32):
 
 def assert_close(actual, expected, what, rtol=RTOL32):
     assert_close_rel(actual, expected, what, rtol)
-
-
-def left_padded_mask(lengths, T):
-    mask = torch.zeros(len(lengths), T, dtype=torch.long)
-    for row, n in enumerate(lengths):
-        mask[row, T - n:] = 1
-    return mask
 
 
 def generate_positions(mask):

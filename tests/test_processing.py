@@ -193,8 +193,8 @@ def test_bad_images():
 @pytest.mark.parametrize("field, value, message", [
     ("image_grid_pinpoints", [[32, 64], [64]], "image_grid_pinpoints must be a non-empty list of"),
     ("image_grid_pinpoints", [], "image_grid_pinpoints must be a non-empty list of"),
-    ("size", {"longest_edge": 32}, 'size must be a dict with "shortest_edge"'),
-    ("crop_size", {"height": 32}, 'crop_size must be a dict with "height" and "width"'),
+    ("size", {"longest_edge": 32}, 'size must be an int or a dict with "shortest_edge"'),
+    ("crop_size", {"height": 32}, 'crop_size must be an int or a dict with "height" and "width"'),
     ("image_mean", [0.5, 0.5], "image_mean must be 3 numbers"),
     ("image_std", [1.0, 0.0, 1.0], "image_std must be non-zero"),
     ("resample", 9, "resample must be a PIL resampling filter"),

@@ -50,7 +50,7 @@ from .. import ops
 from ..generation import GenerationMixin
 from ._common import ModelOutput, RMSNorm, causal_lm_loss
 from .clip import CLIPVisionConfig, CLIPVisionModel
-from .llama import KVCache, LlamaConfig, LlamaDecoderLayer, LlamaMLP, LlamaRotaryEmbedding
+from .llama import KVCache, LlamaConfig, LlamaDecoderLayer, LlamaMLP, LlamaRotaryEmbedding, cached_tokens
 
 # IdeficsVisionConfig's defaults (Transformers 5.23), in CLIPVisionConfig's names (embed_dim = hidden_size).
 IDEFICS_VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
@@ -415,10 +415,7 @@ class IdeficsModel(nn.Module):
                              f"additional_vocab_size {c.additional_vocab_size}), got ids from "
                              f"{int(input_ids.min())} to {int(input_ids.max())}")
         dtype = self.embed_tokens.weight.dtype
-        past = 0
-        if cache is not None:
-            cache.check(B, T, dtype)
-            past = cache.length
+        past = cached_tokens(cache, B, T, dtype, attention_mask, "IDEFICS")
 
         # -- the image states: given now (encoded here), or kept in the cache since the prefill
         given = [n for n, x in (("pixel_values", pixel_values), ("image_encoder_embeddings", image_encoder_embeddings),
@@ -465,9 +462,6 @@ class IdeficsModel(nn.Module):
         image_mask = sees[..., None].expand(B, T, N, R).reshape(B, 1, T, N * R)
 
         # -- text positions and the self-attention mask (as LlamaModel)
-        if attention_mask is not None and tuple(attention_mask.shape) != (B, past + T):
-            raise ValueError(f"attention_mask: expected (batch, cached + new tokens) = ({B}, {past + T}), "
-                             f"got {_describe(attention_mask)}")
         if position_ids is None:
             if attention_mask is not None:   # Transformers: cumsum - 1, pads at 1
                 position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)[:, -T:]

@@ -58,7 +58,7 @@ from .. import ops
 from ..generation import GenerationMixin
 from ._common import ModelOutput, activation, causal_lm_loss
 from .clip import CLIPVisionConfig, CLIPVisionModel, CLIPVisionOutput
-from .llama import KVCache
+from .llama import KVCache, cached_tokens
 
 # Kosmos-2's vision tower when a config omits a field: CLIP ViT-L/14 at 224 px (Transformers'
 # Kosmos2VisionConfig defaults, which differ from CLIPVisionConfig's own ViT-B/32 ones).
@@ -260,13 +260,7 @@ class Kosmos2TextTransformer(nn.Module):
         name, c = "Kosmos2ForConditionalGeneration", self.config
         B, T = input_ids.shape
         x = self.embed_tokens(input_ids)                                                 # (B, T, E)
-        past = 0
-        if cache is not None:
-            cache.check(B, T, x.dtype)
-            past = cache.length
-        if attention_mask is not None and tuple(attention_mask.shape) != (B, past + T):
-            raise ValueError(f"{name}: attention_mask must be (batch, cached + new tokens) = ({B}, {past + T}), "
-                             f"got {tuple(attention_mask.shape)}")
+        past = cached_tokens(cache, B, T, x.dtype, attention_mask, name)
         if position_ids is None:
             position_ids = self.positions(input_ids, past)                               # (B, T)
         else:

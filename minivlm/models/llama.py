@@ -210,6 +210,20 @@ class KVCache:
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]   # (B, Hkv, length + T, D)
 
 
+def cached_tokens(cache: Optional[KVCache], batch_size: int, new_tokens: int, dtype: torch.dtype,
+                  attention_mask=None, who: str = "model") -> int:
+    """How many tokens `cache` already holds (0 without a cache), after checking that `new_tokens` more
+    fit and that an attention_mask covers the cached and the new tokens: (batch, cached + new)."""
+    past = 0
+    if cache is not None:
+        cache.check(batch_size, new_tokens, dtype)
+        past = cache.length
+    if attention_mask is not None and tuple(attention_mask.shape) != (batch_size, past + new_tokens):
+        raise ValueError(f"{who}: attention_mask must be (batch, cached + new tokens) = ({batch_size}, "
+                         f"{past + new_tokens}), got {tuple(attention_mask.shape)}")
+    return past
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, config: LlamaConfig, layer_idx: int):
         super().__init__()
@@ -303,10 +317,7 @@ class LlamaModel(nn.Module):
             raise ValueError(f"LlamaModel: expected input_ids (B, T) or inputs_embeds (B, T, "
                              f"{self.config.hidden_size}), got embeddings of shape {tuple(x.shape)}")
         B, T, _ = x.shape
-        past = 0
-        if cache is not None:
-            cache.check(B, T, x.dtype)
-            past = cache.length
+        past = cached_tokens(cache, B, T, x.dtype, attention_mask, "LlamaModel")
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=x.device)                 # (T,)
         elif position_ids.dim() == 2 and position_ids.shape[0] == 1:
@@ -318,12 +329,8 @@ class LlamaModel(nn.Module):
 
         # One mask for all layers, and only when some token is padding.
         mask = None
-        if attention_mask is not None:
-            if tuple(attention_mask.shape) != (B, past + T):
-                raise ValueError(f"LlamaModel: attention_mask must be (batch, cached + new tokens) = "
-                                 f"({B}, {past + T}), got {tuple(attention_mask.shape)}")
-            if not bool(attention_mask.all()):
-                mask = ops.causal_mask(attention_mask, T, dtype=x.dtype, window=self.config.sliding_window)
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = ops.causal_mask(attention_mask, T, dtype=x.dtype, window=self.config.sliding_window)
 
         for layer in self.layers:
             x = layer(x, cos, sin, mask, cache)

@@ -37,7 +37,7 @@ from torch import nn
 from .. import ops
 from ..generation import GenerationMixin
 from ._common import ModelOutput, activation, causal_lm_loss
-from .llama import KVCache
+from .llama import KVCache, cached_tokens
 
 POSITION_OFFSET = 2   # position p reads row p + 2 of embed_positions (rows 0 and 1: fairseq's padding legacy)
 
@@ -200,13 +200,7 @@ class OPTDecoder(nn.Module):
             raise ValueError(f"{name}: expected inputs_embeds (B, T, word_embed_proj_dim={c.word_embed_proj_dim}), "
                              f"got shape {tuple(x.shape)}")
         B, T, _ = x.shape
-        past = 0
-        if cache is not None:
-            cache.check(B, T, x.dtype)
-            past = cache.length
-        if attention_mask is not None and tuple(attention_mask.shape) != (B, past + T):
-            raise ValueError(f"{name}: attention_mask must be (batch, cached + new tokens) = ({B}, {past + T}), "
-                             f"got {tuple(attention_mask.shape)}")
+        past = cached_tokens(cache, B, T, x.dtype, attention_mask, name)
         position_ids = self.positions(attention_mask, position_ids, B, T, past, x.device)
 
         if self.project_in is not None:

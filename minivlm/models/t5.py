@@ -49,7 +49,7 @@ from torch import nn
 from .. import ops
 from ..generation import GenerationMixin
 from ._common import ModelOutput, RMSNorm, activation
-from .llama import KVCache
+from .llama import KVCache, cached_tokens
 
 
 @dataclass
@@ -313,10 +313,7 @@ class T5Stack(nn.Module):
         encoder_attention_mask: None or (B, S) over the encoder states (decoder only)."""
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
         B, T, _ = x.shape
-        past = 0
-        if cache is not None:
-            cache.check(B, T, x.dtype)
-            past = cache.length
+        past = cached_tokens(cache, B, T, x.dtype)
         K = past + T
 
         # One additive mask for every self-attention layer: the first block's relative bias where a key is
