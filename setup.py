@@ -22,6 +22,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 
 from setuptools import find_packages, setup
 
@@ -53,7 +54,14 @@ CUDA_HOME = find_cuda_home()
 if CUDA_HOME:
     os.environ["CUDA_HOME"] = CUDA_HOME
 
-import torch  # noqa: E402
+try:
+    import torch  # noqa: E402
+except ModuleNotFoundError:
+    # pip builds in an isolated environment (without the installed torch) unless told not to.
+    sys.exit("minivlm: the build cannot see torch. minivlm's extension compiles against the torch you have "
+             "installed, so build it without isolation:\n"
+             "    pip install torch==2.13.0 ninja\n"
+             "    pip install --no-build-isolation -e .      (or: pip install --no-build-isolation .)")
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 # Compiler flags and the ATen macro that selects the matching at::vec implementation for each ISA.

@@ -182,3 +182,53 @@ def left_padded_mask(lengths, T):
     for row, n in enumerate(lengths):
         mask[row, T - n:] = 1
     return mask
+
+
+def assert_kept_rows_match(model, head, run_full, run_kept, keep):
+    """Logits from a forward with logits_to_keep=keep against the last `keep` positions of a full forward.
+
+    Both runs compute the same hidden states; only the head's matrix product differs: BLAS multiplies
+    `keep` rows with another kernel (another blocking of the K-sum) than a full sequence, so the two
+    results may differ in the last bits (5e-7 apart on an AVX2 machine). Each float32 evaluation of a
+    K-term dot product lies within gamma_K * sum_i |x_i w_i| of the exact value (Higham's bound, gamma_K ~
+    K * u, u = 2^-24; K + 1 terms with the bias), whatever the summation order, so two evaluations lie
+    within twice that of each other: the bound below, computed elementwise from the head's own input and
+    weight. The check also runs against the slice shifted by one position and must fail there: a kept
+    row taken from the wrong position is caught.
+    """
+    captured = {}
+
+    def capture(module, args, output):      # returns None: the head's output stays as it is
+        captured["x"] = args[0].detach()
+
+    hook = head.register_forward_hook(capture)
+    try:
+        with torch.no_grad():
+            full = run_full().logits
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        kept = run_kept().logits
+    x, w = captured["x"][:, -keep:].double(), head.weight.detach().double()
+    K = w.shape[1] + (head.bias is not None)
+    gamma = K * unit_roundoff(head.weight.dtype) / (1 - K * unit_roundoff(head.weight.dtype))
+    bias = head.bias.detach().double().abs() if head.bias is not None else 0
+    bound = 2 * gamma * (x.abs() @ w.abs().T + bias)
+    assert kept.shape == full[:, -keep:].shape, f"logits_to_keep={keep}: shape {tuple(kept.shape)}"
+    assert_within(kept, full[:, -keep:], bound, f"logits_to_keep={keep}")
+    with pytest.raises(AssertionError, match="out of tolerance"):
+        assert_within(kept, full[:, -keep - 1:-1], bound, "the slice one position earlier")
+
+
+def assert_same_weights(got, expected, what):
+    """Two loads of one checkpoint hold the same tensors, bit for bit: the same names, dtypes and values.
+
+    This, not bitwise-equal logits, is what a loading test asserts: two models with equal weights may still
+    give logits that differ in the last bits, since BLAS can choose another kernel for tensors at another
+    memory alignment (a memory-mapped file's tensors are not 64-byte aligned); their logits are compared
+    with the float32 tolerance of the parity tests.
+    """
+    a, b = got.state_dict(), expected.state_dict()
+    assert a.keys() == b.keys(), f"{what}: keys differ: {sorted(set(a) ^ set(b))[:10]}"
+    for name in a:
+        assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), f"{what}: {name} differs"

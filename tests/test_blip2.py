@@ -20,7 +20,7 @@ from minivlm.models.blip2 import Blip2Config, Blip2ForConditionalGeneration
 from minivlm.processing import BlipImageProcessor
 from _blip2 import (IMAGE_TOKEN, NUM_QUERIES, OPT_BOS, T5_PAD, hf_config, hf_model, opt_prompts, pixel_values, save,
                     t5_prompts)
-from conftest import assert_close_rel
+from conftest import assert_close_rel, assert_same_weights
 
 # float32 tolerance, relative to the largest value compared. Both sides run the same float32 math in a
 # different order (minivlm's blocked attention kernel against SDPA, other GEMM blockings), so values
@@ -263,12 +263,11 @@ def test_t5_key_spellings_load(checkpoints, tmp_path):
     assert "language_model.lm_head.weight" in written
     ids, mask = t5_prompts([4, 2])
     pv, dec = pixel_values(2), _decoder_inputs(2, 3)
-    results = []
-    for path in (folder, _write(tmp_path / "in_memory", in_memory, folder)):
-        with torch.no_grad():
-            results.append(minivlm.from_pretrained(path)(ids, pixel_values=pv, attention_mask=mask,
-                                                         decoder_input_ids=dec).logits)
-    assert torch.equal(results[0], results[1])
+    saved, memory = (minivlm.from_pretrained(p) for p in (folder, _write(tmp_path / "in_memory", in_memory, folder)))
+    assert_same_weights(memory, saved, "in_memory")
+    with torch.no_grad():
+        assert_close(memory(ids, pixel_values=pv, attention_mask=mask, decoder_input_ids=dec).logits,
+                     saved(ids, pixel_values=pv, attention_mask=mask, decoder_input_ids=dec).logits, "in_memory")
 
 
 # -- loading --------------------------------------------------------------------------------------------
@@ -301,14 +300,13 @@ def test_every_key_spelling_loads(checkpoints, tmp_path):
                "text_ffn": _write(tmp_path / "text_ffn", with_text_ffn, folder), "sharded": sharded}
     ids, mask = opt_prompts([4, 2])
     pv = pixel_values(2)
-    results = {}
-    for name, path in folders.items():
-        model = minivlm.from_pretrained(path)
-        assert model.language_model.lm_head.weight is model.language_model.model.decoder.embed_tokens.weight
-        with torch.no_grad():
-            results[name] = model(ids, pixel_values=pv, attention_mask=mask).logits
-    for name, logits in results.items():
-        assert torch.equal(logits, results["save_pretrained"]), name
+    models = {name: minivlm.from_pretrained(path) for name, path in folders.items()}
+    with torch.no_grad():
+        expected = models["save_pretrained"](ids, pixel_values=pv, attention_mask=mask).logits
+        for name, model in models.items():
+            assert model.language_model.lm_head.weight is model.language_model.model.decoder.embed_tokens.weight
+            assert_same_weights(model, models["save_pretrained"], name)
+            assert_close(model(ids, pixel_values=pv, attention_mask=mask).logits, expected, name, mask)
 
 
 def test_config_reads_transformers_fields(checkpoints):

@@ -17,7 +17,7 @@ import minivlm
 from minivlm.loading import CheckpointError
 from minivlm.models.llava_next import LlavaNextForConditionalGeneration
 from _llava import BOS, EOS, IMAGE_TOKEN, crops_of, hf_config, hf_model, pixel_values, prompts, save
-from conftest import assert_close_rel
+from conftest import assert_close_rel, assert_same_weights
 
 # float32 tolerance, relative to the largest logit. Both sides run the same float32 math in a different
 # order (minivlm's blocked online-softmax attention against SDPA, other GEMM blockings), so each dot
@@ -227,14 +227,16 @@ def test_every_key_spelling_loads(checkpoints, tmp_path):
     assert any(k.startswith("model.vision_tower.") for k in hf.state_dict())
     ids, mask = prompts(SIZES_PAIR, [8, 3], hf.config)
     pv, sizes = pixel_values(SIZES_PAIR), torch.tensor(SIZES_PAIR)
-    results = {}
+    models = {}
     for name, path in _spellings(hf, folder, tmp_path).items():
-        model = minivlm.from_pretrained(path)
-        assert isinstance(model, LlavaNextForConditionalGeneration) and not model.training
-        with torch.no_grad():
-            results[name] = model(ids, pixel_values=pv, image_sizes=sizes, attention_mask=mask).logits
-    for name, logits in results.items():
-        assert torch.equal(logits, results["save_pretrained"]), name
+        models[name] = minivlm.from_pretrained(path)
+        assert isinstance(models[name], LlavaNextForConditionalGeneration) and not models[name].training
+    with torch.no_grad():
+        expected = models["save_pretrained"](ids, pixel_values=pv, image_sizes=sizes, attention_mask=mask).logits
+        for name, model in models.items():
+            assert_same_weights(model, models["save_pretrained"], name)
+            assert_close_logits(model(ids, pixel_values=pv, image_sizes=sizes, attention_mask=mask).logits,
+                                expected, mask, what=name)
 
 
 def test_tied_head_absent_from_file_is_not_missing(checkpoints):
@@ -302,8 +304,9 @@ def test_mmap_serves_the_file_copy_on_write(checkpoints, tmp_path):
     ids, mask = prompts(SIZES_PAIR, [8, 3], hf.config)
     pv, sizes = pixel_values(SIZES_PAIR), torch.tensor(SIZES_PAIR)
     with torch.no_grad():
-        assert torch.equal(mapped(ids, pixel_values=pv, image_sizes=sizes, attention_mask=mask).logits,
-                           read(ids, pixel_values=pv, image_sizes=sizes, attention_mask=mask).logits)
+        assert_same_weights(mapped, read, "memory-mapped vs read")
+        assert_close_logits(mapped(ids, pixel_values=pv, image_sizes=sizes, attention_mask=mask).logits,
+                            read(ids, pixel_values=pv, image_sizes=sizes, attention_mask=mask).logits, mask)
         before = (work / "model.safetensors").read_bytes()
         w.mul_(2)                                                         # a write: copy-on-write
     assert (work / "model.safetensors").read_bytes() == before
