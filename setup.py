@@ -3,10 +3,15 @@
     pip install torch==2.13.0 ninja           # torch first: the extension compiles against it
     pip install --no-build-isolation -e .     # no isolation, so pip does not fetch another torch
 
-The CPU kernels (csrc/cpu/) always build. torch's cpp_extension passes no vector-ISA flags, so we choose
-them here from the build machine's CPU (the extension is built where it runs): AVX-512 where the CPU has
-it, else AVX2+FMA, else plain C++. MINIVLM_CPU_ISA=avx512|avx2|none overrides. ATen's at::vec::Vectorized
-then compiles to those registers, and `torch.ops.minivlm.cpu_isa()` reports which one was chosen.
+The CPU kernels (csrc/cpu/) always build, three times over on x86-64: for AVX-512, for AVX2 + FMA and
+for plain x86-64, each into its own library (minivlm/_cpu_avx512, _cpu_avx2, _cpu_default), so one build
+runs on any x86-64 CPU. torch's cpp_extension passes no vector-ISA flags; ISA_FLAGS below gives each build
+its flags and the ATen macro that makes at::vec::Vectorized use those registers. minivlm._C chooses the
+library at run time from the CPU (MINIVLM_CPU_ISA=avx2|default forces a lower one), as ATen does for its
+own kernels. Other CPUs get the plain build alone.
+
+Each extension compiles in a fixed folder, build/<extension name>, so a second install of an unchanged
+tree recompiles nothing (ninja compares each object with its sources, headers and command line).
 
 The CUDA kernels (csrc/cuda/) build whenever a CUDA toolkit is found and torch is a CUDA build, whether or
 not this machine has a GPU (a CI machine without one still compiles and links them). MINIVLM_CUDA=1
@@ -64,41 +69,18 @@ except ModuleNotFoundError:
              "    pip install --no-build-isolation -e .      (or: pip install --no-build-isolation .)")
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
-# Compiler flags and the ATen macro that selects the matching at::vec implementation for each ISA.
+# Compiler flags and the ATen macro that selects the matching at::vec implementation, per instruction set.
 ISA_FLAGS = {
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
     "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
-    "none": [],
+    "default": ["-DCPU_CAPABILITY=DEFAULT"],
 }
 
 
-def cpu_flags():
-    """The x86 feature flags of the build machine, from /proc/cpuinfo (empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def choose_isa():
-    forced = os.environ.get("MINIVLM_CPU_ISA", "").lower()
-    if forced:
-        if forced not in ISA_FLAGS:
-            raise SystemExit(f"MINIVLM_CPU_ISA must be one of {sorted(ISA_FLAGS)}, got {forced!r}")
-        return forced
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return "none"
-    flags = cpu_flags()
-    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma", "f16c"} <= flags:
-        return "avx512"
-    if {"avx2", "fma", "f16c"} <= flags:
-        return "avx2"
-    return "none"
+def cpu_isas():
+    """The instruction sets to build the CPU kernels for: all three on x86-64, the plain one elsewhere."""
+    return list(ISA_FLAGS) if platform.machine() in ("x86_64", "AMD64") else ["default"]
 
 
 def want_cuda():
@@ -133,13 +115,23 @@ def cuda_arch_list():
 
 
 def extensions():
-    isa = choose_isa()
-    print(f"minivlm: building the CPU kernels for {isa}")
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx = ["-O3", "-fopenmp", "-Wno-unknown-pragmas", "-DMINIVLM_ISA=\"" + isa.upper() + "\""] + ISA_FLAGS[isa]
-    common = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
+    """minivlm._C (the op schemas, the CPU dispatch, the CUDA kernels where they build) and one library of
+    CPU kernels per instruction set."""
+    def common():   # a fresh dict of lists for each extension: torch's helpers append to them in place
+        return dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
+
+    cxx = ["-O3", "-fopenmp", "-Wno-unknown-pragmas"]
+    cpu_sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    isas = cpu_isas()
+    print(f"minivlm: building the CPU kernels for {', '.join(isas)}")
+    # Hidden visibility: nothing but minivlm_cpu_kernels() leaves a library, so an inline function compiled
+    # with AVX-512 instructions can never be linked in place of its plain twin.
+    kernels = [CppExtension(f"minivlm._cpu_{isa}", cpu_sources, **common(), extra_compile_args={
+        "cxx": cxx + ["-fvisibility=hidden", "-fvisibility-inlines-hidden", f'-DMINIVLM_ISA="{isa}"'] + ISA_FLAGS[isa]})
+        for isa in isas]
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     if not want_cuda():
-        return [CppExtension("minivlm._C", sources, extra_compile_args={"cxx": cxx}, **common)]
+        return [CppExtension("minivlm._C", sources, extra_compile_args={"cxx": cxx}, **common())] + kernels
     arch = cuda_arch_list()
     if arch:
         os.environ["TORCH_CUDA_ARCH_LIST"] = arch
@@ -147,12 +139,26 @@ def extensions():
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     nvcc = ["-O3", "-lineinfo"]
     return [CUDAExtension("minivlm._C", sources + cuda_sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc},
-                          **common)]
+                          **common())] + kernels
 
+
+class Build(BuildExtension):
+    """torch's BuildExtension (ninja), each extension in its own fixed folder build/<name>: the three CPU
+    kernel libraries compile the same sources with other flags, and a fixed folder lets ninja skip what is
+    already compiled."""
+
+    def build_extension(self, ext):
+        self.build_temp = os.path.join(ROOT, "build", ext.name)
+        super().build_extension(ext)
+
+
+# The version has one home, minivlm/__init__.py (read as text: importing minivlm here would need torch).
+VERSION = re.search(r'^__version__ = "([^"]+)"', open(os.path.join(ROOT, "minivlm", "__init__.py")).read(),
+                    re.MULTILINE).group(1)
 
 setup(
     name="minivlm",
-    version="0.1.0",
+    version=VERSION,
     description="A minimal, from-scratch, educational PyTorch reference of five vision-language models",
     packages=find_packages(include=["minivlm", "minivlm.*"]),
     python_requires=">=3.10",
@@ -164,5 +170,5 @@ setup(
     },
     entry_points={"console_scripts": ["minivlm=minivlm.cli:main"]},
     ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": Build},
 )

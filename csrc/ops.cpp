@@ -1,5 +1,7 @@
-// The schemas of minivlm's custom ops. Kernels register themselves per device in csrc/cpu/ and csrc/cuda/
-// (TORCH_LIBRARY_IMPL); the fake kernels and autograd formulas live in minivlm/ops.py.
+// The schemas of minivlm's custom ops. Kernels register per device (TORCH_LIBRARY_IMPL): the CPU ones in
+// cpu_dispatch.cpp, which forwards to the kernels of csrc/cpu/ compiled for one instruction set and chosen
+// at run time (csrc/cpu/kernels.h), the CUDA ones in csrc/cuda/. The fake kernels and autograd formulas
+// live in minivlm/ops.py.
 //
 // Importing minivlm._C loads this shared library, which runs the registrations below; the ops then
 // appear as torch.ops.minivlm.<name>. There is no Python binding: the empty module init is only there so
@@ -8,14 +10,13 @@
 #include <Python.h>
 #include <torch/library.h>
 
-#ifndef MINIVLM_ISA
-#define MINIVLM_ISA "NONE"
-#endif
-
 namespace minivlm {
 
-// Which vector instruction set the CPU kernels were compiled for (chosen by setup.py).
-static std::string cpu_isa() { return MINIVLM_ISA; }
+namespace cpu {  // cpu_dispatch.cpp: which instruction set's CPU kernels run
+std::string cpu_isa();
+std::string set_cpu_isa(std::string isa);
+std::vector<std::string> cpu_isas();
+}  // namespace cpu
 
 TORCH_LIBRARY(minivlm, m) {
   // attention returns (out, stats): stats is (2, B, Hq, Lq) in float32 (float64 for float64 input),
@@ -33,7 +34,11 @@ TORCH_LIBRARY(minivlm, m) {
   // The gradient of rope with respect to x (rope is linear in x, so it needs only cos and sin).
   m.def("rope_backward(Tensor grad, Tensor cos, Tensor sin) -> Tensor");
   m.def("causal_mask(Tensor padding_mask, int q_len, ScalarType dtype, int? window) -> Tensor");
-  m.def("cpu_isa() -> str", &cpu_isa);
+  // The CPU kernels' instruction set: the one in use ("avx512", "avx2" or "default"), a switch to another
+  // (returns the one it replaces), and those this CPU can run, best first.
+  m.def("cpu_isa() -> str", &cpu::cpu_isa);
+  m.def("set_cpu_isa(str isa) -> str", &cpu::set_cpu_isa);
+  m.def("cpu_isas() -> str[]", &cpu::cpu_isas);
 }
 
 }  // namespace minivlm

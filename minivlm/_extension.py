@@ -16,11 +16,8 @@ def load_extension():
             "minivlm's compiled extension minivlm._C is not built. From the repository root run\n"
             "    pip install --no-build-isolation -e .\n"
             "(with torch already installed) to compile it. Original error: " + str(e)) from e
-    isa = torch.ops.minivlm.cpu_isa()
-    have = torch.backends.cpu.get_cpu_capability()
-    rank = {"DEFAULT": 0, "NONE": 0, "AVX2": 1, "AVX512": 2}
-    if rank.get(isa, 0) > rank.get(have, 0):
-        raise ImportError(
-            f"minivlm._C was compiled for {isa} vector instructions but this CPU offers {have}; rebuild on "
-            f"this machine (pip install --no-build-isolation -e .) or set MINIVLM_CPU_ISA=avx2 or none")
+    try:
+        torch.ops.minivlm.cpu_isa()   # the first call loads the CPU kernels for this CPU (or MINIVLM_CPU_ISA)
+    except (ValueError, RuntimeError) as e:
+        raise ImportError(f"minivlm: cannot load the CPU kernels: {e}") from e
     _loaded = True

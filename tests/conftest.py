@@ -7,11 +7,16 @@ A failing example prints its reproduction blob (print_blob) so it can be replaye
 """
 
 import os
+import platform
 import sys
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+from minivlm._extension import load_extension
+
+load_extension()   # the ops, and the instruction sets of the CPU kernels (below)
 
 # Run against this checkout even where the package is not installed in editable mode.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,15 +42,43 @@ settings.load_profile(os.environ.get("MINIVLM_HYPOTHESIS_PROFILE", "ci"))
 
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
-# The devices every kernel test runs on: the CPU always; CUDA whenever torch sees a GPU (skipped, with the
-# reason, elsewhere). A GPU with an extension built without CUDA kernels fails the CUDA tests: the kernels
-# are then missing, which is what the tests are for.
-DEVICES = (
-    "cpu",
+# The CPU kernels come in one build per instruction set (avx512, avx2, default), chosen at run time; the
+# kernel tests run each one this CPU can run. A build the CPU cannot run is skipped, by name.
+CPU_ISAS = ("avx512", "avx2", "default") if platform.machine() in ("x86_64", "AMD64") else ("default",)
+RUNNABLE_ISAS = tuple(torch.ops.minivlm.cpu_isas())
+
+
+class Cpu(str):
+    """The device "cpu" (it is that string) with the instruction set whose kernels the test runs."""
+
+    def __new__(cls, isa):
+        self = super().__new__(cls, "cpu")
+        self.isa = isa
+        return self
+
+
+# The devices every kernel test runs on: the CPU with each ISA; CUDA whenever torch sees a GPU (skipped,
+# with the reason, elsewhere). A GPU with an extension built without CUDA kernels fails the CUDA tests:
+# the kernels are then missing, which is what the tests are for.
+DEVICES = tuple(
+    pytest.param(Cpu(isa), id=f"cpu-{isa}",
+                 marks=pytest.mark.skipif(isa not in RUNNABLE_ISAS,
+                                          reason=f"this CPU lacks the {isa} instructions: its kernels are compiled "
+                                                 f"but cannot run here"))
+    for isa in CPU_ISAS
+)
+CUDA_DEVICES = (
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                   reason="no CUDA GPU visible to torch: the CUDA kernels are "
                                                          "only compiled here (tools/cuda_build_check.sh)")),
 )
+DEVICES += CUDA_DEVICES
+
+
+def pytest_report_header(config):
+    lacking = [isa for isa in CPU_ISAS if isa not in RUNNABLE_ISAS]
+    return (f"minivlm CPU kernels: compiled for {', '.join(CPU_ISAS)}; tested here: {', '.join(RUNNABLE_ISAS)}"
+            + (f"; not run (this CPU lacks them): {', '.join(lacking)}" if lacking else ""))
 
 
 def to_device(t, device):
@@ -67,13 +100,20 @@ def seed_torch(seed: int = 0) -> torch.Generator:
 
 
 @pytest.fixture(autouse=True)
-def _seeded(monkeypatch):
+def _seeded(request, monkeypatch):
     """Every test starts from the same global torch seed, so a failure reproduces on its own, and runs
     the compiled kernels even where MINIVLM_REFERENCE is set in the environment (the tests compare the
-    kernels with the reference; test_reference_switch.py sets it where it means to)."""
+    kernels with the reference; test_reference_switch.py sets it where it means to). A test on a
+    Cpu(isa) device runs that instruction set's kernels, and the ones before it are restored after."""
     monkeypatch.delenv("MINIVLM_REFERENCE", raising=False)
     seed_torch(0)
-    yield
+    device = getattr(request.node, "callspec", None) and request.node.callspec.params.get("device")
+    if isinstance(device, Cpu):
+        previous = torch.ops.minivlm.set_cpu_isa(device.isa)
+        yield
+        torch.ops.minivlm.set_cpu_isa(previous)
+    else:
+        yield
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

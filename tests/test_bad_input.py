@@ -9,7 +9,7 @@ import torch
 
 import minivlm
 from minivlm import reference
-from conftest import DEVICES
+from conftest import CUDA_DEVICES, DEVICES
 
 
 def t(*shape, dtype=torch.float32):
@@ -132,7 +132,7 @@ def test_good_input_is_accepted(path):
         assert mod.causal_mask(PM.to(torch.uint8), 2, window=100).shape == (2, 1, 2, 4)
 
 
-@pytest.mark.parametrize("device", [d for d in DEVICES if d != "cpu"])
+@pytest.mark.parametrize("device", CUDA_DEVICES)
 def test_inputs_on_two_devices_raise(device):
     """A tensor on the GPU next to one on the CPU: a ValueError naming both devices, before any kernel."""
     on = torch.device(device)
@@ -144,14 +144,14 @@ def test_inputs_on_two_devices_raise(device):
         minivlm.rope(X.to(on), COS, SIN.to(on))
 
 
-@pytest.mark.parametrize("device", [d for d in DEVICES if d != "cpu"])
+@pytest.mark.parametrize("device", CUDA_DEVICES)
 def test_head_dim_beyond_the_cuda_kernels_raises(device):
     q = torch.randn(1, 2, 3, 264, device=device)
     with pytest.raises(ValueError, match=r"^attention: the CUDA kernels take head_dim up to 256"):
         minivlm.attention(q, q, q)
 
 
-@pytest.mark.parametrize("device", [d for d in DEVICES if d != "cpu"])
+@pytest.mark.parametrize("device", CUDA_DEVICES)
 def test_batch_times_heads_beyond_the_cuda_grid_raises(device):
     q = torch.randn(4097, 16, 1, 8, device=device)
     with pytest.raises(ValueError, match=r"^attention: the CUDA kernels take batch x query heads up to 65535"):

@@ -31,6 +31,7 @@
 
 #include "attention_common.h"
 #include "common.h"
+#include "cpu/kernels.h"
 
 namespace minivlm::cpu {
 namespace {
@@ -330,6 +331,8 @@ Problem<acc_t> make_problem(const at::Tensor& q, const at::Tensor& k, const at::
   return P;
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
                                                  const at::Tensor& v_in, const std::optional<at::Tensor>& attn_mask,
                                                  bool is_causal, double scale, std::optional<int64_t> window) {
@@ -387,13 +390,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
     });
   }
   return finish_attention_grads(dq, dk_heads, dv_heads, dmask, q_in, k_in, v_in);
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(minivlm, CPU, m) {
-  m.impl("attention", &attention_cpu);
-  m.impl("attention_backward", &attention_backward_cpu);
 }
 
 }  // namespace minivlm::cpu

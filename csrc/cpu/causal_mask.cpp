@@ -10,6 +10,7 @@
 // padding row") and copied: the whole kernel is then fills and copies, as fast as writing the output.
 
 #include "common.h"
+#include "cpu/kernels.h"
 
 namespace minivlm::cpu {
 namespace {
@@ -36,6 +37,8 @@ void fill_mask(const bool* pad, scalar_t* out, int64_t B, int64_t q_len, int64_t
   });
 }
 
+}  // namespace
+
 at::Tensor causal_mask_cpu(const at::Tensor& padding_mask, int64_t q_len, at::ScalarType dtype,
                            std::optional<int64_t> window) {
   TORCH_CHECK(padding_mask.dim() == 2, "causal_mask: padding_mask must be (B, Lk), got ", padding_mask.sizes());
@@ -50,9 +53,5 @@ at::Tensor causal_mask_cpu(const at::Tensor& padding_mask, int64_t q_len, at::Sc
   });
   return out;
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(minivlm, CPU, m) { m.impl("causal_mask", &causal_mask_cpu); }
 
 }  // namespace minivlm::cpu

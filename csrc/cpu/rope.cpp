@@ -10,6 +10,7 @@
 // swapped and negated.
 
 #include "common.h"
+#include "cpu/kernels.h"
 
 namespace minivlm::cpu {
 namespace {
@@ -89,19 +90,14 @@ at::Tensor rope_impl(const at::Tensor& x_in, const at::Tensor& cos_in, const at:
   return out;
 }
 
+}  // namespace
+
 at::Tensor rope_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   return rope_impl(x, cos, sin, /*inverse=*/false);
 }
 
 at::Tensor rope_backward_cpu(const at::Tensor& grad, const at::Tensor& cos, const at::Tensor& sin) {
   return rope_impl(grad, cos, sin, /*inverse=*/true);
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(minivlm, CPU, m) {
-  m.impl("rope", &rope_cpu);
-  m.impl("rope_backward", &rope_backward_cpu);
 }
 
 }  // namespace minivlm::cpu
