@@ -1,9 +1,15 @@
-"""Argument checks shared by the compiled ops (`minivlm.ops`) and the reference math (`minivlm.reference`).
+"""Argument checks shared by the compiled ops (`minivlm.ops`) and the reference math (`minivlm.reference`),
+and by the models' entry points (token ids, keyword arguments).
 
-Both paths promise the same contract, so they validate the same way: every malformed call raises a
+Both op paths promise the same contract, so they validate the same way: every malformed call raises a
 TypeError (wrong kind of thing) or ValueError (right kind, wrong shape or value) whose message names the
-function, the argument, what was expected and what arrived.
+function, the argument, what was expected and what arrived. The models keep to the same rule.
 """
+
+import contextlib
+import contextvars
+import functools
+import inspect
 
 import torch
 
@@ -137,3 +143,60 @@ def check_causal_mask(padding_mask, q_len, dtype, window):
     if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
         raise TypeError(f"{fn}: dtype must be float64, float32, bfloat16 or float16, got {dtype}")
     _optional_int(fn, "window", window, 1)
+
+
+# -- the models' entry points ------------------------------------------------------------------------------
+
+# True inside generate's decode steps: the tokens fed back there were chosen from the logits (or are the
+# pad id, checked against the logits' width), so they are in the vocabulary by construction.
+_IDS_IN_RANGE = contextvars.ContextVar("minivlm_ids_in_range", default=False)
+
+
+@contextlib.contextmanager
+def ids_in_range():
+    """Inside this block check_token_ids checks nothing: no min/max, no device sync per decode step."""
+    token = _IDS_IN_RANGE.set(True)
+    try:
+        yield
+    finally:
+        _IDS_IN_RANGE.reset(token)
+
+
+def check_token_ids(name, ids, vocab_size, vocab="vocab_size"):
+    """ValueError unless every id lies in [0, vocab_size), where an embedding lookup would fail with an
+    IndexError (CPU) or a device-side assert (CUDA). Costs one device sync (min and max together); nothing
+    for ids=None (inputs_embeds were given) or inside ids_in_range()."""
+    if ids is None or _IDS_IN_RANGE.get():
+        return
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        got = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise TypeError(f"{name}: expected an integer tensor of token ids, got {got}")
+    if ids.numel() == 0:
+        return
+    low, high = torch.stack(torch.aminmax(ids)).tolist()
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"{name}: ids must lie in [0, {vocab}={vocab_size}), got ids from {low} to {high}")
+
+
+def unknown_kwargs_error(method: str, given, takes) -> TypeError:
+    """The TypeError for keyword arguments in `given` that `method` (e.g. "Model.generate()") does not take:
+    it names them and lists the arguments `takes`."""
+    unknown = [name for name in given if name not in takes]
+    what = (f"an unexpected keyword argument {unknown[0]!r}" if len(unknown) == 1 else
+            "unexpected keyword arguments " + ", ".join(map(repr, unknown)))
+    return TypeError(f"{method} got {what}; it takes {', '.join(takes)}")
+
+
+def rejects_unknown_kwargs(method):
+    """Decorates a model's forward (or encode, decode): a keyword argument it does not take raises
+    unknown_kwargs_error, which lists the arguments it takes (Python's own TypeError lists none)."""
+    takes = [p.name for p in list(inspect.signature(method).parameters.values())[1:]      # without self
+             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    known = frozenset(takes)
+
+    @functools.wraps(method)
+    def checked(self, *args, **kwargs):
+        if not known.issuperset(kwargs):
+            raise unknown_kwargs_error(f"{type(self).__name__}.{method.__name__}()", kwargs, takes)
+        return method(self, *args, **kwargs)
+    return checked

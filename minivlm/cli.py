@@ -4,13 +4,17 @@
     minivlm bench kernels --device cuda [--json PATH] [--quick] [--reps N]
     minivlm bench model NAME [--json PATH] [--quick] [--threads N] [--reps N]
     minivlm demo [--threads N]
+    minivlm --version
 
-Each subcommand imports its module (and with it torch's heavier parts and Transformers) only when it
-runs, so `minivlm --help` answers at once.
+Each subcommand imports its module (and with it torch, the compiled extension and Transformers) only
+when it runs, so `minivlm --help` and `minivlm --version` answer at once. A bare `minivlm` prints the
+help and exits with 2, argparse's status for a usage error: no command was given.
 """
 
 import argparse
 import sys
+
+from . import __version__
 
 #: What `minivlm bench` can measure; each name maps to "module:function" inside minivlm that runs it.
 BENCHMARKS = {
@@ -87,7 +91,8 @@ def add_demo_parser(subparsers) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minivlm", description="minivlm: a minimal, educational PyTorch reference of vision-language models")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_bench_parser(subparsers)
     add_demo_parser(subparsers)
     return parser
@@ -95,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Parse argv (default sys.argv[1:]), run the subcommand, return its exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
     return args.func(args)
 
 

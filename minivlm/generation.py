@@ -29,9 +29,16 @@ with decoder_start_token_id, as Transformers returns them.
 
 `model.generation_config` (set by minivlm.from_pretrained) gives the default eos / pad / decoder start
 ids, else `model.config`.
+
+Checks: a keyword argument that neither generate nor the prefill forward (encoder-decoder: `encode`) takes
+raises a TypeError naming `Model.generate()` and listing what it takes (`generate_arguments`). The prompt's
+token ids are checked once, by the prefill forward; the decode steps run inside `ids_in_range()`, so the
+model does not check (and sync on) every token fed back: they were chosen from the logits, and the pad id
+that finished rows get must be below the logits' width.
 """
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +46,14 @@ from typing import Optional, Union
 
 import torch
 
+from ._checks import ids_in_range, unknown_kwargs_error
+
 # Where a composite (vision-language) config.json keeps its decoder's settings, as Transformers looks.
 TEXT_CONFIG_KEYS = ("decoder", "generator", "text_config")
 TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+# Forward arguments generate fills in itself (or that contradict it): not model inputs a caller may pass.
+MADE_BY_GENERATE = ("input_ids", "inputs_embeds", "attention_mask", "position_ids", "cache", "logits_to_keep",
+                    "labels", "decoder_input_ids", "decoder_attention_mask", "encoder_hidden_states")
 
 
 @dataclass
@@ -112,8 +124,13 @@ class GenerationMixin:
         do_sample: draw from the distribution instead of taking the argmax, after dividing the logits by
         temperature and keeping the top_k most likely tokens (None = all) and the smallest set whose
         probability reaches top_p (None = all); generator makes the draws reproducible. model_inputs
-        (pixel_values, image_sizes, ...) go to the prefill forward (encoder-decoder: to `encode`) only.
+        (pixel_values, image_sizes, ...) go to the prefill forward (encoder-decoder: to `encode`) only; any
+        other keyword is a TypeError that lists `generate_arguments(self)`.
         """
+        if model_inputs:
+            takes = generate_arguments(self)
+            if not set(model_inputs) <= set(takes):
+                raise unknown_kwargs_error(f"{type(self).__name__}.generate()", model_inputs, takes)
         defaults = getattr(self, "generation_config", None) or GenerationConfig.from_model_config(self.config)
         N = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens
         eos = defaults.eos_token_id if eos_token_id is None else GenerationConfig(eos_token_id=eos_token_id).eos_token_id
@@ -176,6 +193,21 @@ class GenerationMixin:
         return _choose_tokens(tokens, 1, step(tokens[:, 0], -1), step, **choose)
 
 
+def generate_arguments(model) -> list:
+    """The keyword arguments model.generate takes, read from the signatures: the options of the generate
+    called and of GenerationMixin.generate, then the model inputs of the prefill forward (encoder-decoder:
+    `encode`) that generate does not fill in itself. An option added to a signature appears here too."""
+    prefill = model.encode if getattr(model, "is_encoder_decoder", False) else model.forward
+    names = []
+    for fn in (type(model).generate, GenerationMixin.generate, prefill):
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name == "self" or p.name in names or \
+                    (fn is prefill and p.name in MADE_BY_GENERATE):
+                continue
+            names.append(p.name)
+    return names
+
+
 def infer_attention_mask(input_ids, pad, eos):
     """The padding mask of a prompt given without one, as Transformers' generate infers it: where a pad id
     exists, differs from every eos id and occurs in input_ids, its positions are padding; else None (no
@@ -193,6 +225,9 @@ def _choose_tokens(tokens, start, logits, step, *, eos, pad, do_sample, temperat
     last column filled (fewer when every row finished early)."""
     B, N = tokens.shape[0], tokens.shape[1] - start
     eos_ids = torch.tensor(eos, device=tokens.device) if eos else None
+    if eos_ids is not None and pad >= logits.shape[-1]:    # finished rows are fed the pad id
+        raise ValueError(f"generate: pad_token_id must be a token id below the vocabulary size {logits.shape[-1]} "
+                         f"(the logits' width), got {pad}")
     unfinished = torch.ones(B, dtype=torch.bool, device=tokens.device)
     for i in range(N):
         scores = logits.float()                      # Transformers picks tokens from float32 scores
@@ -206,7 +241,8 @@ def _choose_tokens(tokens, start, logits, step, *, eos, pad, do_sample, temperat
         tokens[:, start + i] = next_tokens
         if i == N - 1 or (eos_ids is not None and not bool(unfinished.any())):
             return tokens[:, :start + i + 1]
-        logits = step(next_tokens, i)
+        with ids_in_range():    # chosen from the logits (or the pad id): in the vocabulary, no check needed
+            logits = step(next_tokens, i)
     return tokens
 
 

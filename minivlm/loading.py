@@ -14,11 +14,19 @@ sharded model-0000N-of-0000M.safetensors set with its model.safetensors.index.js
    spellings found in the wild: the hub's original names, Transformers 5.x's) and copied in.
 4. The key sets must match exactly. Missing tensors, unexpected tensors and shape mismatches are
    collected and raised as one error that lists them: nothing is left at its (here: uninitialised)
-   starting value, nothing is silently dropped. Weights tied to another (`model.tied_weights()`, e.g.
-   an lm_head that shares the embedding) may be absent from the file. Tensors that are not weights,
-   such as the position ids and rotary frequencies older Transformers versions saved, are skipped
-   (`IGNORED_KEYS`). Parts a model lists in `keep_in_float32` (read after the cast to `dtype`:
-   BLIP-2's Q-Former, T5's `wo` in float16) stay float32.
+   starting value, nothing is silently dropped. Weights the config ties (`model.tied_weights()`, e.g.
+   an lm_head that shares the embedding) follow the file: one left out shares its source, one stored
+   equal to it too, one stored with other values becomes a separate weight (with a warning); see
+   `load_weights`. Tensors that are not weights, such as the position ids and rotary frequencies
+   older Transformers versions saved, are skipped
+   (`IGNORED_KEYS`). In a model narrower than float32 (float16, bfloat16), the parts it lists in
+   `keep_in_float32` (read after the cast to `dtype`: BLIP-2's Q-Former, T5's `wo` in float16) stay
+   float32; a float32 or float64 model is one dtype throughout.
+
+`dtype` is a floating-point torch.dtype or its name ("float64", "float32", "bfloat16", "float16"), or
+"auto": config.json's `dtype` (older files: `torch_dtype`), else the dtype of the checkpoint's first
+floating-point tensor. Broken files (a safetensors header cut short, a config.json that is not JSON)
+and a device torch cannot reach fail before anything is loaded, naming the file or argument.
 
 The same checks are available for an in-memory state dict through `load_weights(model, tensors)`.
 """
@@ -28,6 +36,7 @@ import json
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -44,17 +53,27 @@ IGNORED_KEYS = [r"(^|\.)embeddings\.position_ids$", r"\.rotary_emb\.inv_freq$"]
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model: its message lists every missing, unexpected and
-    misshapen tensor."""
+    """A checkpoint folder minivlm cannot load: a damaged file (its message names it and says what was
+    expected and found), or tensors that do not fit the model (the message lists every missing,
+    unexpected and misshapen one)."""
 
 
-def from_pretrained(path, dtype: torch.dtype = torch.float32, device="cpu", *, progress: bool | None = None,
+# The dtype names from_pretrained accepts, as Transformers writes them (config.json's `dtype` too).
+DTYPE_NAMES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
+               "float16": torch.float16}
+
+
+def from_pretrained(path, dtype: torch.dtype | str = torch.float32, device="cpu", *, progress: bool | None = None,
                     mmap: bool = True):
     """Build the model a local checkpoint folder describes and load its weights; returns it in eval mode.
 
     path: a folder holding config.json and model.safetensors (or a sharded set with
-    model.safetensors.index.json). dtype: the floating-point dtype of every parameter. device: where the
-    weights go. progress: show a progress bar (default: only for checkpoints over 256 MiB).
+    model.safetensors.index.json). dtype: the floating-point dtype of every parameter (float32 islands
+    aside, see the module docstring): a torch.dtype, its name ("float64", "float32", "bfloat16",
+    "float16"), or "auto": config.json's `dtype` (else `torch_dtype`), else, when the config has neither,
+    the dtype of the first floating-point tensor of the checkpoint (its first file, by tensor name), as
+    Transformers reads it. device: where the weights go; a CUDA device needs a torch that sees a GPU
+    (checked first). progress: show a progress bar (default: only for checkpoints over 256 MiB).
     mmap: on the CPU, a tensor stored in `dtype` already becomes a view of the file mapped into memory
     (copy-on-write: writing to a weight never changes the file), read from disk when first used; so a
     large table of which a forward reads a few rows (a 250k-token embedding) never fills memory.
@@ -68,23 +87,90 @@ def from_pretrained(path, dtype: torch.dtype = torch.float32, device="cpu", *, p
     if not folder.is_dir():
         raise FileNotFoundError(f"from_pretrained: path {str(path)!r} is not a folder; expected a local "
                                 f"checkpoint folder with config.json and *.safetensors (nothing is downloaded)")
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"from_pretrained: dtype must be a floating-point torch.dtype, got {dtype!r}")
+    dtype = _parse_dtype(dtype)
+    device = _check_device(device, "from_pretrained")
     config = read_config(folder)
     cls = model_class(config.get("model_type"))
     model_config = cls.config_class.from_dict(config)
 
+    files = checkpoint_files(folder)
+    tensors = _SafetensorsFiles(files, mmap=mmap)
+    if dtype == "auto":
+        dtype = _auto_dtype(config, tensors, folder / "config.json")
     with torch.device("meta"):
         model = cls(model_config)
-    files = checkpoint_files(folder)
     if progress is None:
         progress = sum(f.stat().st_size for f in files) > PROGRESS_BAR_BYTES
-    load_weights(model, _SafetensorsFiles(files, mmap=mmap), dtype=dtype, device=device, progress=progress,
-                 source=str(folder))
+    load_weights(model, tensors, dtype=dtype, device=device, progress=progress, source=str(folder))
     if hasattr(model, "generate"):
         from .generation import GenerationConfig
         model.generation_config = GenerationConfig.from_pretrained(folder)
     return model.eval()
+
+
+def _parse_dtype(dtype):
+    """A torch.dtype from a dtype or its name; "auto" stays "auto" (resolved once the folder is read)."""
+    if isinstance(dtype, str):
+        if dtype != "auto" and dtype not in DTYPE_NAMES:
+            raise ValueError(f"from_pretrained: dtype {dtype!r} is not a dtype name minivlm reads; expected "
+                             f"one of {', '.join(map(repr, [*DTYPE_NAMES, 'auto']))} or a torch.dtype")
+        return DTYPE_NAMES.get(dtype, dtype)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"from_pretrained: dtype must be a floating-point torch.dtype or its name, got {dtype!r}")
+    return dtype
+
+
+def _auto_dtype(config: dict, tensors: "_SafetensorsFiles", file: Path) -> torch.dtype:
+    """dtype="auto": config.json's `dtype` (Transformers 5.x writes it; older versions `torch_dtype`, read
+    when `dtype` is absent or null), else the first floating-point tensor's dtype in the first file (by
+    name; float8 is storage, not a dtype to compute in), else float32."""
+    key = "dtype" if config.get("dtype") is not None else "torch_dtype"
+    name = config.get(key)
+    if name is not None:
+        if name not in DTYPE_NAMES:
+            raise CheckpointError(f"from_pretrained: dtype='auto' reads {key}={name!r} from {file}, expected one "
+                                  f"of {', '.join(map(repr, DTYPE_NAMES))}; pass dtype explicitly")
+        return DTYPE_NAMES[name]
+    for tensor in sorted(tensors.headers[0]):
+        dtype = tensors.headers[0][tensor][0]
+        if dtype.is_floating_point and dtype.itemsize > 1:
+            return dtype
+    return torch.float32
+
+
+def _check_device(device, caller: str):
+    """`device` as a torch.device (None stays None), refused before anything is loaded where this torch
+    cannot reach it."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{caller}: device {device!r} is not a torch device; expected a torch.device or a name "
+                         f"such as 'cpu', 'cuda' or 'cuda:0'") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch is a CPU-only build" if torch.version.cuda is None
+                   else f"this torch (CUDA {torch.version.cuda}) sees no CUDA GPU")
+            raise ValueError(f"{caller}: device={str(device)!r} asks for a CUDA GPU, but {why} (torch "
+                             f"{torch.__version__}); expected device='cpu' here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{caller}: device={str(device)!r}, but torch sees {torch.cuda.device_count()} "
+                             f"CUDA GPU(s): expected an index below that")
+    return device
+
+
+def _parse_json(data: bytes, where: str):
+    """JSON text (UTF-8) -> its value; a one-line CheckpointError naming `where` (the file) if it is not JSON."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"from_pretrained: {where} is not UTF-8 text (byte {e.start}: {e.reason}); "
+                              f"expected JSON") from None
+    except json.JSONDecodeError as e:
+        near = e.doc[max(0, e.pos - 20):e.pos + 20]
+        raise CheckpointError(f"from_pretrained: {where} is not valid JSON: {e.msg} at line {e.lineno} column "
+                              f"{e.colno}, near {near!r} (expected one JSON object)") from None
 
 
 def read_config(folder: Path) -> dict:
@@ -92,10 +178,9 @@ def read_config(folder: Path) -> dict:
     file = Path(folder) / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"from_pretrained: no config.json in {str(folder)!r}")
-    with open(file) as f:
-        config = json.load(f)
+    config = _parse_json(file.read_bytes(), str(file))
     if not isinstance(config, dict):
-        raise ValueError(f"from_pretrained: {file} holds a {type(config).__name__}, expected a JSON object")
+        raise CheckpointError(f"from_pretrained: {file} holds a JSON {type(config).__name__}, expected a JSON object")
     return config
 
 
@@ -104,8 +189,10 @@ def checkpoint_files(folder: Path) -> list[Path]:
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        with open(index) as f:
-            weight_map = json.load(f)["weight_map"]
+        weight_map = _parse_json(index.read_bytes(), str(index))
+        if not isinstance(weight_map, dict) or not isinstance(weight_map.get("weight_map"), dict):
+            raise CheckpointError(f"from_pretrained: {index} has no \"weight_map\" object (tensor name -> shard file)")
+        weight_map = weight_map["weight_map"]
         files = [folder / name for name in sorted(set(weight_map.values()))]
         absent = [str(p.name) for p in files if not p.is_file()]
         if absent:
@@ -152,10 +239,20 @@ class _SafetensorsFiles:
     @staticmethod
     def _header(file: Path) -> dict:
         with open(file, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size)) if 0 < size <= 100 * 2**20 else None
+            prefix = f.read(8)
+            size = int.from_bytes(prefix, "little")
+            data = f.read(size) if len(prefix) == 8 and 0 < size <= 100 * 2**20 else b""
+        if len(prefix) < 8 or not 0 < size <= 100 * 2**20:
+            got = f"{len(prefix)} bytes in all" if len(prefix) < 8 else f"a header length of {size} bytes"
+            raise CheckpointError(f"from_pretrained: {file} is not a safetensors file: expected 8 bytes giving a "
+                                  f"header length of 1 byte to 100 MiB, found {got}")
+        if len(data) < size:
+            raise CheckpointError(f"from_pretrained: {file} is truncated inside its header: expected {size} bytes "
+                                  f"of JSON header after the first 8, found {len(data)}")
+        header = _parse_json(data, f"the header of {file}")
         if not isinstance(header, dict):
-            raise ValueError(f"from_pretrained: {file} is not a safetensors file (bad header)")
+            raise CheckpointError(f"from_pretrained: {file} is not a safetensors file: its header is a JSON "
+                                  f"{type(header).__name__}, expected a JSON object")
         start = 8 + size
         entries = {}
         for name, info in header.items():
@@ -247,7 +344,17 @@ def load_weights(model: nn.Module, tensors, *, dtype: torch.dtype | None = None,
     tensors: a mapping or an iterable of (name, tensor). The model may live on the meta device: it then
     gets real storage (dtype/device, default float32 on the CPU) first. Raises CheckpointError listing
     every missing, unexpected, duplicated or misshapen tensor; copies nothing in that case.
+
+    Tied weights: `model.tied_weights()` maps each weight the config ties (target) to the one it shares
+    (source). A source and its targets form a group; the file decides what is really shared:
+    - a member absent from the file shares the group's first stored member (the source where stored);
+    - a stored member equal to that one (after the cast to dtype) is tied to it: one parameter;
+    - a stored member with other values keeps them as a separate parameter, and a warning names both keys.
+    A group with no member in the file is missing (its source is reported). A group whose source is absent
+    while its stored members differ raises CheckpointError: what the source should hold is undecidable.
+    Every stored tensor is read.
     """
+    device = _check_device(device, "load_weights")
     renames = getattr(model, "checkpoint_renames", [])
     ignored = re.compile("|".join(f"(?:{p})" for p in IGNORED_KEYS + list(getattr(model, "checkpoint_ignore", []))))
     tied = model.tied_weights() if hasattr(model, "tied_weights") else {}
@@ -267,8 +374,6 @@ def load_weights(model: nn.Module, tensors, *, dtype: torch.dtype | None = None,
         if ignored.search(key):
             continue
         name = rename_key(key, renames)
-        if name in tied:                      # a tied weight stored anyway: its source is loaded instead
-            continue
         if name not in own:
             unexpected.append(key if name == key else f"{key} (as {name})")
         elif name in found:
@@ -277,7 +382,10 @@ def load_weights(model: nn.Module, tensors, *, dtype: torch.dtype | None = None,
             misshapen.append(f"{name}: checkpoint {shape}, model {tuple(own[name].shape)}")
         else:
             found[name] = key
-    missing = sorted(set(own) - set(found) - set(tied))
+    groups = _tie_groups(tied)                # source -> [source, *targets]
+    stored = {src: [m for m in members if m in found] for src, members in groups.items()}
+    # A tie group needs one stored member: the others, source included, can share its parameter.
+    missing = sorted(set(own) - set(found) - set(tied) - {src for src in groups if stored[src]})
     if missing or unexpected or misshapen or duplicated:
         raise CheckpointError(_mismatch_report(type(model).__name__, source, missing, unexpected,
                                                misshapen, duplicated))
@@ -285,14 +393,24 @@ def load_weights(model: nn.Module, tensors, *, dtype: torch.dtype | None = None,
     # Give a meta model real storage (dtype first, while that is free), then restore the ties that
     # moving parameters breaks.
     if any(t.is_meta for t in own.values()):
-        model.to(dtype or torch.float32)
-        for name in getattr(model, "keep_in_float32", []):   # parts a model runs in float32 (see above)
-            _to_float32(model, name)
+        dtype = dtype or torch.float32
+        model.to(dtype)
+        if torch.finfo(dtype).bits < 32:    # parts a model runs in float32 when it is narrower (see above)
+            for name in getattr(model, "keep_in_float32", []):
+                _to_float32(model, name)
         model.to_empty(device=device or "cpu")
     elif dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)
-    for name, source_name in tied.items():
-        _set_parameter(model, name, model.get_parameter(source_name))
+    # Each stored member of a tie group gets a parameter of its own (moving a model may or may not have
+    # broken its ties), each absent one shares the first stored member's; equal ones are re-tied below.
+    for src, members in groups.items():
+        first = model.get_parameter(stored[src][0])
+        for name in members:
+            param = model.get_parameter(name)
+            if name not in found:
+                _set_parameter(model, name, first)
+            elif name != stored[src][0] and param is first:
+                _set_parameter(model, name, nn.Parameter(torch.empty_like(param), param.requires_grad))
 
     own = dict(model.named_parameters(remove_duplicate=False))
     own.update(model.named_buffers(remove_duplicate=False))
@@ -304,7 +422,38 @@ def load_weights(model: nn.Module, tensors, *, dtype: torch.dtype | None = None,
                 own[name].data = view            # the same Parameter object: ties to it stay
             else:
                 tensors.read_into(key, file_index.get(key, 0), own[name])   # copy_ converts the dtype
+    _tie_stored_copies(model, stored, found, source)
     return model
+
+
+def _tie_groups(tied: dict) -> dict:
+    """{target: source} -> {source: [source, *targets]}, in the order the model lists them."""
+    groups = {}
+    for target, src in tied.items():
+        if src in tied:
+            raise ValueError(f"tied_weights: {target!r} is tied to {src!r}, which is itself tied to "
+                             f"{tied[src]!r}; expected every target to name the weight it shares directly")
+        groups.setdefault(src, [src]).append(target)
+    return groups
+
+
+def _tie_stored_copies(model: nn.Module, stored: dict, found: dict, source: str):
+    """After loading: tie each stored member of a tie group that equals the group's first stored one;
+    warn about those that differ (they stay separate weights)."""
+    for src, members in stored.items():
+        first = model.get_parameter(members[0])
+        for name in members[1:]:
+            if torch.equal(model.get_parameter(name), first):
+                _set_parameter(model, name, first)
+            elif src not in found:
+                raise CheckpointError(
+                    f"the checkpoint {source} does not fit {type(model).__name__}: it lacks {src!r}, and the "
+                    f"weights tied to it that it holds differ ({', '.join(repr(found[m]) for m in members)}), "
+                    f"so what {src!r} and the tied weights it lacks should hold is undecidable")
+            else:
+                warnings.warn(f"{found[name]!r} would share {found[members[0]]!r} ({type(model).__name__}."
+                              f"tied_weights()), but the checkpoint {source} holds different values for them: "
+                              f"they are loaded as two separate weights", stacklevel=3)
 
 
 def _to_float32(model: nn.Module, name: str):

@@ -5,8 +5,9 @@
 - `CLIPImageProcessor` (CLIP, Kosmos-2): pixel_values (B, 3, H, W), resize, centre crop.
 - `IdeficsImageProcessor` (IDEFICS): pixel_values (B, N, 3, H, W), N images per interleaved sample
   (zero-padded), resize to a fixed square; `idefics_image_attention_mask` gives which image each token sees.
-All build on `ImageProcessor` (reading preprocessor_config.json, RGB conversion, resize, rescale and
-normalize in Transformers' order and precision).
+All build on `ImageProcessor` (reading preprocessor_config.json or processor_config.json, RGB conversion,
+resize, rescale and normalize in Transformers' order and precision). Images of more than 8 bits per channel
+(PIL modes I;16, I, F, ...) are refused: PIL's RGB conversion clips them rather than scaling them.
 
 LLaVA-NeXT follows the "anyres" scheme of the LLaVA-NeXT blog post (Liu et al., 2024) as Transformers 5.23's
 `LlavaNextImageProcessorPil` (models/llava_next/image_processing_pil_llava_next.py) implements it, step
@@ -42,25 +43,42 @@ from .models.llava_next import image_feature_count, select_best_resolution
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+# PIL modes with more than 8 bits per channel, which every processor refuses (PIL clips them to 8 bits).
+_WIDE_MODES = {"I;16": "16-bit integers", "I;16L": "16-bit integers", "I;16B": "16-bit integers",
+               "I;16N": "16-bit integers", "I": "32-bit integers", "F": "32-bit floats"}
+
 
 class ImageProcessor:
     """What every minivlm image processor shares (each is a dataclass of its preprocessor_config.json
     fields: image_mean, image_std, rescale_factor, do_rescale, do_normalize, do_convert_rgb, resample, size,
-    ...): reading the config, checking the images, RGB conversion, resizing, rescale and normalize."""
+    ...): reading the settings, checking the images, RGB conversion, resizing, rescale and normalize."""
 
     @classmethod
     def from_pretrained(cls, path):
-        """Read preprocessor_config.json from a local folder (unknown keys and nulls are ignored)."""
+        """Read the image settings of a local folder (unknown keys and nulls are ignored), from one of two files:
+
+        - processor_config.json, its "image_processor" object: what Transformers 5.23's processor
+          save_pretrained (AutoProcessor, LlavaNextProcessor, ...) writes, without a preprocessor_config.json;
+        - preprocessor_config.json: the hub's file, and what an image processor's own save_pretrained writes.
+
+        Where both hold settings, processor_config.json wins and preprocessor_config.json is not read at all
+        (no merging), as Transformers 5.23's from_pretrained does; a processor_config.json without an
+        "image_processor" object (older Transformers) leaves the settings to preprocessor_config.json."""
         name = f"{cls.__name__}.from_pretrained"
-        file = Path(path) / "preprocessor_config.json"
-        if not file.is_file():
-            raise FileNotFoundError(f"{name}: no preprocessor_config.json in {str(path)!r}")
-        with open(file) as f:
-            d = json.load(f)
-        if not isinstance(d, dict):
-            raise ValueError(f"{name}: {file} holds a {type(d).__name__}, expected a JSON object")
+        folder = Path(path)
+        settings = None
+        if (folder / "processor_config.json").is_file():
+            settings = _read_json_object(folder / "processor_config.json", name).get("image_processor")
+            if settings is not None and not isinstance(settings, dict):
+                raise ValueError(f'{name}: "image_processor" in {folder / "processor_config.json"} is a '
+                                 f"{type(settings).__name__}, expected a JSON object")
+        if settings is None and (folder / "preprocessor_config.json").is_file():
+            settings = _read_json_object(folder / "preprocessor_config.json", name)
+        if settings is None:
+            raise FileNotFoundError(f"{name}: no image settings in {str(path)!r}: expected preprocessor_config.json, "
+                                    f'or processor_config.json with an "image_processor" object')
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
+        return cls(**{k: v for k, v in settings.items() if k in names and v is not None})
 
     def _bad(self, name, expected) -> ValueError:
         return ValueError(f"{type(self).__name__}: {name} must be {expected}, got {getattr(self, name)!r}")
@@ -98,7 +116,18 @@ class ImageProcessor:
         for i, image in enumerate(images):
             if not isinstance(image, Image.Image):
                 raise TypeError(f"{name}: images[{i}] must be a PIL.Image.Image, got {type(image).__name__}")
+            self._check_mode(image, f"images[{i}]")
         return list(images)
+
+    def _check_mode(self, image: Image.Image, where: str):
+        """Refuse the modes with more than 8 bits per channel: PIL's RGB conversion clips their values to
+        0..255 instead of scaling them (16-bit pictures come out almost white, floats in [0, 1] black)."""
+        if image.mode in _WIDE_MODES:
+            values, scale = ("values in [0, 1]", "* 255") if image.mode == "F" else ("16-bit values", "/ 257")
+            raise ValueError(f"{type(self).__name__}: {where} has PIL mode {image.mode!r} "
+                             f"({_WIDE_MODES[image.mode]}), which PIL's RGB conversion clips to 0..255 instead of "
+                             f"scaling; expected 8 bits per channel (L, RGB, RGBA, P, ...): scale it yourself, e.g. "
+                             f"for {values} Image.fromarray((np.asarray(image) {scale}).round().astype(np.uint8))")
 
     def _to_rgb(self, image: Image.Image) -> Image.Image:
         if not self.do_convert_rgb:
@@ -266,6 +295,14 @@ def num_image_tokens(image_size, config) -> int:
 
 def _positive_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x > 0
+
+
+def _read_json_object(file: Path, name: str) -> dict:
+    with open(file) as f:
+        d = json.load(f)
+    if not isinstance(d, dict):
+        raise ValueError(f"{name}: {file} holds a {type(d).__name__}, expected a JSON object")
+    return d
 
 
 # --------------------------------------------------------------------------------------------------
@@ -441,7 +478,7 @@ class IdeficsImageProcessor(ImageProcessor):
     def _check_samples(self, images) -> list:
         """Normalise `images` to a list of B lists of PIL images; a TypeError naming what arrived otherwise."""
         if isinstance(images, Image.Image):
-            return [[images]]
+            images = [[images]]
         if not isinstance(images, (list, tuple)) or not images:
             raise TypeError(f"IdeficsImageProcessor: images must be a non-empty list with one entry per sample "
                             f"(a list of PIL images, or one PIL image), got {images!r:.80}")
@@ -455,6 +492,7 @@ class IdeficsImageProcessor(ImageProcessor):
                 if not isinstance(image, Image.Image):
                     raise TypeError(f"IdeficsImageProcessor: images[{b}][{i}] must be a PIL.Image.Image, "
                                     f"got {type(image).__name__}")
+                self._check_mode(image, f"images[{b}][{i}]")
             samples.append(list(sample))
         return samples
 

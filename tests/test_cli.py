@@ -1,10 +1,13 @@
-"""The command line: `minivlm demo` runs and agrees with the reference; `bench kernels/model --quick` write JSON."""
+"""The command line: `minivlm demo` runs and agrees with the reference; `bench kernels/model --quick` write JSON;
+`--help` and `--version` answer without loading torch, while `import minivlm` keeps its library API."""
 
 import json
 import subprocess
 import sys
 
 import pytest
+
+import minivlm
 
 
 def run(*args):
@@ -22,7 +25,7 @@ def test_bench_quick_writes_json(tmp_path):
     result = run("bench", "kernels", "--quick", "--json", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(path.read_text())
-    assert data["environment"]["extension_isa"] in ("AVX512", "AVX2", "NONE")
+    assert data["environment"]["extension_isa"] in ("avx512", "avx2", "default")
     assert {case["op"] for case in data["cases"]} == {"attention", "rope", "causal_mask"}
 
 
@@ -65,3 +68,93 @@ def test_bench_cuda_without_a_gpu_says_why():
     assert "torch sees no CUDA GPU" in result.stderr and "Traceback" not in result.stderr
     result = run("bench", "model", "llava_next", "--device", "cuda")
     assert result.returncode != 0 and "--device cuda is for the kernels only" in result.stderr
+
+
+# Runs the command line in a fresh interpreter as the console script (`from minivlm.cli import main`) or
+# `python -m minivlm` does, then prints its exit status, its output and which heavy modules it imported.
+ENTRY = """
+import contextlib, io, json, runpy, sys
+how, args = sys.argv[1], sys.argv[2:]
+sys.argv = ["minivlm", *args]
+out, code = io.StringIO(), None
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+    try:
+        if how == "script":
+            from minivlm.cli import main
+            sys.exit(main())
+        runpy.run_module("minivlm", run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        code = e.code
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers") or m == "minivlm._C")
+print(json.dumps({"code": code, "output": out.getvalue(), "heavy": heavy}), file=sys.__stdout__)
+"""
+
+
+def run_entry(how, *args):
+    result = subprocess.run([sys.executable, "-c", ENTRY, how, *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("how", ["script", "module"])
+@pytest.mark.parametrize("args", [["--help"], ["--version"], [], ["bench", "--help"], ["demo", "--help"]],
+                         ids=["help", "version", "bare", "bench-help", "demo-help"])
+def test_help_and_version_load_neither_torch_nor_the_extension(how, args):
+    result = run_entry(how, *args)
+    assert result["heavy"] == [], f"minivlm {' '.join(args)} imported {result['heavy'][:5]}"
+    if args == ["--version"]:
+        assert result["code"] == 0 and result["output"] == f"minivlm {minivlm.__version__}\n"
+    elif args == []:
+        # No command is a usage error (status 2, as argparse's own), answered with the whole help.
+        assert result["code"] == 2
+        assert "usage: minivlm" in result["output"] and "bench" in result["output"] and "demo" in result["output"]
+    else:
+        assert result["code"] == 0 and "usage: minivlm" in result["output"]
+
+
+def test_version_is_the_installed_distributions():
+    """One version: what `pip` installed (setup.py) is what minivlm.__version__ and --version say."""
+    from importlib import metadata
+
+    try:
+        installed = metadata.version("minivlm")
+    except metadata.PackageNotFoundError:
+        pytest.skip("minivlm is not installed here, only imported from the checkout")
+    assert installed == minivlm.__version__
+    assert run("--version").stdout == f"minivlm {installed}\n"
+
+
+LIBRARY = """
+import sys
+import minivlm
+assert "torch" not in sys.modules, "import minivlm alone loaded torch"
+assert set(minivlm.__all__) <= set(dir(minivlm)), dir(minivlm)
+attention = minivlm.attention           # the first use loads torch and the extension
+assert "minivlm._C" in sys.modules
+from minivlm import causal_mask, from_pretrained, ops, reference, reference_enabled, rope, use_reference
+assert ops is sys.modules["minivlm.ops"] and reference is sys.modules["minivlm.reference"]
+assert (attention, rope, causal_mask, use_reference, reference_enabled) == (
+    ops.attention, ops.rope, ops.causal_mask, ops.use_reference, ops.reference_enabled)
+assert from_pretrained is sys.modules["minivlm.loading"].from_pretrained
+try:
+    minivlm.no_such_name
+except AttributeError as e:
+    assert "no_such_name" in str(e)
+else:
+    raise AssertionError("minivlm.no_such_name did not raise AttributeError")
+"""
+
+TORCH_FIRST = """
+import sys
+import torch, minivlm
+# With torch already imported, import minivlm loads the extension at once, as it always has.
+assert "minivlm._C" in sys.modules
+torch.ops.minivlm.attention.default, torch.ops.minivlm.cpu_isa()
+assert set(minivlm.__all__) <= set(vars(minivlm))
+"""
+
+
+@pytest.mark.parametrize("code", [LIBRARY, TORCH_FIRST], ids=["minivlm-alone", "torch-first"])
+def test_import_minivlm_keeps_its_api(code):
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -1,6 +1,7 @@
 """LLaVA-NeXT image preprocessing (minivlm.processing) against Transformers 5.23's LlavaNextImageProcessorPil,
-the image-token count against Transformers' LlavaNextProcessor, and CLIP / Kosmos-2 preprocessing against
-CLIPImageProcessorPil.
+the image-token count against Transformers' LlavaNextProcessor, CLIP / Kosmos-2 preprocessing against
+CLIPImageProcessorPil, IDEFICS's against IdeficsImageProcessorPil and IdeficsProcessor; every processor's
+from_pretrained on the folders Transformers' processors save, and the refusal of images wider than 8 bits.
 
 Tolerance: none. Both sides resize with the same PIL call on the same uint8 pixels (deterministic integer
 output), pad and crop by integer indexing, then apply the same IEEE-754 operations in the same order
@@ -9,6 +10,7 @@ rounded). The results are therefore bit-identical, and any difference, even one 
 padding offset, is a real disagreement, so the tests compare with torch.equal.
 """
 import json
+import re
 
 import numpy as np
 import pytest
@@ -61,7 +63,7 @@ def test_sizes_match_transformers(height, width, crops):
     assert got["image_sizes"].tolist() == [[height, width]]
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "RGB"])
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "RGB", "CMYK", "1"])
 def test_modes_match_transformers(mode):
     # RGBA and LA are composited onto white; L and P are converted to RGB.
     assert_same_as_transformers(picture(45, 70, mode), **TINY)
@@ -204,16 +206,14 @@ def test_bad_config(field, value, message):
         LlavaNextImageProcessor(**{**TINY, field: value})
 
 
-def test_from_pretrained_without_config(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no preprocessor_config.json in"):
-        LlavaNextImageProcessor.from_pretrained(tmp_path)
-
-
 # ---- CLIP / Kosmos-2 (CLIPImageProcessor against Transformers' CLIPImageProcessorPil) ------------------
 
 # microsoft/kosmos-2-patch14-224's settings: CLIP's processor, the image squashed to 224 x 224, crop 224.
 KOSMOS2 = dict(size={"shortest_edge": 224}, use_square_size=True, crop_size={"height": 224, "width": 224})
 CLIP_TINY = dict(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28})
+# The PIL modes of 8 bits per channel (or fewer) that convert to RGB as they are; the wider ones (I;16, I, F,
+# ...) are refused (test_wide_modes_are_refused below).
+NARROW_MODES = ["RGBA", "LA", "L", "P", "RGB", "CMYK", "1", "PA", "YCbCr", "RGBX", "RGBa", "HSV", "LAB"]
 
 
 def assert_clip_same_as_transformers(images, **kwargs):
@@ -234,7 +234,7 @@ def test_clip_sizes_match_transformers(height, width):
     assert got.shape == (1, 3, 28, 28)
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "RGB", "CMYK", "I;16"])
+@pytest.mark.parametrize("mode", NARROW_MODES)
 def test_clip_modes_match_transformers(mode):
     assert_clip_same_as_transformers(picture(45, 70, mode), **CLIP_TINY)
 
@@ -345,7 +345,7 @@ def test_idefics_sizes_match_transformers(height, width):
     assert got.shape == (1, 1, 3, 16, 16)
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "RGB", "CMYK", "I;16"])
+@pytest.mark.parametrize("mode", NARROW_MODES)
 def test_idefics_modes_match_transformers(mode):
     assert_idefics_same_as_transformers([picture(45, 70, mode), picture(20, 10, mode, seed=1)], image_size=16)
 
@@ -507,3 +507,154 @@ def test_idefics_bad_input():
     with pytest.raises(ValueError, match="num_images must be a positive int, got 0"):
         idefics_image_attention_mask(torch.zeros(1, 5, dtype=torch.long), image_token_id=4, eos_token_id=2,
                                      num_images=0)
+
+
+# ---- reading saved folders: preprocessor_config.json and processor_config.json ----------------------------
+# Transformers 5.23's processor save_pretrained writes the image settings into processor_config.json (under
+# "image_processor") and no preprocessor_config.json; the hub's folders and an image processor's own save
+# have preprocessor_config.json. Each case: minivlm's class and a Transformers processor with non-default
+# image settings (resample=2 everywhere: bilinear, where every default is bicubic).
+
+from transformers import (AltCLIPProcessor, AutoProcessor, Blip2Processor, BlipImageProcessorPil,  # noqa: E402
+                          Kosmos2Processor)
+
+from minivlm.processing import BlipImageProcessor  # noqa: E402
+
+
+def word_tokenizer():
+    """A word-level tokenizer over IDEFICS_VOCAB: enough for any of the processors to save and load."""
+    return idefics_transformers_processor().tokenizer
+
+
+SAVED_PROCESSORS = {
+    "llava_next": (LlavaNextImageProcessor, lambda: transformers_processor(
+        dict(TINY, resample=2, image_mean=[0.5, 0.4, 0.3]), patch_size=8)),
+    "blip2": (BlipImageProcessor, lambda: Blip2Processor(
+        image_processor=BlipImageProcessorPil(size={"height": 20, "width": 24}, resample=2),
+        tokenizer=word_tokenizer(), num_query_tokens=4)),
+    "kosmos2": (CLIPImageProcessor, lambda: Kosmos2Processor(
+        image_processor=CLIPImageProcessorPil(**KOSMOS2, resample=2), tokenizer=word_tokenizer())),
+    "altclip": (CLIPImageProcessor, lambda: AltCLIPProcessor(
+        image_processor=CLIPImageProcessorPil(**CLIP_TINY, resample=2), tokenizer=word_tokenizer())),
+    "idefics": (IdeficsImageProcessor, lambda: idefics_transformers_processor(image_size=24, resample=2)),
+}
+
+
+def assert_same_pixels(ours, theirs):
+    """minivlm's processor and Transformers' image processor give the same pixel_values for two pictures."""
+    images = [picture(50, 70), picture(30, 20, "RGBA", seed=1)]
+    if isinstance(ours, IdeficsImageProcessor):
+        got, expected = ours([images])["pixel_values"][0], theirs(images, return_tensors="pt")
+    else:
+        got, expected = ours(images)["pixel_values"], theirs(images, return_tensors="pt")["pixel_values"]
+    assert got.shape == expected.shape and torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("family", SAVED_PROCESSORS)
+def test_from_pretrained_reads_transformers_processor_folders(family, tmp_path):
+    ours_class, transformers_processor_with = SAVED_PROCESSORS[family]
+    transformers_processor_with().save_pretrained(tmp_path)
+    assert (tmp_path / "processor_config.json").is_file() and not (tmp_path / "preprocessor_config.json").exists()
+    ours = ours_class.from_pretrained(tmp_path)
+    assert ours.resample == 2
+    assert_same_pixels(ours, AutoProcessor.from_pretrained(tmp_path).image_processor)
+
+
+@pytest.mark.parametrize("family", SAVED_PROCESSORS)
+def test_from_pretrained_prefers_processor_config_as_transformers_does(family, tmp_path):
+    ours_class, transformers_processor_with = SAVED_PROCESSORS[family]
+    transformers_processor_with().save_pretrained(tmp_path)
+    processor_file, image_file = tmp_path / "processor_config.json", tmp_path / "preprocessor_config.json"
+    saved = json.loads(processor_file.read_text())
+
+    # Both files, disagreeing: processor_config.json's settings win, whole (resample, absent there, is the
+    # class default 3, not preprocessor_config.json's 0); Transformers reads the same.
+    image_file.write_text(json.dumps(dict(saved["image_processor"], resample=0, do_normalize=False)))
+    del saved["image_processor"]["resample"]
+    processor_file.write_text(json.dumps(saved))
+    ours = ours_class.from_pretrained(tmp_path)
+    assert ours.resample == 3 and ours.do_normalize
+    assert_same_pixels(ours, AutoProcessor.from_pretrained(tmp_path).image_processor)
+
+    # A processor_config.json without image settings (older Transformers): preprocessor_config.json's are read.
+    del saved["image_processor"]
+    processor_file.write_text(json.dumps(saved))
+    ours = ours_class.from_pretrained(tmp_path)
+    assert ours.resample == 0 and not ours.do_normalize
+    assert_same_pixels(ours, AutoProcessor.from_pretrained(tmp_path).image_processor)
+
+
+@pytest.mark.parametrize("ours_class", [LlavaNextImageProcessor, BlipImageProcessor, CLIPImageProcessor,
+                                        IdeficsImageProcessor])
+def test_from_pretrained_without_settings(ours_class, tmp_path):
+    def message(folder):
+        return re.escape(f"{ours_class.__name__}.from_pretrained: no image settings in '{folder}': expected "
+                         f'preprocessor_config.json, or processor_config.json with an "image_processor" object')
+
+    with pytest.raises(FileNotFoundError, match=message(tmp_path)):
+        ours_class.from_pretrained(tmp_path)                                  # an empty folder
+    with pytest.raises(FileNotFoundError, match=message(tmp_path / "nowhere")):
+        ours_class.from_pretrained(tmp_path / "nowhere")                      # no folder at all
+    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "LlavaNextProcessor"}))
+    with pytest.raises(FileNotFoundError, match=message(tmp_path)):
+        ours_class.from_pretrained(tmp_path)                                  # processor settings only
+    (tmp_path / "processor_config.json").write_text(json.dumps({"image_processor": [224]}))
+    with pytest.raises(ValueError, match=r'"image_processor" in .*processor_config.json is a list, expected a JSON'):
+        ours_class.from_pretrained(tmp_path)
+    (tmp_path / "processor_config.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"processor_config.json holds a list, expected a JSON object"):
+        ours_class.from_pretrained(tmp_path)
+
+
+# ---- images of more than 8 bits per channel --------------------------------------------------------------
+
+WIDE_MODES = ["I;16", "I;16L", "I;16B", "I;16N", "I", "F"]
+# Each processor with a batch whose second image is `wide`, and where the error points.
+REFUSING = {
+    "llava_next": (LlavaNextImageProcessor(**TINY), lambda ok, wide: [ok, wide], "images[1]"),
+    "blip2": (BlipImageProcessor(size=16), lambda ok, wide: [ok, wide], "images[1]"),
+    "clip": (CLIPImageProcessor(**CLIP_TINY), lambda ok, wide: [ok, wide], "images[1]"),
+    "idefics": (IdeficsImageProcessor(image_size=16), lambda ok, wide: [[ok], [ok, wide]], "images[1][1]"),
+}
+
+
+def wide_picture(mode, height=20, width=30):
+    """A grey picture in `mode` (16-bit values v * 257, 32-bit ints likewise, floats v / 255) and the 8-bit
+    mode L picture of the same v."""
+    v = np.random.default_rng(0).integers(0, 256, (height, width), dtype=np.uint8)
+    if mode == "F":
+        image = Image.fromarray((v / 255).astype(np.float32))
+    elif mode == "I":
+        image = Image.fromarray(v.astype(np.int32) * 257)
+    else:
+        order = {"I;16B": ">", "I;16N": "="}.get(mode, "<")
+        image = Image.frombytes(mode, (width, height), (v.astype(np.uint16) * 257).astype(order + "u2").tobytes())
+    assert image.mode == mode
+    return image, Image.fromarray(v)
+
+
+@pytest.mark.parametrize("mode", WIDE_MODES)
+@pytest.mark.parametrize("family", REFUSING)
+def test_wide_modes_are_refused(family, mode):
+    processor, batch, where = REFUSING[family]
+    with pytest.raises(ValueError) as error:
+        processor(batch(picture(20, 30), wide_picture(mode)[0]))
+    message = str(error.value)
+    assert message.startswith(f"{type(processor).__name__}: {where} has PIL mode {mode!r} (")
+    assert "expected 8 bits per channel" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("mode", WIDE_MODES)
+def test_wide_mode_hint_converts(mode):
+    image, eight_bit = wide_picture(mode)
+    # Why they are refused: PIL's RGB conversion clips (16-bit values to almost white, floats to black).
+    clipped = np.asarray(image.convert("RGB"))[..., 0]
+    assert (clipped <= 1).all() if mode == "F" else (clipped == 255).mean() > 0.99
+    # The error's own hint turns the picture into its 8-bit version, which every processor then reads.
+    processor = CLIPImageProcessor(**CLIP_TINY)
+    with pytest.raises(ValueError) as error:
+        processor(image)
+    message = str(error.value)
+    fixed = eval(message[message.index("Image.fromarray("):], {"np": np, "Image": Image, "image": image})
+    assert fixed.mode == "L" and np.array_equal(np.asarray(fixed), np.asarray(eight_bit))
+    assert torch.equal(processor(fixed)["pixel_values"], processor(eight_bit)["pixel_values"])

@@ -227,9 +227,12 @@ def test_hub_style_checkpoint_loads(tmp_path):
     del config["scale_decoder_outputs"]
     config["tie_word_embeddings"] = False
     (tmp_path / "config.json").write_text(json.dumps(config))
-    model = minivlm.from_pretrained(tmp_path)
-    assert not model.config.tie_word_embeddings
-    assert model.encoder.embed_tokens is model.shared and model.decoder.embed_tokens is model.shared
+    with pytest.warns(UserWarning, match=r"'lm_head\.weight' would share 'shared\.weight'"):
+        model = minivlm.from_pretrained(tmp_path)
+    assert model.config.tie_word_embeddings and not model.config.scale_decoder_outputs
+    # The stored copies equal `shared`: tied to it. The stored lm_head differs: a weight of its own.
+    assert model.encoder.embed_tokens.weight is model.shared.weight is model.decoder.embed_tokens.weight
+    assert model.lm_head.weight is not model.shared.weight
     ids, mask = right_padded([20, 14], 20)
     dec = torch.randint(2, VOCAB, (2, 10))
     with torch.no_grad():
@@ -247,7 +250,7 @@ def test_config_defaults_match_transformers():
                  "relative_attention_num_buckets", "relative_attention_max_distance", "layer_norm_epsilon",
                  "feed_forward_proj", "pad_token_id", "eos_token_id", "dense_act_fn", "is_gated_act"):
         assert getattr(ours, name) == getattr(theirs, name), name
-    assert ours.tie_word_embeddings == theirs.scale_decoder_outputs is True
+    assert (ours.tie_word_embeddings, ours.scale_decoder_outputs) == (True, True)
     assert ours.decoder_start_token_id == 0 == ours.pad_token_id          # T5: the decoder starts from pad
     assert T5Config.from_dict({"num_layers": 3}).num_decoder_layers == 3
     for proj in ("gated-gelu", "gated-silu", "relu", "gelu"):
@@ -255,9 +258,77 @@ def test_config_defaults_match_transformers():
         assert (ours.dense_act_fn, ours.is_gated_act) == (theirs.dense_act_fn, theirs.is_gated_act), proj
     # What Transformers 5.x writes: tie_word_embeddings forced true, the original kept as scale_decoder_outputs.
     written = transformers.T5Config(tie_word_embeddings=False).to_dict()
-    assert written["tie_word_embeddings"] is True
-    assert T5Config.from_dict(written).tie_word_embeddings is False
-    assert T5Config.from_dict({"tie_word_embeddings": False}).tie_word_embeddings is False
+    assert written["tie_word_embeddings"] is True and written["scale_decoder_outputs"] is False
+    assert T5Config.from_dict(written).scale_decoder_outputs is False
+
+
+@pytest.mark.parametrize("d", [
+    {}, {"tie_word_embeddings": False}, {"tie_word_embeddings": True}, {"tie_word_embeddings": None},
+    {"tie_word_embeddings": True, "scale_decoder_outputs": False},    # Transformers 5.x re-saving a v1.1
+    {"tie_word_embeddings": False, "scale_decoder_outputs": False},   # ... one untied by hand
+    {"tie_word_embeddings": False, "scale_decoder_outputs": True},
+    {"scale_decoder_outputs": False},
+])
+def test_tie_and_scale_read_as_transformers(d):
+    """The output scaling is the tie flag as given unless the file stores scale_decoder_outputs; the
+    config's tie_word_embeddings is then True (the checkpoint decides what is really shared)."""
+    ours, theirs = T5Config.from_dict(dict(d)), transformers.T5Config.from_dict(dict(d))
+    assert (ours.tie_word_embeddings, ours.scale_decoder_outputs) == \
+        (theirs.tie_word_embeddings, theirs.scale_decoder_outputs), d
+    assert ours.tie_word_embeddings is True
+
+
+# The layouts of T5 folders in the wild, written here: (config.json's tie_word_embeddings, its
+# scale_decoder_outputs, whether lm_head.weight is stored (its own values), the embedding copies stored);
+# None = the key is absent. The model is Flan-T5 shaped (gated-gelu); the layouts differ only in these.
+LAYOUTS = {
+    "hub_flan_t5": (False, None, True, ["encoder", "decoder"]),     # the hub's Flan-T5 / T5 v1.1
+    "saved_v1_1": (True, False, False, []),                          # a v1.1 save_pretrained by Transformers 5.x
+    "saved_flan_t5": (True, False, True, []),                        # Flan-T5 save_pretrained by Transformers 5.x
+    "hub_t5_v1_0": (None, None, False, ["encoder", "decoder"]),     # classic T5: tied and scaled
+    "saved_t5_v1_0": (True, True, False, []),
+}
+
+
+def write_layout(folder, out, layout, prefix="", config_of=lambda c: c):
+    """Rewrite a saved T5 (untied lm_head) folder into `layout`: its config.json (the T5 config being
+    config_of(the whole config)) and its tensors (the T5's under `prefix`)."""
+    tie, scale, head, copies = LAYOUTS[layout]
+    out.mkdir()
+    config = json.loads((folder / "config.json").read_text())
+    t5 = config_of(config)
+    for key, value in (("tie_word_embeddings", tie), ("scale_decoder_outputs", scale)):
+        t5.pop(key, None)
+        if value is not None:
+            t5[key] = value
+    (out / "config.json").write_text(json.dumps(config))
+    tensors = load_file(folder / "model.safetensors")
+    assert f"{prefix}lm_head.weight" in tensors
+    if not head:
+        del tensors[f"{prefix}lm_head.weight"]
+    for stack in copies:
+        tensors[f"{prefix}{stack}.embed_tokens.weight"] = tensors[f"{prefix}shared.weight"].clone()
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_every_layout_loads_like_transformers(layout, tmp_path):
+    """Each layout loads, with Transformers' output scaling and its sharing of the lm_head."""
+    hf = hf_model("gated-gelu", False)
+    hf.save_pretrained(tmp_path / "saved")
+    folder = write_layout(tmp_path / "saved", tmp_path / layout, layout)
+    model = minivlm.from_pretrained(folder)
+    theirs = transformers.T5ForConditionalGeneration.from_pretrained(folder).eval()
+    assert model.config.scale_decoder_outputs == theirs.config.scale_decoder_outputs
+    assert (model.lm_head.weight is model.shared.weight) == (theirs.lm_head.weight is theirs.shared.weight) \
+        == (not LAYOUTS[layout][2])
+    assert model.encoder.embed_tokens.weight is model.shared.weight is model.decoder.embed_tokens.weight
+    ids, mask = right_padded([30, 17], 30)
+    dec = torch.randint(2, VOCAB, (2, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = theirs(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+        assert_close(model(ids, mask, dec).logits, expected, f"{layout} logits")
 
 
 def test_relative_position_buckets():
@@ -282,6 +353,8 @@ def test_relative_position_buckets():
     ({"relative_attention_num_buckets": 2}, "relative_attention_num_buckets"),
     ({"relative_attention_max_distance": 8}, "relative_attention_max_distance"),
     ({"layer_norm_epsilon": -1.0}, "layer_norm_epsilon"),
+    ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be a bool, got 'false'"),
+    ({"scale_decoder_outputs": 1}, "scale_decoder_outputs must be a bool, got 1"),
 ])
 def test_bad_config_raises(d, match):
     with pytest.raises(ValueError, match=match):
@@ -320,3 +393,27 @@ def test_bad_inputs_raise():
         model.generate(ids, max_new_tokens=2)
     with pytest.raises(ValueError, match="decoder_start_token_id"):
         model(ids, labels=ids)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_every_layout_loads_inside_blip2(layout, tmp_path):
+    """The same layouts as BLIP-2's language model (text_config, language_model.* tensors)."""
+    from _blip2 import hf_config, hf_model as blip2_model, pixel_values, t5_prompts, IMAGE_TOKEN
+
+    hf = blip2_model(hf_config("t5"))
+    hf.save_pretrained(tmp_path / "saved")
+    folder = write_layout(tmp_path / "saved", tmp_path / layout, layout, "language_model.",
+                          lambda c: c["text_config"])
+    model = minivlm.from_pretrained(folder)
+    theirs = type(hf).from_pretrained(folder).eval()
+    lm, their_lm = model.language_model, theirs.language_model
+    assert lm.config.scale_decoder_outputs == their_lm.config.scale_decoder_outputs
+    assert (lm.lm_head.weight is lm.shared.weight) == (their_lm.lm_head.weight is their_lm.shared.weight) \
+        == (not LAYOUTS[layout][2])
+    ids, mask = t5_prompts([5, 3])
+    pv = pixel_values(2)
+    dec = torch.randint(4, IMAGE_TOKEN, (2, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = theirs(input_ids=ids, attention_mask=mask, pixel_values=pv, decoder_input_ids=dec).logits
+        got = model(ids, pixel_values=pv, attention_mask=mask, decoder_input_ids=dec).logits
+    assert_close(got, expected, f"BLIP-2 {layout} logits")

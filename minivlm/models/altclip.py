@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import rejects_unknown_kwargs
 from .clip import CLIPVisionConfig, CLIPVisionModel, CLIPVisionOutput
 from .xlm_roberta import XLMRobertaConfig, XLMRobertaModel
 
@@ -193,6 +194,7 @@ class AltCLIPModel(nn.Module):
         """The projected (not normalised) image embeddings (N, P) of pixel_values (N, 3, S, S)."""
         return self.visual_projection(self.vision_model(pixel_values).pooler_output)
 
+    @rejects_unknown_kwargs
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor,
                 attention_mask: Optional[torch.Tensor] = None, return_loss: bool = False) -> AltCLIPOutput:
         """Score M texts against N images. input_ids (M, T), pixel_values (N, 3, S, S), attention_mask (M, T)

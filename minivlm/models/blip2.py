@@ -22,8 +22,9 @@ concatenated the queries in front of the text embeddings. For OPT with the proce
 tokens first, then BOS and the prompt) both give the same numbers; labels and attention_mask must now
 cover the image tokens too.
 
-Half precision: the Q-Former and the query tokens stay float32 (`keep_in_float32`); the image features
-are cast up into it and its output back down. Transformers 5.23 does this in float16 only (its
+Half precision: in a float16 or bfloat16 model the Q-Former and the query tokens stay float32
+(`keep_in_float32`); the image features are cast up into it and its output back down. A float32 or
+float64 model runs in its one dtype throughout. Transformers 5.23 does this in float16 only (its
 `_keep_in_fp32_modules` applies to float16, not bfloat16); minivlm does it in bfloat16 too, which costs
 little (the Q-Former is ~100M of BLIP-2's billions of parameters) and is closer to float32. 4.39 kept
 only T5's `wo` in float32.
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from .._checks import check_token_ids, rejects_unknown_kwargs
 from ..generation import GenerationMixin
 from ._common import ModelOutput, activation, causal_lm_loss
 from .clip import CLIPMLP   # fc1 -> act -> fc2, the same MLP (and parameter names) as CLIP's
@@ -458,8 +460,9 @@ class Blip2ForConditionalGeneration(nn.Module, GenerationMixin):
     # Text FFN weights (`intermediate`/`output`, present when use_qformer_text_input) never run in
     # generation: skipped.
     checkpoint_ignore = [r"^qformer\.encoder\.layer\.\d+\.(intermediate|output)\."]
-    # These stay float32 whatever 16-bit dtype the model is loaded in (Transformers 5.x: float16 only);
-    # `keep_in_float32` adds the language model's own (T5's `wo`, in float16).
+    # These stay float32 in a model loaded in a dtype narrower than float32, float16 or bfloat16
+    # (Transformers 5.x: float16 only); a float64 model keeps them float64. `keep_in_float32` adds the
+    # language model's own (T5's `wo`, in float16).
     KEEP_IN_FLOAT32 = ["qformer", "query_tokens"]
 
     def __init__(self, config: Blip2Config):
@@ -482,8 +485,8 @@ class Blip2ForConditionalGeneration(nn.Module, GenerationMixin):
 
     @property
     def keep_in_float32(self) -> list:
-        """What the loader keeps float32 after casting the model: read then, since T5's list depends on the
-        dtype it was cast to."""
+        """What the loader keeps float32 after casting the model to a dtype narrower than float32 (it
+        applies the list only then): read after the cast, since T5's list depends on that dtype."""
         return self.KEEP_IN_FLOAT32 + [f"language_model.{name}"
                                        for name in getattr(self.language_model, "keep_in_float32", [])]
 
@@ -515,6 +518,7 @@ class Blip2ForConditionalGeneration(nn.Module, GenerationMixin):
         in row-major order (masked_scatter: image 0's queries fill the first Q image tokens, ...)."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
             raise ValueError(f"input_ids: expected an integer (batch, sequence) tensor, got {_describe(input_ids)}")
+        check_token_ids("input_ids", input_ids, self.config.text_config.vocab_size)   # image tokens included
         embeds = self.input_embeddings()(input_ids)                                  # (B, T, C)
         if pixel_values is None:
             return embeds, None
@@ -534,6 +538,7 @@ class Blip2ForConditionalGeneration(nn.Module, GenerationMixin):
 
     # -- forward ---------------------------------------------------------------------------------------
 
+    @rejects_unknown_kwargs
     def forward(self, input_ids, pixel_values=None, attention_mask=None, position_ids=None, cache=None,
                 labels=None, logits_to_keep: int = 0, *, decoder_input_ids=None,
                 decoder_attention_mask=None) -> Blip2Output:
@@ -575,6 +580,7 @@ class Blip2ForConditionalGeneration(nn.Module, GenerationMixin):
 
     # -- T5: encoder and decoder, for minivlm.generation's encoder-decoder loop ---------------------------
 
+    @rejects_unknown_kwargs
     def encode(self, input_ids, attention_mask=None, pixel_values=None) -> torch.Tensor:
         """T5 encoder states (B, S, C) of input_ids (B, S) with the image's queries in its image tokens."""
         self._check_image_tokens(input_ids, pixel_values, cached=False)

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
+from .._checks import rejects_unknown_kwargs
 from ._common import activation
 
 
@@ -184,6 +185,7 @@ class CLIPVisionModel(nn.Module):
     def tied_weights(self) -> dict[str, str]:
         return {}
 
+    @rejects_unknown_kwargs
     def forward(self, pixel_values: torch.Tensor, *, output_hidden_states: bool = False,
                 num_layers: Optional[int] = None) -> CLIPVisionOutput:
         """Encode pixel_values (B, num_channels, image_size, image_size), cast to the weights' dtype.

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from .._checks import check_token_ids, rejects_unknown_kwargs
 from ..generation import GenerationMixin
 from ._common import ModelOutput, RMSNorm, causal_lm_loss
 from .clip import CLIPVisionConfig, CLIPVisionModel
@@ -409,11 +410,8 @@ class IdeficsModel(nn.Module):
             raise ValueError(f"input_ids: expected an integer (batch, sequence) tensor, got {_describe(input_ids)}")
         c = self.config
         B, T = input_ids.shape
-        total = c.vocab_size + c.additional_vocab_size
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= total):
-            raise ValueError(f"input_ids: ids must lie in [0, {total}) (vocab_size {c.vocab_size} + "
-                             f"additional_vocab_size {c.additional_vocab_size}), got ids from "
-                             f"{int(input_ids.min())} to {int(input_ids.max())}")
+        check_token_ids("input_ids", input_ids, c.vocab_size + c.additional_vocab_size,
+                        "vocab_size + additional_vocab_size")        # <image> and co. are additional ids
         dtype = self.embed_tokens.weight.dtype
         past = cached_tokens(cache, B, T, dtype, attention_mask, "IDEFICS")
 
@@ -529,6 +527,7 @@ class IdeficsForVisionText2Text(nn.Module, GenerationMixin):
                             c.hidden_size // c.num_attention_heads, dtype=dtype or weight.dtype,
                             device=device or weight.device, num_cross_layers=len(self.model.gated_cross_attn_layers))
 
+    @rejects_unknown_kwargs
     def forward(self, input_ids, pixel_values=None, attention_mask=None, image_attention_mask=None, position_ids=None,
                 cache: Optional[IdeficsCache] = None, labels=None, logits_to_keep: int = 0, *,
                 image_encoder_embeddings=None, perceiver_embeddings=None) -> ModelOutput:

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from .._checks import check_token_ids, rejects_unknown_kwargs
 from ..generation import GenerationMixin
 from ._common import ModelOutput, activation, causal_lm_loss
 from .clip import CLIPVisionConfig, CLIPVisionModel, CLIPVisionOutput
@@ -258,6 +259,7 @@ class Kosmos2TextTransformer(nn.Module):
         """Final hidden states (B, T, E). image_embeds (B, Q, E) replace the token embeddings where
         image_embeds_position_mask (B, T) is 1. attention_mask: (B, past + T), 1 = real token, 0 = pad."""
         name, c = "Kosmos2ForConditionalGeneration", self.config
+        check_token_ids("input_ids", input_ids, c.vocab_size)
         B, T = input_ids.shape
         x = self.embed_tokens(input_ids)                                                 # (B, T, E)
         past = cached_tokens(cache, B, T, x.dtype, attention_mask, name)
@@ -360,6 +362,7 @@ class Kosmos2ForConditionalGeneration(nn.Module, GenerationMixin):
         features = F.normalize(self.vision_model.model.post_layernorm(vision.last_hidden_state), dim=-1)
         return self.image_to_text_projection(features), vision                           # (B, Q, E)
 
+    @rejects_unknown_kwargs
     def forward(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor] = None, attention_mask=None,
                 image_embeds_position_mask=None, position_ids=None, cache: Optional[KVCache] = None, labels=None,
                 logits_to_keep: int = 0, *, image_embeds: Optional[torch.Tensor] = None) -> Kosmos2Output:

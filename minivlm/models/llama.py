@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from .._checks import check_token_ids, rejects_unknown_kwargs
 from ..generation import GenerationMixin
 from ._common import ModelOutput, activation, causal_lm_loss
 
@@ -312,6 +313,7 @@ class LlamaModel(nn.Module):
         over the cached tokens too. position_ids: (B, T) or (T,); default past, ..., past + T - 1."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("LlamaModel: pass exactly one of input_ids and inputs_embeds")
+        check_token_ids("input_ids", input_ids, self.config.vocab_size)
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds     # (B, T, C)
         if x.dim() != 3 or x.shape[-1] != self.config.hidden_size:
             raise ValueError(f"LlamaModel: expected input_ids (B, T) or inputs_embeds (B, T, "
@@ -359,6 +361,7 @@ class LlamaForCausalLM(nn.Module, GenerationMixin):
     def new_cache(self, batch_size: int, max_length: int, *, dtype=None, device=None) -> KVCache:
         return self.model.new_cache(batch_size, max_length, dtype=dtype, device=device)
 
+    @rejects_unknown_kwargs
     def forward(self, input_ids=None, *, inputs_embeds=None, attention_mask=None, position_ids=None,
                 cache: Optional[KVCache] = None, labels=None, logits_to_keep: int = 0) -> ModelOutput:
         """Logits (B, T, vocab), or (B, k, vocab) for the last k positions when logits_to_keep = k > 0;

@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .._checks import check_token_ids, rejects_unknown_kwargs
 from ..generation import GenerationMixin
 from ._common import activation
 from .clip import CLIPVisionConfig, CLIPVisionModel
@@ -278,6 +279,7 @@ class LlavaNextForConditionalGeneration(nn.Module, GenerationMixin):
 
     # -- the whole model ----------------------------------------------------------------------------
 
+    @rejects_unknown_kwargs
     def forward(self, input_ids, pixel_values=None, image_sizes=None, attention_mask=None, position_ids=None,
                 cache=None, labels=None, logits_to_keep: int = 0, *, vision_feature_layer=None,
                 vision_feature_select_strategy=None):
@@ -286,6 +288,7 @@ class LlavaNextForConditionalGeneration(nn.Module, GenerationMixin):
         concatenated) when pixel_values are. The rest is as in LlamaForCausalLM.forward."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError(f"input_ids: expected a (batch, sequence) tensor, got {_describe(input_ids)}")
+        check_token_ids("input_ids", input_ids, self.config.text_config.vocab_size)   # image tokens included
         embeds = self.language_model.model.embed_tokens(input_ids)                 # (B, T, C)
         is_image = input_ids == self.config.image_token_index                      # (B, T)
         image_features = None

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from .._checks import check_token_ids, rejects_unknown_kwargs
 from ..generation import GenerationMixin
 from ._common import ModelOutput, activation, causal_lm_loss
 from .llama import KVCache, cached_tokens
@@ -195,6 +196,7 @@ class OPTDecoder(nn.Module):
             got = (f"shape {tuple(input_ids.shape)}, {input_ids.dtype}" if isinstance(input_ids, torch.Tensor)
                    else type(input_ids).__name__)
             raise ValueError(f"{name}: input_ids must be an integer tensor (batch, sequence), got {got}")
+        check_token_ids("input_ids", input_ids, c.vocab_size)
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds   # (B, T, E)
         if x.dim() != 3 or x.shape[-1] != c.word_embed_proj_dim:
             raise ValueError(f"{name}: expected inputs_embeds (B, T, word_embed_proj_dim={c.word_embed_proj_dim}), "
@@ -258,6 +260,7 @@ class OPTForCausalLM(nn.Module, GenerationMixin):
         return KVCache(c.num_hidden_layers, batch_size, c.num_attention_heads, max_length, c.head_dim,
                        dtype=dtype or weight.dtype, device=device or weight.device)
 
+    @rejects_unknown_kwargs
     def forward(self, input_ids=None, *, inputs_embeds=None, attention_mask=None, position_ids=None,
                 cache: Optional[KVCache] = None, labels=None, logits_to_keep: int = 0) -> ModelOutput:
         """Logits (B, T, vocab), or (B, k, vocab) for the last k positions when logits_to_keep = k > 0;

@@ -7,15 +7,15 @@ scaling), GLU variants (Shazeer 2020: the gated-GELU feed-forward of T5 v1.1), F
 "Scaling Instruction-Finetuned Language Models": T5 v1.1 weights, instruction-tuned). Reference
 implementation: Transformers 5.23's modeling_t5.py (T5ForConditionalGeneration), whose outputs the tests match.
 
-    x = shared(input_ids)                                          # encoder, (B, S, C)
+    x = encoder.embed_tokens(input_ids)        # encoder, (B, S, C); the table is `shared`'s when tied
     for each encoder block:
         x = x + o(attention(q, k, v, mask = relative_bias + padding))      # q, k, v from layer_norm(x)
         x = x + wo(act(wi_0(h)) * wi_1(h))     # h = layer_norm(x); "relu" (T5 v1.0): wo(relu(wi(h)))
     enc = final_layer_norm(x)
-    y = shared(decoder_input_ids)                                  # decoder, (B, T, C)
+    y = decoder.embed_tokens(decoder_input_ids)                    # decoder, (B, T, C)
     for each decoder block: causal self-attention (relative bias + causality), cross-attention to enc
         (padding mask only, no position bias), feed-forward; all pre-norm with residuals
-    logits = lm_head(final_layer_norm(y) [* C^-0.5 when lm_head is tied to shared])   # (B, T, vocab)
+    logits = lm_head(final_layer_norm(y) [* C^-0.5 when scale_decoder_outputs])       # (B, T, vocab)
 
 Details that matter for parity:
 - Attention scores are q.k with scale 1.0: T5's initialisation folds the d^-0.5 into q.
@@ -29,8 +29,10 @@ Details that matter for parity:
 - `wo` (the FFN's output projection) stays float32 in a float16 model (`keep_in_float32`, Transformers'
   `_keep_in_fp32_modules = ["wo"]`, which 5.23 applies to float16 only); its input is cast up, and its
   float32 output promotes the residual stream to float32, exactly as in Transformers.
-- Transformers 5.x always writes tie_word_embeddings=true for T5 and records the original choice as
-  `scale_decoder_outputs`; `T5Config.from_dict` reads it back (see there).
+- Two settings that older configs folded into one: `scale_decoder_outputs` (T5 v1.0 scales the decoder
+  output by C^-0.5; T5 v1.1 and Flan-T5 do not) and the tie of `shared`, both stacks' `embed_tokens` and
+  `lm_head` (claimed by every config; the checkpoint decides what is really shared: a Flan-T5 file stores
+  its own lm_head). See `T5Config`.
 
 What differs from Transformers (same numbers, less machinery): no dropout (inference and fine-tuning with
 dropout off); the decoder cache (`T5Cache`) is minivlm's preallocated `KVCache` for self-attention plus the
@@ -47,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from .._checks import check_token_ids, rejects_unknown_kwargs
 from ..generation import GenerationMixin
 from ._common import ModelOutput, RMSNorm, activation
 from .llama import KVCache, cached_tokens
@@ -66,8 +69,12 @@ class T5Config:
     relative_attention_max_distance: int = 128  # distances from here on share the last bucket
     layer_norm_epsilon: float = 1e-6
     feed_forward_proj: str = "relu"         # "relu" (T5 v1.0) or "gated-gelu" (T5 v1.1, Flan-T5), or [gated-]ACT
-    # lm_head shares `shared`'s weight and the decoder output is scaled by d_model^-0.5 first (T5 v1.0);
-    # False: a separate lm_head without the rescale (T5 v1.1, Flan-T5).
+    # The decoder output is scaled by d_model^-0.5 before lm_head (T5 v1.0); None = tie_word_embeddings as
+    # given, since configs without this field used that flag for it (false: T5 v1.1, Flan-T5).
+    scale_decoder_outputs: Optional[bool] = None
+    # `shared`, encoder/decoder `embed_tokens` and `lm_head` are one table. Always True once the config is
+    # built, as in Transformers 5.23: the checkpoint decides what is really shared (a weight it stores
+    # with other values stays separate, minivlm.loading). Set it to False afterwards for four tables.
     tie_word_embeddings: bool = True
     pad_token_id: Optional[int] = 0
     eos_token_id: Union[int, list, None] = 1
@@ -104,8 +111,13 @@ class T5Config:
             activation(self.dense_act_fn)
         except ValueError as e:
             raise ValueError(f"T5Config: feed_forward_proj {self.feed_forward_proj!r}: {e}") from None
-        if not isinstance(self.tie_word_embeddings, bool):
-            raise ValueError(f"T5Config: tie_word_embeddings must be a bool, got {self.tie_word_embeddings!r}")
+        for name in ("tie_word_embeddings", "scale_decoder_outputs"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (name == "scale_decoder_outputs" and value is None):
+                raise ValueError(f"T5Config: {name} must be a bool, got {value!r}")
+        if self.scale_decoder_outputs is None:
+            self.scale_decoder_outputs = self.tie_word_embeddings
+        self.tie_word_embeddings = True
 
     @property
     def is_gated_act(self) -> bool:
@@ -125,15 +137,13 @@ class T5Config:
     def from_dict(cls, d: dict) -> "T5Config":
         """Read a config.json dict; omitted fields get Transformers 5.23's T5Config defaults.
 
-        Transformers 5.x forces tie_word_embeddings=True in the configs it writes and keeps the original
-        value as `scale_decoder_outputs` (and leaves lm_head.weight in the file when it differs from
-        shared.weight), so where the file has scale_decoder_outputs it decides the tie. Hub configs carry
-        tie_word_embeddings itself (false for Flan-T5; absent, hence true, for T5 v1.0).
+        Every layout in the wild reads: hub configs carry only tie_word_embeddings (false for T5 v1.1 and
+        Flan-T5, hence no output scaling; absent or true for T5 v1.0); Transformers 5.x writes
+        scale_decoder_outputs, which then wins, beside a tie_word_embeddings that is usually true.
         """
         kwargs = {f.name: d[f.name] for f in fields(cls) if f.name in d}
-        if d.get("scale_decoder_outputs") is not None:
-            kwargs["tie_word_embeddings"] = d["scale_decoder_outputs"]
-        for name in ("model_type", "tie_word_embeddings", "feed_forward_proj", "layer_norm_epsilon"):
+        for name in ("model_type", "tie_word_embeddings", "scale_decoder_outputs", "feed_forward_proj",
+                     "layer_norm_epsilon"):
             if kwargs.get(name) is None:        # null in the file: the default, as Transformers
                 kwargs.pop(name, None)
         return cls(**kwargs)
@@ -299,10 +309,10 @@ class T5Stack(nn.Module):
     """The encoder (bidirectional) or the decoder (causal, with cross-attention): embeddings -> final
     normed states (B, T, C)."""
 
-    def __init__(self, config: T5Config, embed_tokens: nn.Embedding, is_decoder: bool):
+    def __init__(self, config: T5Config, is_decoder: bool):
         super().__init__()
         self.is_decoder = is_decoder
-        self.embed_tokens = embed_tokens      # the model's `shared` module, registered here too (checkpoint names)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)   # its weight: usually `shared`'s
         n = config.num_decoder_layers if is_decoder else config.num_layers
         self.block = nn.ModuleList(T5Block(config, is_decoder, has_relative_attention_bias=i == 0) for i in range(n))
         self.final_layer_norm = T5LayerNorm(config.d_model, config.layer_norm_epsilon)
@@ -351,11 +361,12 @@ class T5ForConditionalGeneration(nn.Module, GenerationMixin):
         super().__init__()
         self.config = config
         self.shared = nn.Embedding(config.vocab_size, config.d_model)
-        self.encoder = T5Stack(config, self.shared, is_decoder=False)
-        self.decoder = T5Stack(config, self.shared, is_decoder=True)
+        self.encoder = T5Stack(config, is_decoder=False)
+        self.decoder = T5Stack(config, is_decoder=True)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.shared.weight        # one Parameter under two names
+        if config.tie_word_embeddings:                      # one Parameter under four names
+            self.encoder.embed_tokens.weight = self.decoder.embed_tokens.weight = self.shared.weight
+            self.lm_head.weight = self.shared.weight
 
     @property
     def keep_in_float32(self) -> list:
@@ -367,10 +378,12 @@ class T5ForConditionalGeneration(nn.Module, GenerationMixin):
         return [name for name, _ in self.named_modules() if name.endswith(".wo")]
 
     def tied_weights(self) -> dict:
-        tied = {"encoder.embed_tokens.weight": "shared.weight", "decoder.embed_tokens.weight": "shared.weight"}
-        if self.config.tie_word_embeddings:
-            tied["lm_head.weight"] = "shared.weight"
-        return tied
+        """The weights the config ties to `shared` (all three, or none when tie_word_embeddings was set to
+        False); the loader keeps one separate where the checkpoint stores it with other values."""
+        if not self.config.tie_word_embeddings:
+            return {}
+        return {name: "shared.weight" for name in
+                ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight")}
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.shared
@@ -382,13 +395,15 @@ class T5ForConditionalGeneration(nn.Module, GenerationMixin):
         return T5Cache(c.num_decoder_layers, batch_size, c.num_heads, max_length, c.d_kv,
                        dtype=dtype or weight.dtype, device=device or weight.device)
 
+    @rejects_unknown_kwargs
     def encode(self, input_ids=None, attention_mask=None, inputs_embeds=None) -> torch.Tensor:
         """The encoder states (B, S, C) of input_ids (B, S) or inputs_embeds (B, S, C). attention_mask:
         (B, S), 1 = real token, 0 = pad (T5 tokenizers pad on the right; any side works)."""
-        x = _check_inputs("encode", input_ids, inputs_embeds, self.config.d_model)
+        x = _check_inputs("encode", input_ids, inputs_embeds, self.config)
         mask = _padding("encode", "attention_mask", attention_mask, x.shape[:2])
         return self.encoder(input_ids, inputs_embeds, attention_mask=mask)
 
+    @rejects_unknown_kwargs
     def decode(self, decoder_input_ids, encoder_hidden_states, encoder_attention_mask=None,
                decoder_attention_mask=None, cache: Optional[T5Cache] = None, logits_to_keep: int = 0) -> ModelOutput:
         """Logits (B, T, vocab) for decoder_input_ids (B, T) attending to encoder_hidden_states (B, S, C);
@@ -396,7 +411,7 @@ class T5ForConditionalGeneration(nn.Module, GenerationMixin):
         decoder_attention_mask: (B, cached + T), 1 = real token (default: all real). cache: from
         `new_cache`, extended by T tokens. `.hidden_states`: the decoder's final normed states (B, T, C)."""
         _check_logits_to_keep(logits_to_keep)
-        y = _check_inputs("decode", decoder_input_ids, None, self.config.d_model, ids_name="decoder_input_ids")
+        y = _check_inputs("decode", decoder_input_ids, None, self.config, ids_name="decoder_input_ids")
         B, T = y.shape[:2]
         if not isinstance(encoder_hidden_states, torch.Tensor) or encoder_hidden_states.dim() != 3 or \
                 encoder_hidden_states.shape[0] != B or encoder_hidden_states.shape[2] != self.config.d_model:
@@ -409,10 +424,11 @@ class T5ForConditionalGeneration(nn.Module, GenerationMixin):
         hidden = self.decoder(decoder_input_ids, attention_mask=dec_mask, encoder_hidden_states=encoder_hidden_states,
                               encoder_attention_mask=enc_mask, cache=cache)         # (B, T, C)
         h = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-        if self.config.tie_word_embeddings:   # T5 v1.0: the tied head sees d_model^-0.5 scaled states
+        if self.config.scale_decoder_outputs:   # T5 v1.0: the head sees d_model^-0.5 scaled states
             h = h * self.config.d_model ** -0.5
         return ModelOutput(logits=self.lm_head(h), hidden_states=hidden)
 
+    @rejects_unknown_kwargs
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 labels=None, inputs_embeds=None, encoder_hidden_states=None, cache: Optional[T5Cache] = None,
                 logits_to_keep: int = 0) -> ModelOutput:
@@ -460,8 +476,10 @@ def _describe(x) -> str:
     return repr(x) if x is None else f"a {type(x).__name__}"
 
 
-def _check_inputs(fn, input_ids, inputs_embeds, width, ids_name="input_ids"):
-    """The (B, T) ids or (B, T, C) embeddings a stack gets (exactly one of them); returns the one given."""
+def _check_inputs(fn, input_ids, inputs_embeds, config, ids_name="input_ids"):
+    """The (B, T) ids (in the vocabulary) or (B, T, C) embeddings a stack gets (exactly one of them);
+    returns the one given."""
+    width = config.d_model
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError(f"{fn}: pass exactly one of {ids_name} and inputs_embeds")
     if input_ids is not None:
@@ -469,6 +487,7 @@ def _check_inputs(fn, input_ids, inputs_embeds, width, ids_name="input_ids"):
                 input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
             raise ValueError(f"{fn}: {ids_name} must be an integer (batch, length >= 1) tensor, got "
                              f"{_describe(input_ids)}")
+        check_token_ids(ids_name, input_ids, config.vocab_size)
         return input_ids
     if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3 or inputs_embeds.shape[1] == 0 \
             or inputs_embeds.shape[2] != width or not inputs_embeds.is_floating_point():

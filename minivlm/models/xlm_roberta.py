@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from .._checks import check_token_ids
 from ._common import activation
 
 
@@ -247,9 +248,7 @@ class XLMRobertaModel(nn.Module):
             raise ValueError(f"input_ids: sequence length {T} exceeds the {c.max_length} tokens the position "
                              f"table numbers (max_position_embeddings {c.max_position_embeddings} - "
                              f"pad_token_id {c.pad_token_id} - 1)")
-        lo, hi = int(input_ids.min()), int(input_ids.max())
-        if lo < 0 or hi >= c.vocab_size:
-            raise ValueError(f"input_ids: ids must lie in [0, vocab_size={c.vocab_size}), got values in [{lo}, {hi}]")
+        check_token_ids("input_ids", input_ids, c.vocab_size)
         for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if t is None:
                 continue
