@@ -152,9 +152,11 @@ class Build(BuildExtension):
         super().build_extension(ext)
 
 
-# The version has one home, minivlm/__init__.py (read as text: importing minivlm here would need torch).
-VERSION = re.search(r'^__version__ = "([^"]+)"', open(os.path.join(ROOT, "minivlm", "__init__.py")).read(),
-                    re.MULTILINE).group(1)
+# The version, and the Transformers version the parity tests hold for, have one home, minivlm/__init__.py
+# (read as text: importing minivlm here would need torch).
+INIT = open(os.path.join(ROOT, "minivlm", "__init__.py")).read()
+VERSION = re.search(r'^__version__ = "([^"]+)"', INIT, re.MULTILINE).group(1)
+TRANSFORMERS_VERSION = re.search(r'^TRANSFORMERS_VERSION = "([^"]+)"', INIT, re.MULTILINE).group(1)
 
 setup(
     name="minivlm",
@@ -166,7 +168,7 @@ setup(
     # build with --no-build-isolation so this requirement is already met and nothing is downloaded.
     install_requires=["torch>=2.13", "numpy", "pillow", "ninja", "safetensors", "tokenizers", "tqdm"],
     extras_require={
-        "test": ["pytest", "hypothesis", "transformers==5.23.0"],
+        "test": ["pytest", "hypothesis", f"transformers=={TRANSFORMERS_VERSION}"],
     },
     entry_points={"console_scripts": ["minivlm=minivlm.cli:main"]},
     ext_modules=extensions(),

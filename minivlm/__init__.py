@@ -6,14 +6,17 @@ The compiled kernels live in `minivlm.ops`; their naive math, which a student re
 
 The names below load on first use (PEP 562 module `__getattr__`), so that `minivlm --help` and
 `minivlm --version` answer without importing torch. Where torch is already imported, `import minivlm`
-loads them at once: the compiled extension then registers `torch.ops.minivlm.*` at import, as it
-always has, at little extra cost.
+loads them at once: the compiled extension then registers `torch.ops.minivlm.*` at import, at little
+extra cost.
 """
 
 import importlib
 import sys
 
 __version__ = "0.1.0"
+
+#: The Transformers release the parity tests compare against (docs/parity.md); setup.py pins it for tests.
+TRANSFORMERS_VERSION = "5.23.0"
 
 #: Each public name -> (the submodule that defines it, the attribute there; None for the module itself).
 _EXPORTS = {

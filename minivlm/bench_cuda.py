@@ -14,7 +14,7 @@ time: TFLOP/s for attention (the matrix products' flops: 4·B·H·Lq·Lk·D forw
 2.5x the forward for the backward, FlashAttention-2's convention) and GB/s for the memory-bound ops (bytes
 that must be read and written at least once).
 
-Targets (issue 4, on an H100-class GPU): attention forward bf16 at least 50% of SDPA's throughput; decode
+Targets (on an H100-class GPU): attention forward bf16 at least 50% of SDPA's throughput; decode
 and rope at least 70% of the bandwidth the device-to-device copy reaches in the same run.
 """
 from __future__ import annotations

@@ -30,7 +30,7 @@ import torch
 from .bench import Timing, environment, fmt_timing, print_table, time_side_by_side
 from ._memory import current_rss_kib, peak_rss_kib
 
-# Targets (issues 3, 5-8): prefill (or a contrastive model's forward) at most 1.05x Transformers' time,
+# Targets: prefill (or a contrastive model's forward) at most 1.05x Transformers' time,
 # decode per token at most 0.9x.
 PREFILL_TARGET = 1.05
 DECODE_TARGET = 0.9
@@ -178,7 +178,7 @@ class Blip2T5Bench(Blip2Bench):
                         eos_token_id=1, decoder_start_token_id=0).to_dict()
 
     def adjust(self, model):
-        # Transformers 5.23 builds every T5 with lm_head tied to the embedding; Flan-T5's own is separate
+        # Transformers builds every T5 with lm_head tied to the embedding; Flan-T5's own is separate
         # (and stored in hub files): give it its own weights, as tests/_blip2.py does.
         lm = model.language_model
         lm.lm_head.weight = torch.nn.Parameter(torch.randn_like(lm.shared.weight) * lm.shared.weight.std())

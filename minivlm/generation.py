@@ -2,7 +2,7 @@
 
     tokens = model.generate(input_ids, attention_mask=mask, max_new_tokens=20)   # (B, T + N)
 
-Decoder-only models (the same loop as Transformers 5.23's `generate` for greedy search and multinomial
+Decoder-only models (the same loop as Transformers' `generate` for greedy search and multinomial
 sampling):
 1. Prefill: the whole prompt goes through the model once, filling a preallocated KV cache
    (`model.new_cache`); extra inputs such as pixel_values go to this call only.

@@ -19,7 +19,7 @@ i.e. each phrase, the (start, end) slice of the caption it occupies, and its box
 fractions of the image width and height. One phrase may own several boxes, separated by
 `</delimiter_of_multi_objects/>` inside one `<object>...</object>`.
 
-The rules, exactly those of Transformers 5.23's `Kosmos2Processor.post_process_generation`
+The rules, exactly those of Transformers' `Kosmos2Processor.post_process_generation`
 (models/kosmos2/processing_kosmos2.py), which the tests compare with on crafted strings:
 
 - Everything up to the last `</image>` is dropped (the image placeholders of the prompt).

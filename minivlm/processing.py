@@ -9,7 +9,7 @@ All build on `ImageProcessor` (reading preprocessor_config.json or processor_con
 resize, rescale and normalize in Transformers' order and precision). Images of more than 8 bits per channel
 (PIL modes I;16, I, F, ...) are refused: PIL's RGB conversion clips them rather than scaling them.
 
-LLaVA-NeXT follows the "anyres" scheme of the LLaVA-NeXT blog post (Liu et al., 2024) as Transformers 5.23's
+LLaVA-NeXT follows the "anyres" scheme of the LLaVA-NeXT blog post (Liu et al., 2024) as Transformers'
 `LlavaNextImageProcessorPil` (models/llava_next/image_processing_pil_llava_next.py) implements it, step
 for step and in the same order, so that the values agree with it (the tests check this). For each image:
 
@@ -57,12 +57,12 @@ class ImageProcessor:
     def from_pretrained(cls, path):
         """Read the image settings of a local folder (unknown keys and nulls are ignored), from one of two files:
 
-        - processor_config.json, its "image_processor" object: what Transformers 5.23's processor
+        - processor_config.json, its "image_processor" object: what Transformers' processor
           save_pretrained (AutoProcessor, LlavaNextProcessor, ...) writes, without a preprocessor_config.json;
         - preprocessor_config.json: the hub's file, and what an image processor's own save_pretrained writes.
 
         Where both hold settings, processor_config.json wins and preprocessor_config.json is not read at all
-        (no merging), as Transformers 5.23's from_pretrained does; a processor_config.json without an
+        (no merging), as Transformers' from_pretrained does; a processor_config.json without an
         "image_processor" object (older Transformers) leaves the settings to preprocessor_config.json."""
         name = f"{cls.__name__}.from_pretrained"
         folder = Path(path)
@@ -188,7 +188,7 @@ class ImageProcessor:
 
 @dataclass
 class LlavaNextImageProcessor(ImageProcessor):
-    """The fields of a LLaVA-NeXT preprocessor_config.json; defaults are Transformers 5.23's class
+    """The fields of a LLaVA-NeXT preprocessor_config.json; defaults are Transformers' class
     defaults (hub checkpoints set size and crop_size to 336)."""
     # (height, width) resolutions an image may be tiled at; each a multiple of the crop size
     image_grid_pinpoints: list = field(default_factory=lambda: [[336, 672], [672, 336], [672, 672],
@@ -313,7 +313,7 @@ def _read_json_object(file: Path, name: str) -> dict:
 class BlipImageProcessor(ImageProcessor):
     """BLIP and BLIP-2's image preprocessing: PIL images -> pixel_values (B, 3, H, W) float32.
 
-    Matches Transformers 5.23's `BlipImageProcessorPil` (models/blip/image_processing_pil_blip.py), whose
+    Matches Transformers' `BlipImageProcessorPil` (models/blip/image_processing_pil_blip.py), whose
     steps are the generic ones of its PIL backend, in this order:
 
         convert to RGB (transparency composited onto white)
@@ -358,7 +358,7 @@ class BlipImageProcessor(ImageProcessor):
 class CLIPImageProcessor(ImageProcessor):
     """CLIP's image preprocessing: PIL images -> pixel_values (B, 3, H, W) float32.
 
-    Matches Transformers 5.23's `CLIPImageProcessorPil` (models/clip/image_processing_pil_clip.py), the
+    Matches Transformers' `CLIPImageProcessorPil` (models/clip/image_processing_pil_clip.py), the
     generic steps of its PIL backend in this order:
 
         convert to RGB (transparency composited onto white)
@@ -371,7 +371,7 @@ class CLIPImageProcessor(ImageProcessor):
     (microsoft/kosmos-2-patch14-224) use this processor with a 224 x 224 crop and squash the image to a
     224 x 224 square first instead of keeping its aspect ratio (`use_square_size`, or size {"height": 224,
     "width": 224}): the whole picture reaches the model, as the grounding boxes' coordinates assume.
-    `use_square_size` squares size["shortest_edge"]; Transformers 5.23 squares its class default (224)
+    `use_square_size` squares size["shortest_edge"]; Transformers squares its class default (224)
     whatever size says, which is the same for the checkpoints.
     """
     size: dict = field(default_factory=lambda: {"shortest_edge": 224})          # resize target
@@ -410,7 +410,7 @@ class CLIPImageProcessor(ImageProcessor):
 class IdeficsImageProcessor(ImageProcessor):
     """IDEFICS's image preprocessing: the images of B interleaved samples -> pixel_values (B, N, 3, H, W).
 
-    Each image goes through the steps of Transformers 5.23's `IdeficsImageProcessorPil`
+    Each image goes through the steps of Transformers' `IdeficsImageProcessorPil`
     (models/idefics/image_processing_pil_idefics.py; the generic steps of its PIL backend), in this order:
 
         convert to RGB (transparency composited onto white)
@@ -499,7 +499,7 @@ class IdeficsImageProcessor(ImageProcessor):
 
 def idefics_image_attention_mask(input_ids: torch.Tensor, *, image_token_id: int, eos_token_id: Optional[int],
                                  num_images: int) -> torch.Tensor:
-    """Which image each text token may attend to, as Transformers 5.23's `IdeficsProcessor` builds it.
+    """Which image each text token may attend to, as Transformers' `IdeficsProcessor` builds it.
 
     input_ids: (B, T) ids holding one `image_token_id` ("<image>") per image, in order. Returns int64
     (B, T, num_images), one-hot: token t of sample b sees image j when the most recent `<image>` at or

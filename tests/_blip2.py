@@ -57,7 +57,7 @@ def hf_model(config, seed=0):
         lm = model.language_model
         if hasattr(lm, "shared"):
             # Flan-T5 (tie_word_embeddings false, as here) has its own lm_head, and hub BLIP-2 Flan-T5 files
-            # store it. Transformers 5.23 builds every T5 with lm_head tied to `shared` (its config forces
+            # store it. Transformers builds every T5 with lm_head tied to `shared` (its config forces
             # the tie and keeps the original flag as scale_decoder_outputs): untie it, as the hub's weights are.
             lm.lm_head.weight = torch.nn.Parameter(torch.randn_like(lm.shared.weight) * 0.08)
     return model

@@ -1,4 +1,4 @@
-"""AltCLIP parity with Transformers 5.23 on tiny random-weight checkpoints, loaded by minivlm's loader.
+"""AltCLIP parity with Transformers on tiny random-weight checkpoints, loaded by minivlm's loader.
 
 Each case builds a Transformers AltCLIPModel, saves it with save_pretrained, loads the folder with
 minivlm.from_pretrained and compares the contrastive outputs (both logits, both embeddings), the towers'
@@ -215,9 +215,10 @@ def test_tokenize_labels(tmp_path):
 
 
 def test_both_key_spellings_load(checkpoint, model, tmp_path):
-    """5.23's save_pretrained (encoder.layer.N in both towers), the hub's BAAI/AltCLIP layout (RoBERTa's
-    encoder.layer.N, CLIP's encoder.layers.N) and a 5.x in-memory state dict (encoder.layers.N in both)
-    load to the same model; a file holding one weight under two spellings, or missing one, is refused."""
+    """Transformers' save_pretrained (encoder.layer.N in both towers), the hub's BAAI/AltCLIP layout
+    (RoBERTa's encoder.layer.N, CLIP's encoder.layers.N) and Transformers' in-memory state dict
+    (encoder.layers.N in both) load to the same model; a file holding one weight under two spellings, or
+    missing one, is refused."""
     hf, folder = checkpoint
     saved = load_file(str(folder / "model.safetensors"))
     assert any(".encoder.layer.0." in k for k in saved if k.startswith("vision_model."))
@@ -256,7 +257,7 @@ def test_both_key_spellings_load(checkpoint, model, tmp_path):
 
 
 def test_config_defaults_and_overrides(checkpoint):
-    """Omitted fields get Transformers 5.23's defaults; BAAI/AltCLIP-style *_config_dict entries win."""
+    """Omitted fields get Transformers' defaults; BAAI/AltCLIP-style *_config_dict entries win."""
     from transformers import AltCLIPConfig as HFConfig
 
     ours, theirs = AltCLIPConfig.from_dict({"model_type": "altclip"}), HFConfig()

@@ -1,4 +1,4 @@
-"""BLIP-2 parity with Transformers 5.23 on tiny random-weight checkpoints, loaded by minivlm's loader.
+"""BLIP-2 parity with Transformers on tiny random-weight checkpoints, loaded by minivlm's loader.
 
 Each case builds a Transformers Blip2ForConditionalGeneration (OPT or T5 language model), saves it with
 save_pretrained, loads the folder with minivlm.from_pretrained and compares the EVA vision tower's
@@ -154,7 +154,7 @@ def test_opt_kv_cache_decoding_equals_full_recomputation(checkpoints):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_half_precision_keeps_qformer_float32(checkpoints, dtype):
     """Loaded in a 16-bit dtype, the Q-Former and the query tokens stay float32: its input is cast up,
-    its output back down. (Transformers 5.23 does this in float16 only; in bfloat16 its Q-Former runs in
+    its output back down. (Transformers does this in float16 only; in bfloat16 its Q-Former runs in
     bfloat16, so minivlm is the more accurate there.) The logits are as close to the float32 truth as
     Transformers' own, loaded in that dtype by its from_pretrained: at most 1.5x its error (a different
     summation order) plus 1e-3 of the scale (16-bit rounding of logits ~3 is ~1e-2; a wrong cast, or an
@@ -220,7 +220,7 @@ def test_t5_logits_and_loss_match_transformers(checkpoints):
 
 
 def test_t5_greedy_generation_matches_transformers_float64(checkpoints):
-    """Decoder tokens (B, 1 + N), decoder start first, as Transformers returns them. Transformers 5.23's
+    """Decoder tokens (B, 1 + N), decoder start first, as Transformers returns them. Transformers'
     generate without input_ids fails for T5 (its config has no bos_token_id); minivlm then encodes the
     image tokens alone, which is Transformers' result for those input_ids."""
     hf, folder = checkpoints("t5")
@@ -403,7 +403,7 @@ def test_preprocessing_from_pretrained(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_t5_half_precision_dtypes(checkpoints, dtype):
     """In a 16-bit BLIP-2 with T5, the Q-Former and query tokens stay float32 in both dtypes, and T5's FFN
-    output projections `wo` stay float32 in float16 only (as Transformers 5.23 keeps them); the model runs."""
+    output projections `wo` stay float32 in float16 only (as Transformers keeps them); the model runs."""
     _, folder = checkpoints("t5")
     model = minivlm.from_pretrained(folder, dtype=dtype)
     assert model.query_tokens.dtype == torch.float32

@@ -147,7 +147,7 @@ else:
 TORCH_FIRST = """
 import sys
 import torch, minivlm
-# With torch already imported, import minivlm loads the extension at once, as it always has.
+# With torch already imported, import minivlm loads the extension at once.
 assert "minivlm._C" in sys.modules
 torch.ops.minivlm.attention.default, torch.ops.minivlm.cpu_isa()
 assert set(minivlm.__all__) <= set(vars(minivlm))

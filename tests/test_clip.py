@@ -1,4 +1,4 @@
-"""The CLIP vision tower (minivlm.models.clip) against Transformers 5.23's CLIPVisionModel.
+"""The CLIP vision tower (minivlm.models.clip) against Transformers' CLIPVisionModel.
 
 Tiny random-weight towers (3 layers, width 32, 4 heads, 28 px images in 7 px patches: 17 tokens), the
 weights moved through a state dict in the hub's spelling ("vision_model." prefix) and the model's own
@@ -110,7 +110,7 @@ def test_pixel_values_are_cast_to_the_weights_dtype():
 
 @pytest.mark.parametrize("prefix", ["", "vision_model."])
 def test_from_pretrained_reads_a_clip_vision_checkpoint(tmp_path, prefix):
-    # "" is what Transformers 5.23's save_pretrained writes; "vision_model." is the hub's older spelling.
+    # "" is what Transformers' save_pretrained writes; "vision_model." is the hub's older spelling.
     hf = hf_tower()
     if prefix:
         save_file({prefix + k: v.contiguous() for k, v in hf.state_dict().items()}, tmp_path / "model.safetensors")

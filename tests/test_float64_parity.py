@@ -1,4 +1,4 @@
-"""Float64 parity: every model's outputs against Transformers 5.23's, both loaded in float64 from the same
+"""Float64 parity: every model's outputs against Transformers', both loaded in float64 from the same
 tiny random-weight folder, compared at the real (non-pad) positions.
 
 Each case builds a Transformers model with random weights (float32), saves it with save_pretrained, and
@@ -145,7 +145,7 @@ def _altclip_case():
 # Output names whose rows are the (B, T) positions of the mask; the others are compared whole.
 PER_POSITION = {"logits"}
 
-# Transformers 5.23's Kosmos-2 builds its causal mask with torch.full(..., finfo(float64).min) in the
+# Transformers' Kosmos-2 builds its causal mask with torch.full(..., finfo(float64).min) in the
 # default dtype, which overflows float32: its forward runs in float64 only with float64 as the default
 # dtype. That changes nothing else there (its weights and inputs are float64 already).
 DEFAULT_FLOAT64 = {"kosmos2"}

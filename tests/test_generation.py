@@ -1,4 +1,4 @@
-"""minivlm.generation (GenerationConfig, GenerationMixin.generate) against Transformers 5.23's generate.
+"""minivlm.generation (GenerationConfig, GenerationMixin.generate) against Transformers' generate.
 
 Greedy parity is checked in float64: both implementations then pick every token from logits that agree
 to ~1e-7 (Transformers' RMSNorm and rotary angles run in float32 even for a float64 model, and minivlm

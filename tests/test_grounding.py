@@ -1,4 +1,4 @@
-"""Kosmos-2 grounding post-processing (minivlm.grounding) against Transformers 5.23's
+"""Kosmos-2 grounding post-processing (minivlm.grounding) against Transformers'
 Kosmos2Processor.post_process_generation, and draw_boxes.
 
 The reference is a real Kosmos2Processor built offline (a two-word tokenizer and CLIPImageProcessorPil:

@@ -1,4 +1,4 @@
-"""IDEFICS parity with Transformers 5.23 on tiny random-weight checkpoints, loaded by minivlm's loader.
+"""IDEFICS parity with Transformers on tiny random-weight checkpoints, loaded by minivlm's loader.
 
 Each case builds a Transformers IdeficsForVisionText2Text (alphas away from zero, so every gated block
 contributes), saves it with save_pretrained, loads the folder with minivlm.from_pretrained and compares
@@ -144,7 +144,7 @@ def test_image_states_can_be_passed_instead_of_pixels(checkpoints):
 
 
 def test_loss(checkpoints):
-    """Without additional ids the loss equals Transformers'. With them Transformers 5.23 fails (its loss
+    """Without additional ids the loss equals Transformers'. With them Transformers fails (its loss
     reshapes the vocab + extra logits to (-1, vocab_size)); minivlm's is the cross-entropy over all of them."""
     ids, mask, image_mask = prompts(LAYOUT)
     pv = pixel_values(2, 2)

@@ -1,10 +1,10 @@
-"""Kosmos-2 parity with Transformers 5.23 on tiny random-weight checkpoints, loaded by minivlm's loader.
+"""Kosmos-2 parity with Transformers on tiny random-weight checkpoints, loaded by minivlm's loader.
 
 Each case builds a Transformers Kosmos2ForConditionalGeneration, saves it with save_pretrained, loads the
 folder with minivlm.from_pretrained and compares the CLIP tower's output, the image embeddings, the logits
-at the real (non-pad) positions, the loss, greedy generation (unpadded and left-padded, where the seed-era
-and 5.x decode positions differ), the KV cache against full recomputation, every key spelling, the config
-defaults and the errors for bad inputs.
+at the real (non-pad) positions, the loss, greedy generation (unpadded and left-padded, where Transformers'
+decode positions differ from a renumbering that skips the pads), the KV cache against full recomputation,
+every key spelling, the config defaults and the errors for bad inputs.
 
 Transformers' Kosmos-2 does not run in float64, so greedy generation is compared in float32; the test then
 asserts that the reference's smallest top-2 logit margin along the way is far above float32 noise, so that
@@ -151,19 +151,19 @@ def test_greedy_generation_matches_transformers(checkpoint, model, lengths):
     assert len(set(new.flatten().tolist())) > 4          # not one token repeated: the test reads the positions
 
     if padded:
-        # The seed-era decode positions (pads skipped: a row with 2 left pads goes ..., 9 -> 10, not 12) would
+        # Renumbered decode positions (pads skipped: a row with 2 left pads goes ..., 9 -> 10, not 12) would
         # change greedy choices along the reference's path: the test tells the two numberings apart.
         full = _full_mask(mask, ref.sequences.shape[1])
-        seed_rows = full.cumsum(-1) * full + PAD
+        renumbered_rows = full.cumsum(-1) * full + PAD
         fim = _full_mask(image_mask, full.shape[1]) * 0
         fim[:, :ids.shape[1]] = image_mask
         with torch.no_grad():
-            seed_logits = model(ref.sequences, pv, full, fim, position_ids=seed_rows).logits
-        assert (seed_logits[:, ids.shape[1] - 1:-1].argmax(-1) != new).any()
+            renumbered_logits = model(ref.sequences, pv, full, fim, position_ids=renumbered_rows).logits
+        assert (renumbered_logits[:, ids.shape[1] - 1:-1].argmax(-1) != new).any()
 
 
-def test_decode_positions_follow_transformers_5(model):
-    """A cached decode step reads row past + 2 of the sinusoid table whatever the padding (5.x)."""
+def test_decode_positions_follow_transformers(model):
+    """A cached decode step reads row past + 2 of the sinusoid table whatever the padding, as in Transformers."""
     decoder = model.text_model.model
     ids = torch.tensor([[PAD, PAD, 5, 6, 7, 8, 9, 10, 11, 12], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]])
     assert decoder.positions(ids, 0).tolist() == [[1, 1, 2, 3, 4, 5, 6, 7, 8, 9], list(range(2, 12))]
@@ -173,7 +173,7 @@ def test_decode_positions_follow_transformers_5(model):
 
 def test_kv_cache_decoding_equals_full_recomputation(model):
     """Prefill (with the image) then one token at a time through the cache, against one forward over the
-    whole sequence. Transformers 5.x numbers a cached step past + 2 but a fresh forward cumsum(real) + 1,
+    whole sequence. Transformers numbers a cached step past + 2 but a fresh forward cumsum(real) + 1,
     which differ for a left-padded row, so the full forward is given the cached path's positions (rows)."""
     pv = pixel_values(3, seed=4)
     ids, mask, image_mask = prompts([5, 9, 3], seed=4)

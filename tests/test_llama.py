@@ -1,4 +1,4 @@
-"""minivlm's Llama/Mistral decoder (minivlm/models/llama.py) against Transformers 5.23.
+"""minivlm's Llama/Mistral decoder (minivlm/models/llama.py) against Transformers.
 
 Each case builds a tiny random-weight LlamaForCausalLM / MistralForCausalLM in Transformers, saves it with
 save_pretrained and loads it with minivlm.from_pretrained, so the checkpoint goes through minivlm's own

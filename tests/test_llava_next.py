@@ -1,4 +1,4 @@
-"""LLaVA-NeXT parity with Transformers 5.23 on tiny random-weight checkpoints, loaded by minivlm's loader.
+"""LLaVA-NeXT parity with Transformers on tiny random-weight checkpoints, loaded by minivlm's loader.
 
 Each case builds a Transformers model, saves it with save_pretrained, loads the folder with
 minivlm.from_pretrained and compares logits at the real (non-pad) positions, the packed image features,
@@ -153,7 +153,7 @@ def test_kv_cache_decoding_equals_full_recomputation(checkpoints):
 
 def test_full_strategy_fails_clearly_like_transformers(checkpoints):
     """"full" keeps CLIP's class token, so a crop's 17 features cannot tile its 4x4 grid: Transformers
-    5.23 fails inside its packing (a shape error), minivlm says why."""
+    fails inside its packing (a shape error), minivlm says why."""
     hf, folder = checkpoints(text="llama", feature_layer=-2, strategy="full")
     model = minivlm.from_pretrained(folder)
     sizes = [(20, 40)]
@@ -205,7 +205,7 @@ def _spellings(hf, folder, tmp_path):
     """The same weights under every key spelling found in the wild."""
     from safetensors.torch import load_file
 
-    written = load_file(str(folder / "model.safetensors"))        # what 5.23's save_pretrained writes
+    written = load_file(str(folder / "model.safetensors"))        # what Transformers' save_pretrained writes
     hub = {k.replace("vision_tower.", "vision_tower.vision_model.", 1): v for k, v in written.items()}
     # Buffers Transformers 4.x saved with the weights, found in older hub files: skipped, not unexpected.
     hub["vision_tower.vision_model.embeddings.position_ids"] = torch.arange(17)[None]

@@ -1,4 +1,4 @@
-"""minivlm's OPT decoder (minivlm/models/opt.py) against Transformers 5.23's OPTForCausalLM.
+"""minivlm's OPT decoder (minivlm/models/opt.py) against Transformers' OPTForCausalLM.
 
 Each case builds a tiny random-weight OPTForCausalLM in Transformers (hidden 64, 2 layers, 4 heads, ffn 128,
 vocab 128, 128 positions), saves it with save_pretrained and loads it with minivlm.from_pretrained, so the

@@ -1,4 +1,4 @@
-"""LLaVA-NeXT image preprocessing (minivlm.processing) against Transformers 5.23's LlavaNextImageProcessorPil,
+"""LLaVA-NeXT image preprocessing (minivlm.processing) against Transformers' LlavaNextImageProcessorPil,
 the image-token count against Transformers' LlavaNextProcessor, CLIP / Kosmos-2 preprocessing against
 CLIPImageProcessorPil, IDEFICS's against IdeficsImageProcessorPil and IdeficsProcessor; every processor's
 from_pretrained on the folders Transformers' processors save, and the refusal of images wider than 8 bits.
@@ -157,8 +157,8 @@ def count_image_tokens(processor, image):
 @pytest.mark.parametrize("height, width", [(205, 656), (656, 205), (336, 336), (500, 380), (100, 1200), (20, 30)])
 def test_token_count_matches_transformers_hub_config(height, width):
     # (205, 656) lands on the 336x672 pinpoint (a 24x48 feature grid) and its letterbox is exactly 15 rows
-    # tall in real arithmetic, but 205 * (48 / 656) is 14.999...: the seed (Transformers 4.39) truncated to
-    # 14 rows, Transformers 5.x rounds to 7 decimals first and keeps 16 (1360 tokens, not 1262).
+    # tall in real arithmetic, but 205 * (48 / 656) is 14.999...: truncating it would give
+    # 14 rows; Transformers rounds to 7 decimals first and keeps 16 (1360 tokens, not 1262).
     assert int(205 * (48 / 656)) == 14
     config = LlavaNextConfig.from_dict({"vision_config": {"image_size": 336, "patch_size": 14},
                                         "vision_feature_select_strategy": "default"})
@@ -263,7 +263,7 @@ def test_clip_hub_settings_match_transformers(settings):
 
 
 def test_clip_use_square_size_squares_the_given_size():
-    # Transformers 5.23 squares its class default (224) whatever size says; minivlm squares the given
+    # Transformers squares its class default (224) whatever size says; minivlm squares the given
     # shortest edge (the option's purpose, and Transformers 4.x's behaviour). Both agree at 224 (above).
     assert CLIPImageProcessor(size={"shortest_edge": 32}, use_square_size=True).size == {"height": 32, "width": 32}
 
@@ -510,7 +510,7 @@ def test_idefics_bad_input():
 
 
 # ---- reading saved folders: preprocessor_config.json and processor_config.json ----------------------------
-# Transformers 5.23's processor save_pretrained writes the image settings into processor_config.json (under
+# Transformers' processor save_pretrained writes the image settings into processor_config.json (under
 # "image_processor") and no preprocessor_config.json; the hub's folders and an image processor's own save
 # have preprocessor_config.json. Each case: minivlm's class and a Transformers processor with non-default
 # image settings (resample=2 everywhere: bilinear, where every default is bicubic).

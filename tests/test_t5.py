@@ -1,4 +1,4 @@
-"""minivlm's T5 / Flan-T5 (minivlm/models/t5.py) and encoder-decoder generation against Transformers 5.23.
+"""minivlm's T5 / Flan-T5 (minivlm/models/t5.py) and encoder-decoder generation against Transformers.
 
 Each case builds a tiny random-weight T5ForConditionalGeneration in Transformers (d_model 64, 4 heads of 16,
 d_ff 128, 2 + 2 blocks, vocab 128, 32 buckets, max_distance 20), saves it with save_pretrained and loads it
@@ -37,7 +37,7 @@ CASES = {"flan_gated_gelu_untied": ("gated-gelu", False), "t5v1_relu_tied": ("re
 
 
 def hf_model(feed_forward_proj="gated-gelu", tie=False, seed=1):
-    """A tiny Transformers T5 with random weights; tie=False gets its own lm_head (Transformers 5.23 ties
+    """A tiny Transformers T5 with random weights; tie=False gets its own lm_head (Transformers ties
     lm_head to shared whatever the config says and unties only a loaded checkpoint whose two differ)."""
     config = transformers.T5Config(vocab_size=VOCAB, d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2,
                                    relative_attention_num_buckets=32, relative_attention_max_distance=20,
@@ -188,7 +188,7 @@ def test_relative_bias_gradient_matches_transformers(tmp_path):
 
 
 def test_float16_keeps_wo_in_float32(tmp_path):
-    """Transformers 5.23 keeps `wo` float32 for a float16 model only (bfloat16 and float64 stay uniform)."""
+    """Transformers keeps `wo` float32 for a float16 model only (bfloat16 and float64 stay uniform)."""
     hf = hf_model("gated-gelu", False)
     hf.save_pretrained(tmp_path)
     for dtype in (torch.bfloat16, torch.float64):

@@ -1,4 +1,4 @@
-"""Tied weights follow what the checkpoint holds (minivlm/loading.py), as in Transformers 5.23.
+"""Tied weights follow what the checkpoint holds (minivlm/loading.py), as in Transformers.
 
 A model lists the weights its config ties (`tied_weights()`: target -> source, e.g. lm_head.weight -> the
 token embedding). For each pair the file may:

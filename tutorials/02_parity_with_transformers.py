@@ -1,6 +1,7 @@
 """Tutorial 2: check a minivlm model against Transformers, the way the parity tests do.
 
-Run it:  python tutorials/02_parity_with_transformers.py      (needs transformers==5.23.0: pip install '.[test]')
+Run it:  python tutorials/02_parity_with_transformers.py
+(needs the Transformers version docs/parity.md names: pip install '.[test]')
 
 Nothing is downloaded: a tiny LLaVA-NeXT with random weights is built by Transformers and saved with
 `save_pretrained`, exactly as a hub folder is laid out (config.json + model.safetensors). Then:

@@ -3,7 +3,7 @@
 Papers: Chen et al. 2022, "AltCLIP: Altering the Language Encoder in CLIP for Extended Language
 Capabilities"; Radford et al. 2021, "Learning Transferable Visual Models From Natural Language Supervision"
 (CLIP: the vision tower, imported from clip.py, and the contrastive head); Conneau et al. 2020 (XLM-R: the
-text tower, imported from xlm_roberta.py). Reference implementation: Transformers 5.23's
+text tower, imported from xlm_roberta.py). Reference implementation: Transformers'
 `models/altclip/modeling_altclip.py` (AltCLIPModel), whose outputs the tests match and whose parameter
 names this module mirrors (vision_model.*, text_model.roberta.*, text_model.pre_LN, text_model.transformation,
 visual_projection, text_projection, logit_scale).
@@ -24,7 +24,7 @@ logits_per_image over the labels (`zero_shot`); `tokenize_labels` turns label st
 checkpoint's tokenizer.json. Images come from minivlm.processing.CLIPImageProcessor (224 px crop, OpenAI
 CLIP mean and std for BAAI/AltCLIP).
 
-Checkpoint key spellings (all load): Transformers 5.23 holds both towers' layers under `encoder.layers.N` in
+Checkpoint key spellings (all load): Transformers holds both towers' layers under `encoder.layers.N` in
 memory but its save_pretrained writes `encoder.layer.N` for both (conversion_mapping reverses its load-time
 rename `layer.` -> `layers.`); the hub's BAAI/AltCLIP files have RoBERTa's `text_model.roberta.encoder.layer.N`
 and CLIP's `vision_model.encoder.layers.N`. This module uses each tower's own checkpoint name (clip.py's
@@ -32,7 +32,7 @@ and CLIP's `vision_model.encoder.layers.N`. This module uses each tower's own ch
 
 What differs from Transformers (same numbers, less machinery): attention is minivlm.ops.attention; the text
 tower and projections return tensors instead of ModelOutputs (get_*_features give the (B, P) tensor that
-Transformers 5.x wraps as `pooler_output`); no dropout, no interpolate_pos_encoding, no token_type_ids or
+Transformers wraps as `pooler_output`); no dropout, no interpolate_pos_encoding, no token_type_ids or
 position_ids arguments (every token is type 0, positions come from input_ids as RoBERTa numbers them).
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ from .xlm_roberta import XLMRobertaConfig, XLMRobertaModel
 @dataclass
 class AltCLIPTextConfig(XLMRobertaConfig):
     """AltCLIP's text tower ("text_config"): an XLM-R encoder plus the projection to project_dim. Defaults
-    are Transformers 5.23's AltCLIPTextConfig (XLM-R large), not XLMRobertaConfig's."""
+    are Transformers' AltCLIPTextConfig (XLM-R large), not XLMRobertaConfig's."""
     vocab_size: int = 250002              # XLM-R's SentencePiece vocabulary
     hidden_size: int = 1024
     num_hidden_layers: int = 24
@@ -74,7 +74,7 @@ class AltCLIPTextConfig(XLMRobertaConfig):
 
 @dataclass
 class AltCLIPConfig:
-    """An AltCLIP config.json (model_type "altclip"); omitted fields get Transformers 5.23's defaults (the
+    """An AltCLIP config.json (model_type "altclip"); omitted fields get Transformers' defaults (the
     vision defaults, ViT-B/32 at 224 px, are also CLIPVisionConfig's)."""
     text_config: AltCLIPTextConfig = field(default_factory=AltCLIPTextConfig)
     vision_config: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
@@ -165,8 +165,8 @@ class AltCLIPModel(nn.Module):
     config_class = AltCLIPConfig
     # One spelling per tower in the model (see the module docstring); the other is renamed to it.
     checkpoint_renames = [
-        (r"^(vision_model\.encoder\.)layer\.(\d+)\.", r"\1layers.\2."),          # 5.23 save_pretrained
-        (r"^(text_model\.roberta\.encoder\.)layers\.(\d+)\.", r"\1layer.\2."),   # 5.x in-memory state dict
+        (r"^(vision_model\.encoder\.)layer\.(\d+)\.", r"\1layers.\2."),          # Transformers' save_pretrained
+        (r"^(text_model\.roberta\.encoder\.)layers\.(\d+)\.", r"\1layer.\2."),   # Transformers' in-memory state dict
     ]
     # RoBERTa's all-zero token-type buffer, which some Transformers versions saved; not a weight.
     checkpoint_ignore = [r"(^|\.)embeddings\.token_type_ids$"]

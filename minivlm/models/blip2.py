@@ -3,7 +3,7 @@
 Paper: Li et al. 2023, "BLIP-2: Bootstrapping Language-Image Pre-training with Frozen Image Encoders and
 Large Language Models". The image encoder is EVA-CLIP's ViT-g/14 (Fang et al. 2022, "EVA"); the Q-Former
 is a BERT-base (Devlin et al. 2019) whose layers alternate self-attention over learned queries with
-cross-attention to the image. Reference implementation: Transformers 5.23's
+cross-attention to the image. Reference implementation: Transformers'
 `models/blip_2/modeling_blip_2.py` (Blip2ForConditionalGeneration), whose parameter names this file
 mirrors and whose outputs the tests match.
 
@@ -16,18 +16,15 @@ mirrors and whose outputs the tests match.
     input_ids hold Q image tokens per row; their embeddings are replaced by the projected queries
     --> OPT decoder (logits (B, T, vocab)) or T5 encoder input (then the T5 decoder)
 
-Transformers 5.x puts the image into input_ids as `num_query_tokens` placeholder tokens
-(`image_token_index`) that are overwritten in order (masked_scatter); the 4.39-era code instead
-concatenated the queries in front of the text embeddings. For OPT with the processor's layout (image
-tokens first, then BOS and the prompt) both give the same numbers; labels and attention_mask must now
-cover the image tokens too.
+The image goes into input_ids as `num_query_tokens` placeholder tokens (`image_token_index`) whose
+embeddings are overwritten in order (masked_scatter), as in Transformers: the processor puts them first,
+then BOS and the prompt, and labels and attention_mask cover the image tokens too.
 
 Half precision: in a float16 or bfloat16 model the Q-Former and the query tokens stay float32
 (`keep_in_float32`); the image features are cast up into it and its output back down. A float32 or
-float64 model runs in its one dtype throughout. Transformers 5.23 does this in float16 only (its
+float64 model runs in its one dtype throughout. Transformers does this in float16 only (its
 `_keep_in_fp32_modules` applies to float16, not bfloat16); minivlm does it in bfloat16 too, which costs
-little (the Q-Former is ~100M of BLIP-2's billions of parameters) and is closer to float32. 4.39 kept
-only T5's `wo` in float32.
+little (the Q-Former is ~100M of BLIP-2's billions of parameters) and is closer to float32 (docs/parity.md).
 """
 from __future__ import annotations
 
@@ -73,7 +70,7 @@ def _from_known_fields(cls, d: dict, owner: str):
 
 @dataclass
 class Blip2VisionConfig:
-    """The EVA ViT's settings ("vision_config"); defaults are Transformers 5.23's (EVA-CLIP ViT-g/14)."""
+    """The EVA ViT's settings ("vision_config"); defaults are Transformers' (EVA-CLIP ViT-g/14)."""
     hidden_size: int = 1408          # width Dv of every token vector
     intermediate_size: int = 6144    # hidden width of each layer's MLP
     num_hidden_layers: int = 39      # encoder layers
@@ -117,7 +114,7 @@ class Blip2VisionConfig:
 
 @dataclass
 class Blip2QFormerConfig:
-    """The Q-Former's settings ("qformer_config"); defaults are Transformers 5.23's (BERT-base)."""
+    """The Q-Former's settings ("qformer_config"); defaults are Transformers' (BERT-base)."""
     hidden_size: int = 768               # width Dq of the queries
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
@@ -167,7 +164,7 @@ def _language_model_class(model_type: str):
 
 @dataclass
 class Blip2Config:
-    """A BLIP-2 config.json (model_type "blip-2"); omitted fields get Transformers 5.23's defaults."""
+    """A BLIP-2 config.json (model_type "blip-2"); omitted fields get Transformers' defaults."""
     vision_config: Blip2VisionConfig = field(default_factory=Blip2VisionConfig)
     qformer_config: Blip2QFormerConfig = field(default_factory=Blip2QFormerConfig)
     text_config: object = None               # an OPTConfig or a T5Config (by its model_type; default OPT)
@@ -452,7 +449,7 @@ class Blip2Output(ModelOutput):
 
 class Blip2ForConditionalGeneration(nn.Module, GenerationMixin):
     config_class = Blip2Config
-    # Hub BLIP-2 checkpoints and Transformers 5.23 (in memory and save_pretrained) spell every key as this
+    # Hub BLIP-2 checkpoints and Transformers (in memory and save_pretrained) spell every key as this
     # module does: vision_model.*, query_tokens, qformer.*, language_projection.*, language_model.* (OPT:
     # language_model.model.decoder.*, language_model.lm_head.*; T5: language_model.shared/encoder/decoder.*).
     # The language model's own renames apply under language_model (set per instance).
@@ -461,7 +458,7 @@ class Blip2ForConditionalGeneration(nn.Module, GenerationMixin):
     # generation: skipped.
     checkpoint_ignore = [r"^qformer\.encoder\.layer\.\d+\.(intermediate|output)\."]
     # These stay float32 in a model loaded in a dtype narrower than float32, float16 or bfloat16
-    # (Transformers 5.x: float16 only); a float64 model keeps them float64. `keep_in_float32` adds the
+    # (Transformers: float16 only); a float64 model keeps them float64. `keep_in_float32` adds the
     # language model's own (T5's `wo`, in float16).
     KEEP_IN_FLOAT32 = ["qformer", "query_tokens"]
 
@@ -598,7 +595,7 @@ class Blip2ForConditionalGeneration(nn.Module, GenerationMixin):
 
         input_ids: the prompt with num_query_tokens image tokens per row, as Transformers' Blip2Processor
         makes it; None = a caption from scratch: the image tokens then the language model's BOS, as
-        Transformers 5.23's generate builds it (T5 has no BOS: the image tokens alone). pixel_values
+        Transformers' generate builds it (T5 has no BOS: the image tokens alone). pixel_values
         (B, 3, S, S) go to the prefill (T5: the encoder) only. OPT returns the prompt followed by the new
         tokens, (B, T + N); T5 the decoder tokens, (B, 1 + N), decoder_start_token_id first.
         """

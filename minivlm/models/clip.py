@@ -2,7 +2,7 @@
 
 Follows Radford et al. 2021, "Learning Transferable Visual Models From Natural Language Supervision"
 (CLIP), itself the ViT of Dosovitskiy et al. 2020 with one extra LayerNorm before the encoder, and
-Transformers 5.23's `models/clip/modeling_clip.py` (CLIPVisionModel), whose parameter names this module
+Transformers' `models/clip/modeling_clip.py` (CLIPVisionModel), whose parameter names this module
 mirrors so that its checkpoints load by a near-identity copy.
 
     pixels (B, 3, S, S) --patch conv--> (B, N, D) --prepend class token, add positions--> (B, 1+N, D)
@@ -28,7 +28,7 @@ from ._common import activation
 @dataclass
 class CLIPVisionConfig:
     """The vision half of a CLIP config.json (model_type "clip_vision_model"); defaults are
-    Transformers 5.23's, i.e. openai/clip-vit-base-patch32."""
+    Transformers', i.e. openai/clip-vit-base-patch32."""
     hidden_size: int = 768            # width D of every token vector
     intermediate_size: int = 3072     # hidden width of each layer's MLP
     num_hidden_layers: int = 12       # encoder layers L
@@ -166,7 +166,7 @@ class CLIPEncoder(nn.Module):
 
 
 class CLIPVisionModel(nn.Module):
-    """The CLIP vision tower; parameter names are those Transformers 5.23's save_pretrained writes."""
+    """The CLIP vision tower; parameter names are those Transformers' save_pretrained writes."""
 
     config_class = CLIPVisionConfig
     # Standalone CLIP vision checkpoints from the hub (and Transformers 4.x) nest everything under

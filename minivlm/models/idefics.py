@@ -3,7 +3,7 @@
 Papers: Alayrac et al. 2022, "Flamingo: a Visual Language Model for Few-Shot Learning" (the Perceiver
 resampler and the tanh-gated cross-attention blocks inserted between frozen decoder layers), Laurencon et
 al. 2023, "OBELICS" (IDEFICS, the open reproduction), LLaMA (Touvron et al. 2023). Reference
-implementation: Transformers 5.23's `models/idefics/` (modeling_idefics.py, perceiver.py, vision.py),
+implementation: Transformers' `models/idefics/` (modeling_idefics.py, perceiver.py, vision.py),
 whose outputs the tests match and whose parameter names this module mirrors.
 
     pixel_values (B, N, 3, S, S) -> CLIP ViT, last layer WITHOUT post_layernorm  (B*N, 1+P, Dv)
@@ -31,9 +31,9 @@ What differs from Transformers (same numbers, less machinery):
   image_attention_mask (new tokens see what the last prompt token saw, as Transformers' generate extends
   it) and each gated layer's image keys/values, which Transformers recomputes at every decoding step.
 - The cross-attention gets a bool mask; Transformers builds an additive 0 / finfo.min one. Its attention
-  modules carry is_causal=True even for cross-attention (item 10 of shared/architectures.md), but 5.23
-  always passes the image mask, so SDPA never applies it there: cross-attention is never causal here.
-- The loss is the cross-entropy over all vocab + additional_vocab_size logits. Transformers 5.23 reshapes
+  modules carry is_causal=True even for cross-attention, but Transformers always passes the image mask,
+  so SDPA never applies it there: cross-attention is never causal here.
+- The loss is the cross-entropy over all vocab + additional_vocab_size logits. Transformers reshapes
   the logits to (-1, vocab_size) in its loss, which is wrong (or fails) when additional_vocab_size > 0.
 - interpolate_pos_encoding (ViT positions for other image sizes) is not implemented.
 """
@@ -53,7 +53,7 @@ from ._common import ModelOutput, RMSNorm, causal_lm_loss
 from .clip import CLIPVisionConfig, CLIPVisionModel
 from .llama import KVCache, LlamaConfig, LlamaDecoderLayer, LlamaMLP, LlamaRotaryEmbedding, cached_tokens
 
-# IdeficsVisionConfig's defaults (Transformers 5.23), in CLIPVisionConfig's names (embed_dim = hidden_size).
+# Transformers' IdeficsVisionConfig defaults, in CLIPVisionConfig's names (embed_dim = hidden_size).
 IDEFICS_VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
                                image_size=224, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-5)
 ALPHA_TYPES = ("float", "vector")
@@ -80,7 +80,7 @@ class IdeficsPerceiverConfig:
 
 @dataclass
 class IdeficsConfig:
-    """An IDEFICS config.json; omitted fields get Transformers 5.23's IdeficsConfig defaults (idefics-9b's
+    """An IDEFICS config.json; omitted fields get Transformers' IdeficsConfig defaults (idefics-9b's
     decoder). The freeze_* flags, dropout and initializer_range do not change the forward and are ignored."""
     vision_config: CLIPVisionConfig = field(default_factory=lambda: CLIPVisionConfig(**IDEFICS_VISION_DEFAULTS))
     perceiver_config: IdeficsPerceiverConfig = field(default_factory=IdeficsPerceiverConfig)
@@ -496,7 +496,7 @@ class IdeficsForVisionText2Text(nn.Module, GenerationMixin):
     """IDEFICS: logits for interleaved image-text input, the loss, and `generate`, which encodes the images
     once at the prefill and reuses them (through the cache) at every step."""
     config_class = IdeficsConfig
-    # Hub checkpoints (HuggingFaceM4/idefics-9b, -80b), Transformers 5.23's save_pretrained and its in-memory
+    # Hub checkpoints (HuggingFaceM4/idefics-9b, -80b), Transformers' save_pretrained and its in-memory
     # state dict all use this module's names (model.embed_tokens.*, model.vision_model.*,
     # model.perceiver_resampler.*, model.layers.*, model.gated_cross_attn_layers.*, model.norm, lm_head.*):
     # no renaming. The rotary buffers older files hold are skipped by the loader's IGNORED_KEYS.

@@ -4,10 +4,10 @@ captions with grounding tokens (<phrase>...</phrase><object><patch_index_XXXX>..
 Papers: Peng et al. 2023, "Kosmos-2: Grounding Multimodal Large Language Models to the World"; Huang et al.
 2023, "Language Is Not All You Need" (Kosmos-1: the decoder and the latent-query resampler); Wang et al.
 2022, "Foundation Transformers" (Magneto: the extra sub-LayerNorms); Radford et al. 2021 (CLIP, the vision
-tower, imported from clip.py). Reference implementation: Transformers 5.23's
+tower, imported from clip.py). Reference implementation: Transformers'
 `models/kosmos2/modeling_kosmos2.py` (Kosmos2ForConditionalGeneration), whose outputs the tests match and
 whose parameter names this module mirrors (text_model.model.*, vision_model.model.*,
-image_to_text_projection.*), so hub checkpoints and 5.23's save_pretrained load without renaming.
+image_to_text_projection.*), so hub checkpoints and Transformers' save_pretrained load without renaming.
 
 The data flow (shapes for microsoft/kosmos-2-patch14-224: 224 px in 14 px patches, D=1024, Q=64, E=2048):
 
@@ -27,8 +27,8 @@ Positions are fairseq's: the sinusoid table's row `pad_token_id` (1) is zero, an
 chunk of T new tokens after `past` cached ones read rows (cumsum(is_real) + past) * is_real + pad, where
 is_real = (input_ids != pad_token_id): a prompt's first real token reads row 2, a pad the zero row. With a
 cache the cumsum covers only the new tokens but `past` counts the cached pads too, so a decode step reads
-row past + 2 whatever the padding: a row with 2 left pads goes ..., 9 -> 12. That is Transformers 5.x; the
-seed era (4.39) renumbered the whole sequence and skipped pads (..., 9 -> 10). Transformers takes the pads
+row past + 2 whatever the padding: a row with 2 left pads goes ..., 9 -> 12, as in Transformers' generate
+(renumbering the whole sequence, which skips the pads, would give ..., 9 -> 10). Transformers takes the pads
 from input_ids, not from attention_mask, and so does this file (a token equal to pad_token_id reads the
 zero row wherever it stands; the attention mask only hides keys).
 
@@ -72,7 +72,7 @@ POSITION_OFFSET = 2   # the sinusoid table has max_position_embeddings + 2 rows 
 
 @dataclass
 class Kosmos2TextConfig:
-    """The decoder's settings (config.json's "text_config"); defaults are Transformers 5.23's
+    """The decoder's settings (config.json's "text_config"); defaults are Transformers'
     Kosmos2TextConfig, i.e. microsoft/kosmos-2-patch14-224's."""
     vocab_size: int = 65037
     max_position_embeddings: int = 2048   # nominal table size; sinusoids extend to any position
@@ -132,7 +132,7 @@ class Kosmos2TextConfig:
 
 @dataclass
 class Kosmos2Config:
-    """A Kosmos-2 config.json (model_type "kosmos-2"); omitted fields get Transformers 5.23's defaults."""
+    """A Kosmos-2 config.json (model_type "kosmos-2"); omitted fields get Transformers' defaults."""
     vision_config: CLIPVisionConfig = field(default_factory=lambda: CLIPVisionConfig(**KOSMOS2_VISION_DEFAULTS))
     text_config: Kosmos2TextConfig = field(default_factory=Kosmos2TextConfig)
     latent_query_num: int = 64            # Q, image embeddings per image (and image positions per prompt)
@@ -329,7 +329,7 @@ class Kosmos2Output(ModelOutput):
 
 class Kosmos2ForConditionalGeneration(nn.Module, GenerationMixin):
     config_class = Kosmos2Config
-    # Hub checkpoints (microsoft/kosmos-2-patch14-224) and Transformers 5.23 (in memory and save_pretrained)
+    # Hub checkpoints (microsoft/kosmos-2-patch14-224) and Transformers (in memory and save_pretrained)
     # spell every key as this module does: text_model.model.*, text_model.lm_head.weight (absent when tied),
     # vision_model.model.*, image_to_text_projection.*. A Kosmos2Model file (no lm_head) loads too when tied.
     checkpoint_renames: list = []
@@ -435,7 +435,7 @@ class Kosmos2ForConditionalGeneration(nn.Module, GenerationMixin):
         """Greedy decoding or sampling (minivlm.generation; kwargs as there): the prompt (B, T) followed by
         the new tokens. pixel_values and image_embeds_position_mask (B, T) go to the prefill only; prompts are
         left-padded with pad_token_id. Positions are numbered by the model from the padding and the cache
-        length, as Transformers 5.x does (the shared loop's position_ids are dropped)."""
+        length, as Transformers does (the shared loop's position_ids are dropped)."""
         if isinstance(input_ids, torch.Tensor) and input_ids.is_floating_point():
             raise TypeError(f"generate: input_ids is a floating-point tensor of shape {tuple(input_ids.shape)}; "
                             f"pass the image as generate(input_ids, pixel_values=...)")

@@ -3,7 +3,7 @@ standalone causal LM for `model_type` "llama" and "mistral".
 
 Papers: LLaMA (Touvron et al. 2023: pre-RMSNorm, SwiGLU MLP, rotary positions), RoFormer (Su et al.
 2021: rotary position embedding), GQA (Ainslie et al. 2023: fewer key/value heads than query heads),
-Mistral 7B (Jiang et al. 2023: sliding-window attention). Reference implementation: Transformers 5.23's
+Mistral 7B (Jiang et al. 2023: sliding-window attention). Reference implementation: Transformers'
 modeling_llama.py / modeling_mistral.py and modeling_rope_utils.py (rope types "default", "linear",
 "llama3"), whose outputs the tests match.
 
@@ -91,7 +91,7 @@ class LlamaConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LlamaConfig":
-        """Read a config.json dict; omitted fields get Transformers 5.23's defaults for its model_type."""
+        """Read a config.json dict; omitted fields get Transformers' defaults for its model_type."""
         model_type = d.get("model_type", "llama")
         kwargs = {f.name: d[f.name] for f in fields(cls) if f.name in d and f.name != "rope_parameters"}
         if model_type == "mistral":

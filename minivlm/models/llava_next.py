@@ -3,7 +3,7 @@
 
 Papers: Liu et al., "Visual Instruction Tuning" (LLaVA, 2023) and "Improved Baselines with Visual
 Instruction Tuning" (LLaVA-1.5, 2023); the LLaVA-NeXT blog post (2024) adds anyres. Reference
-implementation: Transformers 5.x `models/llava_next` (the oracle of minivlm's parity tests).
+implementation: Transformers' `models/llava_next` (the oracle of minivlm's parity tests).
 
 The data flow for one image (shapes for llava-v1.6-mistral-7b: crop S=336, patch 14, side 24, C=4096):
 
@@ -17,9 +17,8 @@ The data flow for one image (shapes for llava-v1.6-mistral-7b: crop S=336, patch
     -> (576 + h' * (w' + 1), C) image features, written at the image-token positions of input_ids
     Llama/Mistral decoder over the merged sequence -> logits (B, T, vocab)
 
-input_ids come as Transformers 5.x's processor makes them: one image token per image feature (use
-`image_feature_count` to know how many). The seed-era code (Transformers 4.39) instead expanded a single
-<image> token inside the model; docs/models/llava_next.md lists that and the other differences.
+input_ids come as Transformers' processor makes them: one image token per image feature (use
+`image_feature_count` to know how many); the model writes the features there and expands nothing.
 """
 from __future__ import annotations
 
@@ -136,9 +135,10 @@ def unpad_bounds(grid_h: int, grid_w: int, image_size) -> tuple[int, int, int, i
     """(top, bottom, left, right) of the part of a (grid_h, grid_w) feature grid the image covers.
 
     The processor scaled the image to fit the grid resolution and letterboxed it: centred, with padding on
-    two opposite sides. This cuts that padding off again, in feature units. Transformers 5.x rounds the
-    scaled side to 7 decimals before truncating (4.39 truncated directly: an image of 205x656 on a 24x48
-    grid keeps 16 rows, not 14), and removes `pad` from both sides, so an odd leftover keeps one row more.
+    two opposite sides. This cuts that padding off again, in feature units. As in Transformers, the
+    scaled side is rounded to 7 decimals before truncating (an image of 205x656 on a 24x48 grid covers
+    205 * (48 / 656) = 14.999999999999998 rows in floating point; rounded, 15, so 16 rows are kept, not 14),
+    and `pad` is removed from both sides, so an odd leftover keeps one row more.
     """
     h, w = _size_pair(image_size)
     if w / h > grid_w / grid_h:                       # wider than the grid: bars above and below
@@ -193,12 +193,12 @@ class LlavaNextForConditionalGeneration(nn.Module, GenerationMixin):
     # Every spelling of the keys found in the wild -> this module's names (the first match wins):
     checkpoint_renames = [
         (r"^vision_tower\.vision_model\.", "vision_tower."),           # hub checkpoints (llava-hf/*)
-        (r"^model\.vision_tower\.(vision_model\.)?", "vision_tower."),  # Transformers 5.x in memory
+        (r"^model\.vision_tower\.(vision_model\.)?", "vision_tower."),  # Transformers in memory
         (r"^model\.language_model\.", "language_model.model."),
         (r"^lm_head\.", "language_model.lm_head."),
         (r"^model\.multi_modal_projector\.", "multi_modal_projector."),
         (r"^model\.image_newline$", "image_newline"),
-    ]   # Transformers 5.23's save_pretrained writes vision_tower.*, language_model.model.*, ...: kept as is
+    ]   # Transformers' save_pretrained writes vision_tower.*, language_model.model.*, ...: kept as is
 
     def __init__(self, config: LlavaNextConfig):
         super().__init__()
@@ -206,7 +206,7 @@ class LlavaNextForConditionalGeneration(nn.Module, GenerationMixin):
         self.vision_tower = CLIPVisionModel(config.vision_config)
         self.multi_modal_projector = LlavaNextMultiModalProjector(config)
         # A learned vector appended after each row of the crop grid, so the decoder sees the 2D layout.
-        # (Random at first, as in Transformers 5.x, so a model built from a config alone computes numbers;
+        # (Random at first, as in Transformers, so a model built from a config alone computes numbers;
         # from_pretrained overwrites it with the checkpoint's.)
         C = config.text_config.hidden_size
         self.image_newline = nn.Parameter(torch.randn(C) * C ** -0.5)

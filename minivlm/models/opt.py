@@ -2,7 +2,7 @@
 `model_type` "opt" (facebook/opt-125m ... opt-66b).
 
 Papers: OPT (Zhang et al. 2022, "OPT: Open Pre-trained Transformer Language Models"), a GPT-3-style
-decoder (Brown et al. 2020) with learned absolute positions. Reference implementation: Transformers 5.23's
+decoder (Brown et al. 2020) with learned absolute positions. Reference implementation: Transformers'
 `models/opt/modeling_opt.py` (OPTForCausalLM), whose outputs the tests match and whose parameter names
 this module mirrors (model.decoder.*, lm_head.weight).
 
@@ -45,7 +45,7 @@ POSITION_OFFSET = 2   # position p reads row p + 2 of embed_positions (rows 0 an
 
 @dataclass
 class OPTConfig:
-    """An OPT config.json; defaults are Transformers 5.23's OPTConfig (facebook/opt-125m's sizes)."""
+    """An OPT config.json; defaults are Transformers' OPTConfig (facebook/opt-125m's sizes)."""
     model_type: str = "opt"
     vocab_size: int = 50272
     hidden_size: int = 768                 # C, the residual stream width
@@ -90,7 +90,7 @@ class OPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "OPTConfig":
-        """Read a config.json dict (or BLIP-2's text_config); omitted fields get Transformers 5.23's defaults."""
+        """Read a config.json dict (or BLIP-2's text_config); omitted fields get Transformers' defaults."""
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 

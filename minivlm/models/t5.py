@@ -5,7 +5,7 @@ Papers: T5 (Raffel et al. 2020, "Exploring the Limits of Transfer Learning with 
 Transformer": pre-norm blocks with a scale-only RMS norm, bucketed relative position biases, no attention
 scaling), GLU variants (Shazeer 2020: the gated-GELU feed-forward of T5 v1.1), Flan-T5 (Chung et al. 2022,
 "Scaling Instruction-Finetuned Language Models": T5 v1.1 weights, instruction-tuned). Reference
-implementation: Transformers 5.23's modeling_t5.py (T5ForConditionalGeneration), whose outputs the tests match.
+implementation: Transformers' modeling_t5.py (T5ForConditionalGeneration), whose outputs the tests match.
 
     x = encoder.embed_tokens(input_ids)        # encoder, (B, S, C); the table is `shared`'s when tied
     for each encoder block:
@@ -27,7 +27,7 @@ Details that matter for parity:
 - T5LayerNorm takes the mean square in float32 even for a float64 model (as Transformers), so float64
   parity needs the same rounding.
 - `wo` (the FFN's output projection) stays float32 in a float16 model (`keep_in_float32`, Transformers'
-  `_keep_in_fp32_modules = ["wo"]`, which 5.23 applies to float16 only); its input is cast up, and its
+  `_keep_in_fp32_modules = ["wo"]`, which Transformers applies to float16 only); its input is cast up, and its
   float32 output promotes the residual stream to float32, exactly as in Transformers.
 - Two settings that older configs folded into one: `scale_decoder_outputs` (T5 v1.0 scales the decoder
   output by C^-0.5; T5 v1.1 and Flan-T5 do not) and the tie of `shared`, both stacks' `embed_tokens` and
@@ -73,7 +73,7 @@ class T5Config:
     # given, since configs without this field used that flag for it (false: T5 v1.1, Flan-T5).
     scale_decoder_outputs: Optional[bool] = None
     # `shared`, encoder/decoder `embed_tokens` and `lm_head` are one table. Always True once the config is
-    # built, as in Transformers 5.23: the checkpoint decides what is really shared (a weight it stores
+    # built, as in Transformers: the checkpoint decides what is really shared (a weight it stores
     # with other values stays separate, minivlm.loading). Set it to False afterwards for four tables.
     tie_word_embeddings: bool = True
     pad_token_id: Optional[int] = 0
@@ -135,7 +135,7 @@ class T5Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "T5Config":
-        """Read a config.json dict; omitted fields get Transformers 5.23's T5Config defaults.
+        """Read a config.json dict; omitted fields get Transformers' T5Config defaults.
 
         Every layout in the wild reads: hub configs carry only tie_word_embeddings (false for T5 v1.1 and
         Flan-T5, hence no output scaling; absent or true for T5 v1.0); Transformers 5.x writes
@@ -370,7 +370,7 @@ class T5ForConditionalGeneration(nn.Module, GenerationMixin):
 
     @property
     def keep_in_float32(self) -> list:
-        """Every FFN output projection `wo` when the model is float16, as Transformers 5.23
+        """Every FFN output projection `wo` when the model is float16, as Transformers
         (`_keep_in_fp32_modules = ["wo"]`, applied for float16 only: bfloat16, float32 and float64 models keep
         one dtype). The loader reads this after casting the (meta) model to the requested dtype."""
         if self.shared.weight.dtype != torch.float16:

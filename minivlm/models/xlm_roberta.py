@@ -4,7 +4,7 @@ Papers: Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional Transforme
 Understanding" (the post-LN encoder layer); Liu et al. 2019, "RoBERTa: A Robustly Optimized BERT
 Pretraining Approach" (positions numbered from the padding id, fairseq's convention); Conneau et al. 2020,
 "Unsupervised Cross-lingual Representation Learning at Scale" (XLM-R: the same network, a 250k multilingual
-vocabulary). Reference implementation: Transformers 5.23's `models/xlm_roberta/modeling_xlm_roberta.py`
+vocabulary). Reference implementation: Transformers' `models/xlm_roberta/modeling_xlm_roberta.py`
 and the copy of it inside `models/altclip/modeling_altclip.py` (AltRobertaModel), whose parameter names
 this module mirrors (embeddings.*, encoder.layer.N.attention.self.query, ...).
 
@@ -43,7 +43,7 @@ from ._common import activation
 
 @dataclass
 class XLMRobertaConfig:
-    """An XLM-R encoder's settings; defaults are Transformers 5.23's XLMRobertaConfig."""
+    """An XLM-R encoder's settings; defaults are Transformers' XLMRobertaConfig."""
     vocab_size: int = 30522               # rows of the word embedding table
     hidden_size: int = 768                # width D of every token vector
     num_hidden_layers: int = 12           # encoder layers L
