@@ -19,7 +19,8 @@ import torch
 import transformers
 
 import minivlm
-from minivlm.models.llama import KVCache, LlamaConfig, LlamaForCausalLM, rope_inv_freq
+from minivlm.models.cache import KVCache
+from minivlm.models.llama import LlamaConfig, LlamaForCausalLM, rope_inv_freq
 from conftest import assert_close_rel, assert_kept_rows_match, assert_same_weights, check_cache_errors, left_padded_mask
 
 VOCAB = 97

@@ -21,7 +21,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 import minivlm
-from minivlm.models.llama import KVCache
+from minivlm.models.cache import KVCache
 from minivlm.models.opt import OPTConfig, OPTForCausalLM
 from conftest import assert_close_rel, assert_kept_rows_match, assert_same_weights, check_cache_errors, left_padded_mask
 

@@ -23,13 +23,14 @@ image gets no cross-attention output at all (Transformers computes a uniform sof
 and then zeroes it; minivlm's kernel returns 0 for such a row, and the gate zeroes it too).
 
 What is imported from minivlm.models.llama (the same math): the rotary embedding (cos/sin in float32,
-applied by ops.rope), the self-attention with its KV cache, the SwiGLU MLP, the decoder layer's residual
-wiring. What differs: IdeficsRMSNorm (below: the casting order), the decoupled embedding and head.
+applied by ops.rope), the self-attention that writes the KV cache, the SwiGLU MLP, the decoder layer's
+residual wiring. What differs: IdeficsRMSNorm (below: the casting order), the decoupled embedding and head.
 
 What differs from Transformers (same numbers, less machinery):
-- The images are encoded once: the cache (`IdeficsCache`) keeps the image states, the last row of
-  image_attention_mask (new tokens see what the last prompt token saw, as Transformers' generate extends
-  it) and each gated layer's image keys/values, which Transformers recomputes at every decoding step.
+- The images are encoded once: the cache (`ImageCache`, models/cache.py) keeps the image states, the last
+  row of image_attention_mask (new tokens see what the last prompt token saw, as Transformers' generate
+  extends it) and each gated layer's image keys/values, which Transformers recomputes at every decoding
+  step.
 - The cross-attention gets a bool mask; Transformers builds an additive 0 / finfo.min one. Its attention
   modules carry is_causal=True even for cross-attention, but Transformers always passes the image mask,
   so SDPA never applies it there: cross-attention is never causal here.
@@ -51,7 +52,8 @@ from .._checks import check_token_ids, rejects_unknown_kwargs
 from ..generation import GenerationMixin
 from ._common import ModelOutput, RMSNorm, causal_lm_loss
 from .clip import CLIPVisionConfig, CLIPVisionModel
-from .llama import KVCache, LlamaConfig, LlamaDecoderLayer, LlamaMLP, LlamaRotaryEmbedding, cached_tokens
+from .cache import ImageCache, cached_tokens
+from .llama import LlamaConfig, LlamaDecoderLayer, LlamaMLP, LlamaRotaryEmbedding
 
 # Transformers' IdeficsVisionConfig defaults, in CLIPVisionConfig's names (embed_dim = hidden_size).
 IDEFICS_VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
@@ -351,17 +353,6 @@ class IdeficsPerceiverResampler(nn.Module):
 # The model
 # ----------------------------------------------------------------------------------------------------
 
-class IdeficsCache(KVCache):
-    """The decoder's KV cache plus what generation reuses from the prefill: the image states
-    (B, N*R, Dv), each gated layer's image keys/values, and the last row of image_attention_mask (B, 1, N)."""
-
-    def __init__(self, *args, num_cross_layers: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.image_states = None
-        self.image_mask = None
-        self.cross_kv = [None] * num_cross_layers
-
-
 class IdeficsModel(nn.Module):
     def __init__(self, config: IdeficsConfig):
         super().__init__()
@@ -404,7 +395,7 @@ class IdeficsModel(nn.Module):
 
     def forward(self, input_ids, *, pixel_values=None, image_encoder_embeddings=None, perceiver_embeddings=None,
                 image_attention_mask=None, attention_mask=None, position_ids=None,
-                cache: Optional[IdeficsCache] = None):
+                cache: Optional[ImageCache] = None):
         """Final normed hidden states (B, T, C) and the image states (B, N, R, Dv)."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
             raise ValueError(f"input_ids: expected an integer (batch, sequence) tensor, got {_describe(input_ids)}")
@@ -438,7 +429,7 @@ class IdeficsModel(nn.Module):
             N, R = images.shape[1:3]
             states, cross_kv = images.flatten(1, 2), [None] * len(self.gated_cross_attn_layers)   # (B, N*R, Dv)
         elif cache is not None and cache.image_states is not None:
-            states, cross_kv = cache.image_states, cache.cross_kv
+            states, cross_kv = cache.image_states, cache.cross
             N = cache.image_mask.shape[-1]
             R, images = states.shape[1] // N, None
         else:
@@ -475,7 +466,7 @@ class IdeficsModel(nn.Module):
             mask = ops.causal_mask(attention_mask, T, dtype=x.dtype)                      # (B, 1, T, past + T)
 
         if cache is not None:   # everything is checked: now the cache may keep this call's image side
-            cache.image_states, cache.cross_kv = states, cross_kv
+            cache.image_states, cache.cross = states, cross_kv
             cache.image_mask = image_attention_mask[:, -1:]
         for idx, layer in enumerate(self.layers):
             if idx % self.config.cross_layer_interval == 0:
@@ -484,9 +475,7 @@ class IdeficsModel(nn.Module):
                 if cross_kv[i] is None:
                     cross_kv[i] = block.cross_attn.image_keys_values(states.to(x.dtype))
                 x = block(x, *cross_kv[i], image_mask, gate)
-            x = layer(x, cos, sin, mask, cache)
-        if cache is not None:
-            cache.length += T
+            x = layer(x, cos, sin, mask, cache)    # the last layer's cache write advances cache.length
         if images is None:
             images = states.view(B, N, R, -1)
         return self.norm(x), images
@@ -520,16 +509,16 @@ class IdeficsForVisionText2Text(nn.Module, GenerationMixin):
             tied["lm_head.additional_fc.weight"] = "model.embed_tokens.additional_embedding.weight"
         return tied
 
-    def new_cache(self, batch_size: int, max_length: int, *, dtype=None, device=None) -> IdeficsCache:
+    def new_cache(self, batch_size: int, max_length: int, *, dtype=None, device=None) -> ImageCache:
         weight = self.model.embed_tokens.weight
         c = self.config
-        return IdeficsCache(c.num_hidden_layers, batch_size, c.num_attention_heads, max_length,
-                            c.hidden_size // c.num_attention_heads, dtype=dtype or weight.dtype,
-                            device=device or weight.device, num_cross_layers=len(self.model.gated_cross_attn_layers))
+        return ImageCache(c.num_hidden_layers, batch_size, c.num_attention_heads, max_length,
+                          c.hidden_size // c.num_attention_heads, dtype=dtype or weight.dtype,
+                          device=device or weight.device, num_cross_layers=len(self.model.gated_cross_attn_layers))
 
     @rejects_unknown_kwargs
     def forward(self, input_ids, pixel_values=None, attention_mask=None, image_attention_mask=None, position_ids=None,
-                cache: Optional[IdeficsCache] = None, labels=None, logits_to_keep: int = 0, *,
+                cache: Optional[ImageCache] = None, labels=None, logits_to_keep: int = 0, *,
                 image_encoder_embeddings=None, perceiver_embeddings=None) -> ModelOutput:
         """Logits (B, T, vocab + additional) for input_ids (B, T) with images pixel_values (B, N, 3, S, S) and
         image_attention_mask (B, T, N) (1 = token t sees image n). With a cache that already holds images,

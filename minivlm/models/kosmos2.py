@@ -38,7 +38,7 @@ What differs from Transformers (same numbers, less machinery):
   tensor at all (the kernel's is_causal). Both give exactly 0 weight to hidden keys, so every real token's
   output is the same; pad positions' outputs differ and are never read.
 - The sinusoid rows are computed for the positions asked for (no table buffer to grow).
-- The KV cache is llama.py's `KVCache` (preallocated, written in place).
+- The KV cache is models/cache.py's `KVCache` (preallocated, written in place).
 - generate is the shared minivlm.generation loop; it numbers positions cumsum(mask) - 1, which is not
   Kosmos-2's numbering (see above), so during generate the model drops them and numbers its own, as
   Transformers' Kosmos-2 does (its prepare_inputs_for_generation pops position_ids).
@@ -59,7 +59,7 @@ from .._checks import check_token_ids, rejects_unknown_kwargs
 from ..generation import GenerationMixin
 from ._common import ModelOutput, activation, causal_lm_loss
 from .clip import CLIPVisionConfig, CLIPVisionModel, CLIPVisionOutput
-from .llama import KVCache, cached_tokens
+from .cache import KVCache, cached_tokens
 
 # Kosmos-2's vision tower when a config omits a field: CLIP ViT-L/14 at 224 px (Transformers'
 # Kosmos2VisionConfig defaults, which differ from CLIPVisionConfig's own ViT-B/32 ones).
@@ -278,9 +278,7 @@ class Kosmos2TextTransformer(nn.Module):
         if attention_mask is not None and not bool(attention_mask.all()):
             mask = ops.causal_mask(attention_mask, T, dtype=x.dtype)                     # (B, 1, T, past+T)
         for layer in self.layers:
-            x = layer(x, mask, cache)
-        if cache is not None:
-            cache.length += T
+            x = layer(x, mask, cache)            # the last layer's cache write advances cache.length
         return self.layer_norm(x)
 
 

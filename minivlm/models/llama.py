@@ -16,8 +16,9 @@ modeling_llama.py / modeling_mistral.py and modeling_rope_utils.py (rope types "
 What differs from Transformers (same numbers, less machinery):
 - Grouped-query attention is done by the kernel (`ops.attention` reads kv head h // group for query
   head h): keys and values are never copied with repeat_kv.
-- The KV cache (`KVCache`) is preallocated for the whole generation: each forward writes the new rotated
-  keys/values in place and attends to a strided view of the filled prefix, with no torch.cat per step.
+- The KV cache (`KVCache`, models/cache.py) is preallocated for the whole generation: each forward writes
+  the new rotated keys/values in place and attends to a strided view of the filled prefix, with no
+  torch.cat per step.
   A sliding-window (Mistral) layer keeps every key, not only the last window - 1 as Transformers does: the
   window mask hides the old ones, so the outputs are the same.
 - Without padding no mask tensor is built at all: the kernel's is_causal (and window) does the masking.
@@ -35,6 +36,7 @@ from .. import ops
 from .._checks import check_token_ids, rejects_unknown_kwargs
 from ..generation import GenerationMixin
 from ._common import ModelOutput, activation, causal_lm_loss
+from .cache import KVCache, cached_tokens
 
 ROPE_TYPES = ("default", "linear", "llama3")
 # Defaults of Transformers' MistralConfig where they differ from LlamaConfig's.
@@ -178,53 +180,6 @@ class LlamaRMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-class KVCache:
-    """Rotated keys and values of every layer, preallocated as (B, Hkv, max_length, D) per layer.
-
-    `length` tokens are stored. A forward over T new tokens writes them at [length, length + T) of every
-    layer, attends to the view [:length + T] (no copy: the attention kernel reads strides), and then
-    advances `length` by T. Sliding-window layers keep every key too (the window mask hides old ones).
-    """
-
-    def __init__(self, num_layers, batch_size, num_kv_heads, max_length, head_dim, *, dtype, device=None):
-        shape = (batch_size, num_kv_heads, max_length, head_dim)
-        # Uninitialised: only [:length] is ever read, and zero-filling would cost a pass over the whole cache.
-        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.batch_size, self.max_length, self.dtype = batch_size, max_length, dtype
-        self.length = 0
-
-    def check(self, batch_size: int, new_tokens: int, dtype: torch.dtype):
-        if batch_size != self.batch_size:
-            raise ValueError(f"cache: built for batch size {self.batch_size}, got a batch of {batch_size}")
-        if self.length + new_tokens > self.max_length:
-            raise ValueError(f"cache: holds {self.length} of max_length={self.max_length} tokens; "
-                             f"{new_tokens} more do not fit (make the cache with a larger max_length)")
-        if dtype != self.dtype:
-            raise ValueError(f"cache: stores {self.dtype} but the activations are {dtype}")
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store k, v (B, Hkv, T, D) after the cached tokens; return all keys and values so far."""
-        end = self.length + k.shape[2]
-        self.keys[layer][:, :, self.length:end] = k
-        self.values[layer][:, :, self.length:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]   # (B, Hkv, length + T, D)
-
-
-def cached_tokens(cache: Optional[KVCache], batch_size: int, new_tokens: int, dtype: torch.dtype,
-                  attention_mask=None, who: str = "model") -> int:
-    """How many tokens `cache` already holds (0 without a cache), after checking that `new_tokens` more
-    fit and that an attention_mask covers the cached and the new tokens: (batch, cached + new)."""
-    past = 0
-    if cache is not None:
-        cache.check(batch_size, new_tokens, dtype)
-        past = cache.length
-    if attention_mask is not None and tuple(attention_mask.shape) != (batch_size, past + new_tokens):
-        raise ValueError(f"{who}: attention_mask must be (batch, cached + new tokens) = ({batch_size}, "
-                         f"{past + new_tokens}), got {tuple(attention_mask.shape)}")
-    return past
-
-
 class LlamaAttention(nn.Module):
     def __init__(self, config: LlamaConfig, layer_idx: int):
         super().__init__()
@@ -335,9 +290,7 @@ class LlamaModel(nn.Module):
             mask = ops.causal_mask(attention_mask, T, dtype=x.dtype, window=self.config.sliding_window)
 
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, cache)
-        if cache is not None:
-            cache.length += T
+            x = layer(x, cos, sin, mask, cache)    # the last layer's cache write advances cache.length
         return self.norm(x)
 
 

@@ -22,7 +22,8 @@ real tokens' outputs are the same either way.
 What differs from Transformers (same numbers, less machinery):
 - The query is scaled by hd^-0.5 before attention and the kernel runs with scale 1.0, in Transformers'
   order: (q * s) k^T and (q k^T) * s round differently unless s is a power of two (OPT-2.7b has hd = 80).
-- The KV cache is llama.py's `KVCache` (preallocated, written in place; OPT has as many kv as q heads).
+- The KV cache is models/cache.py's `KVCache` (preallocated, written in place; OPT has as many kv as q
+  heads).
 - Without padding no mask tensor is built: the kernel's is_causal does the masking.
 - Dropout, LayerDrop and head masks are training/analysis features Transformers has; minivlm does not.
 """
@@ -38,7 +39,7 @@ from .. import ops
 from .._checks import check_token_ids, rejects_unknown_kwargs
 from ..generation import GenerationMixin
 from ._common import ModelOutput, activation, causal_lm_loss
-from .llama import KVCache, cached_tokens
+from .cache import KVCache, cached_tokens
 
 POSITION_OFFSET = 2   # position p reads row p + 2 of embed_positions (rows 0 and 1: fairseq's padding legacy)
 
@@ -214,9 +215,7 @@ class OPTDecoder(nn.Module):
         if attention_mask is not None and not bool(attention_mask.all()):
             mask = ops.causal_mask(attention_mask, T, dtype=x.dtype)                       # (B, 1, T, past+T)
         for layer in self.layers:
-            x = layer(x, mask, cache)
-        if cache is not None:
-            cache.length += T
+            x = layer(x, mask, cache)            # the last layer's cache write advances cache.length
         if self.final_layer_norm is not None:
             x = self.final_layer_norm(x)
         if self.project_out is not None:

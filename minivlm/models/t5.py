@@ -35,8 +35,9 @@ Details that matter for parity:
   its own lm_head). See `T5Config`.
 
 What differs from Transformers (same numbers, less machinery): no dropout (inference and fine-tuning with
-dropout off); the decoder cache (`T5Cache`) is minivlm's preallocated `KVCache` for self-attention plus the
-cross-attention keys/values, computed from the encoder states on the first decode call and reused.
+dropout off); the decoder cache (`CrossAttentionCache`, models/cache.py) is minivlm's preallocated `KVCache`
+for self-attention plus the cross-attention keys/values, computed from the encoder states on the first
+decode call and reused (one cache belongs to one encoder output).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ from .. import ops
 from .._checks import check_token_ids, rejects_unknown_kwargs
 from ..generation import GenerationMixin
 from ._common import ModelOutput, RMSNorm, activation
-from .llama import KVCache, cached_tokens
+from .cache import CrossAttentionCache, cached_tokens
 
 
 @dataclass
@@ -179,16 +180,6 @@ def relative_position_bucket(relative_position: torch.Tensor, bidirectional: boo
 T5LayerNorm = RMSNorm
 
 
-class T5Cache(KVCache):
-    """The decoder's cache: self-attention keys/values of every decoder layer, appended per step (a
-    preallocated `KVCache`), and each layer's cross-attention keys/values of the encoder states, computed
-    on the first decode call and reused on every later one. One cache belongs to one encoder output."""
-
-    def __init__(self, num_layers, batch_size, num_heads, max_length, head_dim, *, dtype, device=None):
-        super().__init__(num_layers, batch_size, num_heads, max_length, head_dim, dtype=dtype, device=device)
-        self.cross = [None] * num_layers     # per layer: (k, v), each (B, nh, S, hd)
-
-
 class T5Attention(nn.Module):
     def __init__(self, config: T5Config, has_relative_attention_bias: bool = False):
         super().__init__()
@@ -216,7 +207,8 @@ class T5Attention(nn.Module):
         B, L, _ = x.shape
         return x.view(B, L, self.num_heads, self.d_kv).transpose(1, 2)               # (B, nh, L, hd)
 
-    def forward(self, x, mask=None, *, source=None, cache: Optional[T5Cache] = None, layer_idx: int = 0):
+    def forward(self, x, mask=None, *, source=None, cache: Optional[CrossAttentionCache] = None,
+                layer_idx: int = 0):
         """x (B, T, C) -> (B, T, C): self-attention when source is None, else cross-attention to source
         (B, S, C). mask: additive float or bool, broadcastable to (B, nh, T, keys)."""
         B, T, _ = x.shape
@@ -318,7 +310,7 @@ class T5Stack(nn.Module):
         self.final_layer_norm = T5LayerNorm(config.d_model, config.layer_norm_epsilon)
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, encoder_hidden_states=None,
-                encoder_attention_mask=None, cache: Optional[T5Cache] = None) -> torch.Tensor:
+                encoder_attention_mask=None, cache: Optional[CrossAttentionCache] = None) -> torch.Tensor:
         """attention_mask: None (no padding) or (B, past + T) 1/0 over the stack's own tokens;
         encoder_attention_mask: None or (B, S) over the encoder states (decoder only)."""
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
@@ -340,10 +332,8 @@ class T5Stack(nn.Module):
         cross_mask = None     # cross-attention has no position bias: only the encoder's padding
         if encoder_attention_mask is not None:
             cross_mask = encoder_attention_mask[:, None, None, :].bool()             # (B, 1, 1, S)
-        for i, block in enumerate(self.block):
+        for i, block in enumerate(self.block):     # the last block's cache write advances cache.length
             x = block(x, self_mask, encoder_hidden_states, cross_mask, cache, i)
-        if cache is not None:
-            cache.length += T
         return self.final_layer_norm(x)
 
 
@@ -388,12 +378,12 @@ class T5ForConditionalGeneration(nn.Module, GenerationMixin):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.shared
 
-    def new_cache(self, batch_size: int, max_length: int, *, dtype=None, device=None) -> T5Cache:
+    def new_cache(self, batch_size: int, max_length: int, *, dtype=None, device=None) -> CrossAttentionCache:
         """An empty decoder cache for `batch_size` rows of up to `max_length` decoder tokens; dtype and
         device default to the embedding weight's."""
         weight, c = self.shared.weight, self.config
-        return T5Cache(c.num_decoder_layers, batch_size, c.num_heads, max_length, c.d_kv,
-                       dtype=dtype or weight.dtype, device=device or weight.device)
+        return CrossAttentionCache(c.num_decoder_layers, batch_size, c.num_heads, max_length, c.d_kv,
+                                   dtype=dtype or weight.dtype, device=device or weight.device)
 
     @rejects_unknown_kwargs
     def encode(self, input_ids=None, attention_mask=None, inputs_embeds=None) -> torch.Tensor:
@@ -405,7 +395,8 @@ class T5ForConditionalGeneration(nn.Module, GenerationMixin):
 
     @rejects_unknown_kwargs
     def decode(self, decoder_input_ids, encoder_hidden_states, encoder_attention_mask=None,
-               decoder_attention_mask=None, cache: Optional[T5Cache] = None, logits_to_keep: int = 0) -> ModelOutput:
+               decoder_attention_mask=None, cache: Optional[CrossAttentionCache] = None,
+               logits_to_keep: int = 0) -> ModelOutput:
         """Logits (B, T, vocab) for decoder_input_ids (B, T) attending to encoder_hidden_states (B, S, C);
         (B, k, vocab) for the last k positions when logits_to_keep = k > 0. encoder_attention_mask: (B, S);
         decoder_attention_mask: (B, cached + T), 1 = real token (default: all real). cache: from
@@ -430,8 +421,8 @@ class T5ForConditionalGeneration(nn.Module, GenerationMixin):
 
     @rejects_unknown_kwargs
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
-                labels=None, inputs_embeds=None, encoder_hidden_states=None, cache: Optional[T5Cache] = None,
-                logits_to_keep: int = 0) -> ModelOutput:
+                labels=None, inputs_embeds=None, encoder_hidden_states=None,
+                cache: Optional[CrossAttentionCache] = None, logits_to_keep: int = 0) -> ModelOutput:
         """Encode (unless encoder_hidden_states (B, S, C) are given), then decode. With labels (B, T) and
         no decoder_input_ids, the decoder inputs are the labels shifted right behind
         decoder_start_token_id (-100 -> pad). `.loss`: mean cross-entropy of the logits against the labels
