@@ -168,7 +168,7 @@ setup(
     extras_require={
         "test": ["pytest", "hypothesis", "transformers==5.23.0"],
     },
-    entry_points={"console_scripts": ["minivlm=minivlm.cli:main"]},
+    entry_points={"console_scripts": ["minivlm=minivlm.tools.cli:main"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": Build},
 )
