@@ -170,7 +170,7 @@ setup(
     extras_require={
         "test": ["pytest", "hypothesis", f"transformers=={TRANSFORMERS_VERSION}"],
     },
-    entry_points={"console_scripts": ["minivlm=minivlm.cli:main"]},
+    entry_points={"console_scripts": ["minivlm=minivlm.tools.cli:main"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": Build},
 )

@@ -2,6 +2,8 @@
 `--help` and `--version` answer without loading torch, while `import minivlm` keeps its library API."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -9,9 +11,17 @@ import pytest
 
 import minivlm
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every child interpreter imports this checkout's minivlm, wherever pytest was started.
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+# The console script's target as setup.py declares it: "minivlm=MODULE:FUNCTION".
+with open(os.path.join(ROOT, "setup.py")) as f:
+    SCRIPT_MODULE, SCRIPT_FUNCTION = re.search(r'"minivlm=([\w.]+):(\w+)"', f.read()).groups()
+
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "minivlm", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "minivlm", *args], capture_output=True, text=True, timeout=300,
+                          env=ENV)
 
 
 def test_demo_runs_and_matches_reference():
@@ -27,6 +37,9 @@ def test_bench_quick_writes_json(tmp_path):
     data = json.loads(path.read_text())
     assert data["environment"]["extension_isa"] in ("avx512", "avx2", "default")
     assert {case["op"] for case in data["cases"]} == {"attention", "rope", "causal_mask"}
+    # The peak-memory probe ran in its own process and reported back.
+    probes = [m for row in data["memory"] for m in row["impls"].values() if m is not None]
+    assert probes and all(m["extra_kib"] >= 0 for m in probes), data["memory"]
 
 
 def test_unknown_command_is_an_error():
@@ -70,17 +83,17 @@ def test_bench_cuda_without_a_gpu_says_why():
     assert result.returncode != 0 and "--device cuda is for the kernels only" in result.stderr
 
 
-# Runs the command line in a fresh interpreter as the console script (`from minivlm.cli import main`) or
-# `python -m minivlm` does, then prints its exit status, its output and which heavy modules it imported.
+# Runs the command line in a fresh interpreter as the console script (setup.py's entry point, MODULE:FUNCTION)
+# or `python -m minivlm` does, then prints its exit status, its output and which heavy modules it imported.
 ENTRY = """
-import contextlib, io, json, runpy, sys
-how, args = sys.argv[1], sys.argv[2:]
+import contextlib, importlib, io, json, runpy, sys
+how, module, function, args = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 sys.argv = ["minivlm", *args]
 out, code = io.StringIO(), None
 with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
     try:
         if how == "script":
-            from minivlm.cli import main
+            main = getattr(importlib.import_module(module), function)
             sys.exit(main())
         runpy.run_module("minivlm", run_name="__main__", alter_sys=True)
     except SystemExit as e:
@@ -91,7 +104,8 @@ print(json.dumps({"code": code, "output": out.getvalue(), "heavy": heavy}), file
 
 
 def run_entry(how, *args):
-    result = subprocess.run([sys.executable, "-c", ENTRY, how, *args], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", ENTRY, how, SCRIPT_MODULE, SCRIPT_FUNCTION, *args],
+                            capture_output=True, text=True, timeout=60, env=ENV)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -156,5 +170,35 @@ assert set(minivlm.__all__) <= set(vars(minivlm))
 
 @pytest.mark.parametrize("code", [LIBRARY, TORCH_FIRST], ids=["minivlm-alone", "torch-first"])
 def test_import_minivlm_keeps_its_api(code):
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
+    assert result.returncode == 0, result.stderr
+
+
+# The library (the top of minivlm/) never imports its tools (minivlm.tools), and the tools import
+# Transformers only when a benchmark runs.
+LAYOUT = """
+import importlib, os, pkgutil, sys
+import torch, minivlm
+
+def import_all(package, skip=()):   # import every Python module below package but those in skip: their names
+    names = []
+    for m in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+        source = os.path.join(m.module_finder.path, m.name.rsplit(".", 1)[1] + ".py")
+        if m.name not in skip and (m.ispkg or os.path.isfile(source)):   # not the compiled libraries
+            names.append(m.name)
+            module = importlib.import_module(m.name)
+            names += import_all(module) if m.ispkg else []
+    return names
+
+import_all(minivlm, skip=("minivlm.__main__", "minivlm.tools"))
+assert not [m for m in sys.modules if m.startswith("minivlm.tools")], "the library imported minivlm.tools"
+import minivlm.tools
+tools = import_all(minivlm.tools)
+assert {"minivlm.tools.cli", "minivlm.tools.demo", "minivlm.tools.bench.kernels"} <= set(tools), tools
+assert not [m for m in sys.modules if m.split(".")[0] == "transformers"], "importing the tools loaded Transformers"
+"""
+
+
+def test_the_library_never_imports_its_tools():
+    result = subprocess.run([sys.executable, "-c", LAYOUT], capture_output=True, text=True, timeout=120, env=ENV)
     assert result.returncode == 0, result.stderr

@@ -1,8 +1,9 @@
-"""Peak extra memory of one attention forward pass, each implementation measured in a fresh process.
+"""Peak memory, each implementation measured in a fresh process.
 
 A process's peak resident set size only ever grows, so one process cannot measure several
-implementations one after another. `measure` therefore starts a new interpreter
-(`python -m minivlm._memory SPEC`) per implementation. The child
+implementations one after another. `start_probe` therefore starts a new interpreter
+(`python -m MODULE SPEC`) per implementation, where MODULE hands SPEC to its probe (`child_main`).
+The attention probe (`memory_probe` in minivlm.tools.bench.kernels)
 
   1. warms the implementation up on a tiny problem (thread pools, BLAS buffers, lazy initialisation),
   2. builds the real inputs q, k, v,
@@ -46,42 +47,23 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
 
 
-def probe(spec: dict) -> dict:
-    """In the child: run one forward of spec["impl"] on spec["shape"] and report the peak's rise."""
-    import torch
+def start_probe(module: str, spec: dict) -> subprocess.Popen:
+    """In the parent: launch a fresh Python process, `python -m module SPEC`, that probes `spec`.
 
-    from .bench import AttentionShape, attention_function, attention_inputs
-
-    torch.set_num_threads(spec["threads"])
-    shape = AttentionShape(**spec["shape"])
-    fn = attention_function(spec["impl"], shape)
-    with torch.no_grad():
-        fn(*attention_inputs(shape.tiny()))              # 1. warm up
-        q, k, v = attention_inputs(shape)                # 2. inputs
-        baseline = current_rss_kib()                     # 3. baseline
-        peak_before = peak_rss_kib()
-        out = fn(q, k, v)                                # 4. one forward
-        peak_after = peak_rss_kib()
-    del out
-    return {"extra_kib": max(0, peak_after - baseline), "baseline_kib": baseline,
-            "peak_before_kib": peak_before, "peak_after_kib": peak_after, "peak_rose": peak_after > peak_before}
-
-
-def start(impl: str, shape: dict, threads: int) -> subprocess.Popen:
-    """In the parent: launch a fresh Python process that probes `impl` on `shape` (AttentionShape fields).
-
-    Probes do not disturb each other's numbers (each counts only its own process), so several may run
-    at once; `finish` collects a probe's report.
+    The child imports this same minivlm (its folder goes first on PYTHONPATH). Probes do not disturb
+    each other's numbers (each counts only its own process), so several may run at once; `finish_probe`
+    collects a probe's report.
     """
-    spec = json.dumps({"impl": impl, "shape": shape, "threads": threads})
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    import minivlm
+
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(minivlm.__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
-    return subprocess.Popen([sys.executable, "-m", "minivlm._memory", spec],
+    return subprocess.Popen([sys.executable, "-m", module, json.dumps(spec)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def finish(proc: subprocess.Popen) -> dict:
+def finish_probe(proc: subprocess.Popen) -> dict:
     """Wait for a probe; its report, or {"error": message} where it failed (e.g. ran out of memory)."""
     stdout, stderr = proc.communicate()
     if proc.returncode != 0:
@@ -90,20 +72,16 @@ def finish(proc: subprocess.Popen) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def measure(impl: str, shape: dict, threads: int) -> dict:
-    """Probe `impl` on `shape` in a fresh process and return its report (see `probe`)."""
-    return finish(start(impl, shape, threads))
+def run_probe(module: str, spec: dict) -> dict:
+    """Probe `spec` in a fresh process running `module` and return its report."""
+    return finish_probe(start_probe(module, spec))
 
 
-def main(argv=None) -> int:
+def child_main(probe, argv=None) -> int:
+    """In the child (a module's `__main__`): print probe(SPEC) as JSON, SPEC being the one argument."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m minivlm._memory '{\"impl\": ..., \"shape\": {...}, \"threads\": N}'",
-              file=sys.stderr)
+        print("usage: python -m MODULE SPEC   (SPEC: the probe's spec as JSON)", file=sys.stderr)
         return 2
     print(json.dumps(probe(json.loads(argv[0]))))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

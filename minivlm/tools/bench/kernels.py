@@ -18,7 +18,7 @@ A backward time is the time of the backward pass alone: the forward output is co
 the timer, and each repetition calls torch.autograd.grad(out, inputs, grad_out, retain_graph=True).
 
 Peak memory of one attention forward is measured in a fresh process per implementation
-(`minivlm._memory`), because a process's peak resident size only ever grows.
+(`minivlm.tools.bench.memory`), because a process's peak resident size only ever grows.
 """
 
 import dataclasses
@@ -37,6 +37,8 @@ import torch.nn.functional as F
 
 import minivlm
 from minivlm import ops, reference
+
+from .memory import child_main, current_rss_kib, finish_probe, peak_rss_kib, start_probe
 
 #: The reference is skipped where its (B, H, Lq, Lk) float32 score matrix would exceed this.
 REFERENCE_LIMIT_BYTES = 1 << 30
@@ -479,21 +481,39 @@ def measure_memory(shapes: list, impls: tuple, threads: int) -> list:
 
     The probes run concurrently (each process counts only its own memory); a row per shape.
     """
-    from . import _memory
     probes = {}
     for shape in shapes:
         for impl in (name for name in attention_impl_names(shape) if name in impls):
-            probes[shape, impl] = _memory.start(impl, dataclasses.asdict(shape), threads)
+            spec = {"impl": impl, "shape": dataclasses.asdict(shape), "threads": threads}
+            probes[shape, impl] = start_probe("minivlm.tools.bench.kernels", spec)
     rows = []
     for shape in shapes:
         rows.append({
             "shape": shape.describe(),
             "O(L*D)_mib": shape.output_bytes() / MIB,
             "O(L^2)_mib": shape.score_bytes() / MIB,
-            "impls": {impl: _memory.finish(probes[shape, impl]) if (shape, impl) in probes else None
+            "impls": {impl: finish_probe(probes[shape, impl]) if (shape, impl) in probes else None
                       for impl in ("minivlm", "reference", "sdpa")},
         })
     return rows
+
+
+def memory_probe(spec: dict) -> dict:
+    """In the child: run one forward of spec["impl"] on spec["shape"] and report the peak's rise (the steps
+    are in minivlm.tools.bench.memory)."""
+    torch.set_num_threads(spec["threads"])
+    shape = AttentionShape(**spec["shape"])
+    fn = attention_function(spec["impl"], shape)
+    with torch.no_grad():
+        fn(*attention_inputs(shape.tiny()))              # 1. warm up
+        q, k, v = attention_inputs(shape)                # 2. inputs
+        baseline = current_rss_kib()                     # 3. baseline
+        peak_before = peak_rss_kib()
+        out = fn(q, k, v)                                # 4. one forward
+        peak_after = peak_rss_kib()
+    del out
+    return {"extra_kib": max(0, peak_after - baseline), "baseline_kib": baseline,
+            "peak_before_kib": peak_before, "peak_after_kib": peak_after, "peak_rose": peak_after > peak_before}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -574,7 +594,7 @@ def print_page_faults(results: list, threshold: int = 1024) -> None:
 
 def print_memory(rows: list) -> None:
     print("\npeak extra memory of one attention forward, MiB: the rise of the peak RSS (VmHWM, else ru_maxrss)")
-    print("above the inputs, each implementation in a fresh process (see minivlm._memory);")
+    print("above the inputs, each implementation in a fresh process (see minivlm.tools.bench.memory);")
     print("O(L*D) = one (B,H,L,D) float32 tensor, O(L^2) = one (B,H,L,L) float32 score matrix")
     header = ["shape", "O(L*D)", "O(L^2)", "minivlm", "reference", "sdpa"]
     table = [header]
@@ -654,8 +674,8 @@ def to_json(env, rope_ms, suite, results, memory) -> dict:
             "cases": cases, "memory": memory}
 
 
-def run_kernels(json_path: Optional[str] = None, quick: bool = False, threads: Optional[int] = None,
-                reps: Optional[int] = None) -> int:
+def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[int] = None,
+        reps: Optional[int] = None) -> int:
     """`minivlm bench kernels`: time all cases, print the tables, optionally write JSON. Returns 0."""
     if threads is not None:
         torch.set_num_threads(threads)
@@ -682,3 +702,7 @@ def run_kernels(json_path: Optional[str] = None, quick: bool = False, threads: O
             json.dump(to_json(env, rope_ms, suite, results, memory), f, indent=2)
         print(f"\nwrote {json_path}")
     return 0
+
+
+if __name__ == "__main__":     # a memory probe's child process (see measure_memory)
+    sys.exit(child_main(memory_probe))

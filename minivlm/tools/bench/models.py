@@ -9,17 +9,16 @@ it to a temporary folder, and loads that folder into both libraries, so both run
     decode    the time per generated token of greedy generation: the time between the model's forward
               calls inside one generate call, over N steps after the first (see StepClock).
     memory    the peak resident memory of loading the checkpoint and generating, each library in a
-              fresh process (a process's peak only grows; see minivlm._memory).
+              fresh process (a process's peak only grows; see minivlm.tools.bench.memory).
 
-Timings alternate between the two libraries within every repetition (see minivlm.bench), and the
-ratios are taken per repetition. Everything runs in float32 on the CPU.
+Timings alternate between the two libraries within every repetition (see minivlm.tools.bench.kernels),
+and the ratios are taken per repetition. Everything runs in float32 on the CPU.
 """
 from __future__ import annotations
 
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,8 +26,8 @@ from typing import Optional
 
 import torch
 
-from .bench import Timing, environment, fmt_timing, print_table, time_side_by_side
-from ._memory import current_rss_kib, peak_rss_kib
+from .kernels import Timing, environment, fmt_timing, print_table, time_side_by_side
+from .memory import child_main, current_rss_kib, peak_rss_kib, run_probe
 
 # Targets: prefill (or a contrastive model's forward) at most 1.05x Transformers' time,
 # decode per token at most 0.9x.
@@ -76,7 +75,7 @@ class LlavaNextBench:
 
     def make_inputs(self, s: dict, folder: str) -> dict:
         """One image and a prompt with its image tokens, as a processor would give them."""
-        from .models.llava_next import LlavaNextConfig, image_feature_count, num_patches
+        from minivlm.models.llava_next import LlavaNextConfig, image_feature_count, num_patches
 
         with open(os.path.join(folder, "config.json")) as f:
             cfg = LlavaNextConfig.from_dict(json.load(f))
@@ -445,16 +444,9 @@ def _ratios(a: Timing, b: Timing) -> list:
 
 
 def measure_memory(spec, impl: str, folder: str, s: dict) -> dict:
-    """Peak RSS of loading + generating, in a fresh process (see minivlm._memory for why)."""
-    child = json.dumps({"model": spec.name, "impl": impl, "folder": folder, "setup": s})
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p))
-    proc = subprocess.run([sys.executable, "-m", "minivlm.bench_model", child], capture_output=True, text=True,
-                          env=env)
-    if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines()
-        return {"error": lines[-1] if lines else f"exit status {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Peak RSS of loading + generating, in a fresh process (see minivlm.tools.bench.memory for why)."""
+    child = {"model": spec.name, "impl": impl, "folder": folder, "setup": s}
+    return run_probe("minivlm.tools.bench.models", child)
 
 
 def _memory_child(child: dict) -> dict:
@@ -544,5 +536,5 @@ def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[
     return 0
 
 
-if __name__ == "__main__":
-    print(json.dumps(_memory_child(json.loads(sys.argv[1]))))
+if __name__ == "__main__":     # a memory probe's child process (see measure_memory)
+    sys.exit(child_main(_memory_child))

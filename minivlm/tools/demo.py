@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import ops, reference
+from minivlm import ops, reference
 
 
 @dataclass
@@ -143,8 +143,8 @@ def draw_picture():
 def tiny_llava_next():
     """A LLaVA-NeXT of tiny proportions with random weights, and its image processor: 32 px crops in
     8 px patches (16 features per crop), a Mistral-style decoder with GQA and a sliding window."""
-    from .models.llava_next import LlavaNextConfig, LlavaNextForConditionalGeneration
-    from .processing import LlavaNextImageProcessor
+    from minivlm.models.llava_next import LlavaNextConfig, LlavaNextForConditionalGeneration
+    from minivlm.processing import LlavaNextImageProcessor
 
     pinpoints = [[32, 64], [64, 32], [64, 64]]
     config = LlavaNextConfig.from_dict({
@@ -164,7 +164,7 @@ def tiny_llava_next():
 def stage_llava_next() -> StageResult:
     """A tiny random-weight LLaVA-NeXT on a drawn picture, stage by stage with the shapes; its logits on
     the compiled kernels against the same model on the reference math; a few greedy tokens."""
-    from .models.llava_next import anyres_grid_shape, image_feature_count, num_patches, unpad_bounds
+    from minivlm.models.llava_next import anyres_grid_shape, image_feature_count, num_patches, unpad_bounds
 
     model, processor = tiny_llava_next()
     cfg = model.config
@@ -207,8 +207,8 @@ def tiny_blip2():
     """A BLIP-2 of tiny proportions with random weights, and its image processor: 32 px images in 8 px
     patches (16 + the class token), a 2-layer Q-Former with 8 queries (cross-attention on layer 0), a
     2-layer OPT of width 64 (lm_head untied); token 127 is the image placeholder, 2 OPT's BOS."""
-    from .models.blip2 import Blip2Config, Blip2ForConditionalGeneration
-    from .processing import BlipImageProcessor
+    from minivlm.models.blip2 import Blip2Config, Blip2ForConditionalGeneration
+    from minivlm.processing import BlipImageProcessor
 
     config = Blip2Config.from_dict({
         "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
@@ -273,8 +273,8 @@ def tiny_idefics():
     """An IDEFICS of tiny proportions with random weights: 32 px images in 8 px patches (17 tokens each), a
     Perceiver resampler of 4 latents, a 4-layer Llama decoder of width 64 with a gated cross-attention block
     before layers 0 and 2, the gates' alphas set to 1 (tanh(1) = 0.76: the images count)."""
-    from .models.idefics import IdeficsConfig, IdeficsForVisionText2Text
-    from .processing import IdeficsImageProcessor
+    from minivlm.models.idefics import IdeficsConfig, IdeficsForVisionText2Text
+    from minivlm.processing import IdeficsImageProcessor
 
     config = IdeficsConfig.from_dict({
         "vocab_size": IDEFICS_VOCAB, "additional_vocab_size": 2, "hidden_size": 64, "intermediate_size": 128,
@@ -297,7 +297,7 @@ def stage_idefics() -> StageResult:
     """A tiny random-weight IDEFICS on two pictures interleaved with text: the image attention mask that
     lets each token see the latest image before it, the resampled image states, logits on the kernels
     against the reference math, a few greedy tokens."""
-    from .processing import idefics_image_attention_mask
+    from minivlm.processing import idefics_image_attention_mask
 
     model, processor = tiny_idefics()
     picture = draw_picture()
@@ -347,8 +347,8 @@ KOSMOS2_GROUNDED_EXAMPLE = (
 def tiny_kosmos2():
     """A Kosmos-2 of tiny proportions with random weights, and its image processor: 32 px images in 8 px
     patches (16 + the class token), 8 latent queries, a 2-layer sub-LN decoder of width 64 (lm_head untied)."""
-    from .models.kosmos2 import Kosmos2Config, Kosmos2ForConditionalGeneration
-    from .processing import CLIPImageProcessor
+    from minivlm.models.kosmos2 import Kosmos2Config, Kosmos2ForConditionalGeneration
+    from minivlm.processing import CLIPImageProcessor
 
     config = Kosmos2Config.from_dict({
         "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
@@ -379,7 +379,7 @@ def stage_kosmos2() -> StageResult:
 
     from PIL import Image
 
-    from .grounding import draw_boxes, post_process_generation
+    from minivlm.grounding import draw_boxes, post_process_generation
 
     model, processor = tiny_kosmos2()
     cfg = model.config
@@ -444,8 +444,8 @@ def tiny_altclip():
     """An AltCLIP of tiny proportions with random weights, and its image processor: 32 px images in 8 px
     patches (16 + the class token), a 2-layer CLIP tower of width 32; a 2-layer XLM-R of width 32
     (vocabulary 128, project_dim 24); a shared embedding width P = 16."""
-    from .models.altclip import AltCLIPConfig, AltCLIPModel
-    from .processing import CLIPImageProcessor
+    from minivlm.models.altclip import AltCLIPConfig, AltCLIPModel
+    from minivlm.processing import CLIPImageProcessor
 
     config = AltCLIPConfig.from_dict({
         "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
@@ -482,7 +482,7 @@ def stage_altclip() -> StageResult:
 
     from PIL import ImageOps
 
-    from .models.altclip import tokenize_labels
+    from minivlm.models.altclip import tokenize_labels
 
     model, processor = tiny_altclip()
     cfg = model.config

@@ -1,6 +1,6 @@
 """`minivlm bench kernels --device cuda`: the CUDA kernels on a GPU, next to PyTorch and the reference.
 
-The same idea as the CPU table (minivlm.bench), with GPU timing:
+The same idea as the CPU table (minivlm.tools.bench.kernels), with GPU timing:
 
     attention    vs torch's SDPA with the flash backend (FlashAttention-2 inside PyTorch) and the reference
     decode       one query row per sequence against a long KV cache (GQA) vs SDPA (its own choice of backend)
@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from . import ops, reference
+from minivlm import ops, reference
 
 ATTN_VS_SDPA = 0.5       # attention forward throughput at least 50% of SDPA's (flash backend)
 BANDWIDTH_FRACTION = 0.7  # decode and rope reach at least 70% of the device-to-device copy's bandwidth
@@ -40,7 +40,7 @@ def check_device() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("minivlm bench kernels --device cuda: torch sees no CUDA GPU "
                          f"(torch {torch.__version__}, torch.version.cuda = {torch.version.cuda})")
-    from . import _extension  # noqa: F401  (loads minivlm._C)
+    from minivlm import _extension  # noqa: F401  (loads minivlm._C)
     missing = [op for op in OPS if not torch._C._dispatch_has_kernel_for_dispatch_key(f"minivlm::{op}", "CUDA")]
     if missing:
         raise SystemExit(f"minivlm bench kernels --device cuda: the extension has no CUDA kernel for {missing}; "

@@ -14,12 +14,12 @@ help and exits with 2, argparse's status for a usage error: no command was given
 import argparse
 import sys
 
-from . import __version__
+from minivlm import __version__
 
-#: What `minivlm bench` can measure; each name maps to "module:function" inside minivlm that runs it.
+#: What `minivlm bench` can measure; each name maps to the module whose run() measures it.
 BENCHMARKS = {
-    "kernels": "bench:run_kernels",
-    "model": "bench_model:run",
+    "kernels": "minivlm.tools.bench.kernels",
+    "model": "minivlm.tools.bench.models",
 }
 #: The models `minivlm bench model NAME` knows.
 BENCH_MODELS = ("llava_next", "blip2", "blip2_t5", "kosmos2", "idefics", "altclip")
@@ -41,10 +41,9 @@ def run_bench(args) -> int:
                              f"benchmarks run on the CPU")
         if args.name is not None or args.threads is not None:
             raise SystemExit("minivlm bench kernels --device cuda: takes no NAME and no --threads")
-        from . import bench_cuda
-        return bench_cuda.run(json_path=args.json, quick=args.quick, reps=args.reps)
-    module, function = BENCHMARKS[args.what].split(":")
-    run = getattr(importlib.import_module(f"{__package__}.{module}"), function)
+        from .bench import cuda
+        return cuda.run(json_path=args.json, quick=args.quick, reps=args.reps)
+    run = importlib.import_module(BENCHMARKS[args.what]).run
     extra = {}
     if args.what == "model":
         if args.name not in BENCH_MODELS:
