@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 # Checkpoints larger than this show a progress bar while their tensors are copied.
@@ -215,19 +216,28 @@ SAFETENSORS_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
+MAX_HEADER_BYTES = 100_000_000     # the longest header safetensors reads
 
 
 class _SafetensorsFiles:
     """A checkpoint's tensors, served to the model's parameters without a second copy in memory.
 
     A safetensors file is 8 bytes (little-endian u64: the header's length), a JSON header giving each
-    tensor's dtype, shape and byte range [begin, end) after the header, then the raw little-endian bytes.
-    Names and shapes come from the headers alone. Two ways in:
+    tensor's dtype, shape and byte range, then the raw little-endian bytes. The safetensors library reads
+    and checks the header (`safe_open`): names, dtypes, shapes, and that the tensors lie back to back in
+    the order of their offsets, from the end of the header to the end of the file, so where each starts
+    follows. The bytes are then served two ways, both minivlm's own because safetensors offers neither
+    (measured on a 356 MiB file of 404 float32 tensors, whose header both read in 0.4 ms):
     - `mapped` (mmap=True, the tensor already in the wanted dtype, on the CPU): the parameter becomes a
-      view of the file mapped privately into memory; pages are read from disk when first touched, and a
-      write copies the page (the file never changes).
+      view of the whole file mapped privately into memory; pages are read from disk when first touched,
+      and a write copies the page (the file never changes). safe_open's `get_tensor` also gives private,
+      copy-on-write views, but each holds a storage of its own tensor only, and making them all charged
+      84 MiB of pages before any was used (these views: 1 MiB).
     - `read_into`: one `readinto` of the tensor's bytes into the parameter's own memory when dtype and
-      device allow, else into a buffer of that one tensor, then `copy_` (which converts the dtype).
+      device allow, else into a buffer of that one tensor, then `copy_` (which converts the dtype). Into
+      float32 parameters that peaks 1 MiB above them, in 0.15 s; `get_tensor` + `copy_` peaks 358 MiB
+      above (the whole file mapped) in 0.45 s, or with safetensors 0.8's backend="pread" 65 MiB above (a
+      copy of the largest tensor) in 0.94 s.
     """
 
     def __init__(self, files: Iterable[Path], mmap: bool = False):
@@ -238,35 +248,26 @@ class _SafetensorsFiles:
 
     @staticmethod
     def _header(file: Path) -> dict:
+        """name -> (dtype, shape, where its bytes start in the file, how many bytes)."""
+        try:
+            with safe_open(file, framework="pt") as f:
+                tensors = []
+                for name in f.offset_keys():                 # in the order of their bytes in the file
+                    info = f.get_slice(name)
+                    tensors.append((name, info.get_dtype(), tuple(info.get_shape())))
+        except SafetensorError as e:
+            raise CheckpointError(_why_not_safetensors(file, e)) from None
         with open(file, "rb") as f:
-            prefix = f.read(8)
-            size = int.from_bytes(prefix, "little")
-            data = f.read(size) if len(prefix) == 8 and 0 < size <= 100 * 2**20 else b""
-        if len(prefix) < 8 or not 0 < size <= 100 * 2**20:
-            got = f"{len(prefix)} bytes in all" if len(prefix) < 8 else f"a header length of {size} bytes"
-            raise CheckpointError(f"from_pretrained: {file} is not a safetensors file: expected 8 bytes giving a "
-                                  f"header length of 1 byte to 100 MiB, found {got}")
-        if len(data) < size:
-            raise CheckpointError(f"from_pretrained: {file} is truncated inside its header: expected {size} bytes "
-                                  f"of JSON header after the first 8, found {len(data)}")
-        header = _parse_json(data, f"the header of {file}")
-        if not isinstance(header, dict):
-            raise CheckpointError(f"from_pretrained: {file} is not a safetensors file: its header is a JSON "
-                                  f"{type(header).__name__}, expected a JSON object")
-        start = 8 + size
+            offset = 8 + int.from_bytes(f.read(8), "little")      # the first tensor starts after the header
         entries = {}
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            if info.get("dtype") not in SAFETENSORS_DTYPES:
-                raise ValueError(f"from_pretrained: {file}: tensor {name!r} has dtype {info.get('dtype')!r}, "
-                                 f"which minivlm does not read (it reads {sorted(SAFETENSORS_DTYPES)})")
-            dtype, shape = SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"])
-            begin, end = info["data_offsets"]
-            if end - begin != math.prod(shape) * dtype.itemsize:
-                raise ValueError(f"from_pretrained: {file}: tensor {name!r} has {end - begin} bytes, but shape "
-                                 f"{shape} of {info['dtype']} needs {math.prod(shape) * dtype.itemsize}")
-            entries[name] = (dtype, shape, start + begin, end - begin)
+        for name, dtype_name, shape in tensors:
+            if dtype_name not in SAFETENSORS_DTYPES:
+                raise CheckpointError(f"from_pretrained: {file}: tensor {name!r} has dtype {dtype_name!r}, "
+                                      f"which minivlm does not read (it reads {sorted(SAFETENSORS_DTYPES)})")
+            dtype = SAFETENSORS_DTYPES[dtype_name]
+            nbytes = math.prod(shape) * dtype.itemsize
+            entries[name] = (dtype, shape, offset, nbytes)
+            offset += nbytes
         return entries
 
     def shapes(self):
@@ -281,20 +282,17 @@ class _SafetensorsFiles:
     def mapped(self, name: str, index: int, target: torch.Tensor):
         """The tensor as a view of its file mapped into memory (private, copy-on-write), or None where it
         cannot stand in for `target` as is (another dtype or device, or unaligned in the file)."""
-        dtype, shape, offset, nbytes = self.headers[index][name]
+        dtype, shape, offset, _ = self.headers[index][name]
         if not self.mmap or target.dtype != dtype or target.device.type != "cpu" or offset % dtype.itemsize:
             return None
         if index not in self._storages:
-            size = self.files[index].stat().st_size
-            self._storages[index] = (torch.UntypedStorage.from_file(str(self.files[index]), shared=False, nbytes=size),
-                                     size)
-        storage, size = self._storages[index]
-        if offset + nbytes > size:
-            raise ValueError(f"from_pretrained: {self.files[index]} is truncated (tensor {name!r})")
+            file = self.files[index]
+            self._storages[index] = torch.UntypedStorage.from_file(str(file), shared=False,
+                                                                   nbytes=file.stat().st_size)
         strides = [1] * len(shape)
         for d in range(len(shape) - 2, -1, -1):
             strides[d] = strides[d + 1] * shape[d + 1]
-        return torch.empty(0, dtype=dtype).set_(storage, offset // dtype.itemsize, shape, strides)
+        return torch.empty(0, dtype=dtype).set_(self._storages[index], offset // dtype.itemsize, shape, strides)
 
     def read_into(self, name: str, index: int, target: torch.Tensor):
         dtype, shape, offset, nbytes = self.headers[index][name]
@@ -306,6 +304,32 @@ class _SafetensorsFiles:
                 raise ValueError(f"from_pretrained: {self.files[index]} is truncated (tensor {name!r})")
         if not direct:
             target.copy_(buffer)
+
+
+def _why_not_safetensors(file: Path, error: SafetensorError) -> str:
+    """What is wrong with a file safetensors refused, on one line naming it: the 8-byte header length, the
+    header's JSON, the file's length, else safetensors' own reason."""
+    with open(file, "rb") as f:
+        prefix = f.read(8)
+        size = int.from_bytes(prefix, "little")
+        data = f.read(size) if len(prefix) == 8 and 0 < size <= MAX_HEADER_BYTES else b""
+    if len(prefix) < 8 or not 0 < size <= MAX_HEADER_BYTES:
+        got = f"{len(prefix)} bytes in all" if len(prefix) < 8 else f"a header length of {size} bytes"
+        return (f"from_pretrained: {file} is not a safetensors file: expected 8 bytes giving a header length "
+                f"of 1 byte to 100 MB, found {got}")
+    if len(data) < size:
+        return (f"from_pretrained: {file} is truncated inside its header: expected {size} bytes of JSON header "
+                f"after the first 8, found {len(data)}")
+    header = _parse_json(data, f"the header of {file}")
+    if not isinstance(header, dict):
+        return (f"from_pretrained: {file} is not a safetensors file: its header is a JSON "
+                f"{type(header).__name__}, expected a JSON object")
+    if "not fully covered" in str(error):      # a valid header, but the tensors do not end where the file does
+        end = max((t["data_offsets"][1] for name, t in header.items() if name != "__metadata__"), default=0)
+        found = file.stat().st_size - 8 - size
+        return (f"from_pretrained: {file} is {'truncated' if found < end else 'longer than its header says'}: "
+                f"expected {end} bytes of tensors after the header, found {found}")
+    return f"from_pretrained: {file} is not a valid safetensors file: {error}"
 
 
 class _InMemory:
