@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 import minivlm
 from minivlm import ops, reference
+from minivlm._extension import load_extension
 
 #: The reference is skipped where its (B, H, Lq, Lk) float32 score matrix would exceed this.
 REFERENCE_LIMIT_BYTES = 1 << 30
@@ -613,6 +614,7 @@ def print_targets(results: list) -> None:
 
 def environment() -> dict:
     """What the numbers depend on: versions, threads and the extension's vector instruction set."""
+    load_extension("minivlm bench")   # the kernels are what is timed
     try:
         import transformers
         transformers_version = transformers.__version__
