@@ -6,8 +6,11 @@ The compiled kernels live in `minivlm.ops`; their naive math, which a student re
 
 The names below load on first use (PEP 562 module `__getattr__`), so that `minivlm --help` and
 `minivlm --version` answer without importing torch. Where torch is already imported, `import minivlm`
-loads them at once: the compiled extension then registers `torch.ops.minivlm.*` at import, at little
-extra cost.
+loads them at once: `minivlm.ops` then defines `torch.ops.minivlm.*` and loads their compiled kernels
+(where built), at little extra cost.
+
+Nothing here needs the compiled extension: without it every name imports and every model runs on the
+reference math (`with minivlm.use_reference():`); only a kernel call fails, saying how to build it.
 """
 
 import importlib

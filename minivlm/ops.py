@@ -1,12 +1,15 @@
 """minivlm's three kernels: attention, rotary embedding and the causal mask.
 
-Each public function checks its arguments, then calls a custom op registered by the compiled extension
-`minivlm._C` (C++ in csrc/, visible as torch.ops.minivlm.*). This module adds what the C++ side leaves to
-Python: the fake (meta) kernels that let torch.compile trace the ops, and the autograd formulas that tie
-each forward op to its backward op. The math each op computes is spelled out in `minivlm.reference`.
+Each public function checks its arguments, then calls a custom op, torch.ops.minivlm.<name>. This module
+defines the ops' schemas (torch.library), their fake (meta) kernels that let torch.compile trace them, and
+the autograd formulas that tie each forward op to its backward op; the compiled extension `minivlm._C`
+(C++ and CUDA in csrc/) only implements them, per device. The math each op computes is spelled out in
+`minivlm.reference`.
 
 Inside `with minivlm.use_reference():` (or with MINIVLM_REFERENCE=1 in the environment) the public
-functions run the reference math instead, so a reader can step through a whole model in a debugger.
+functions hand their arguments to the reference math instead (which checks them itself), so a reader can
+step through a whole model in a debugger. That needs no compiler: without a built `minivlm._C` everything imports and runs on the reference, and only a
+call that needs a kernel fails, with an error that says how to build it.
 """
 
 import contextlib
@@ -15,11 +18,8 @@ import threading
 
 import torch
 
-from . import reference
+from . import _extension, reference
 from ._checks import check_attention, check_causal_mask, check_rope
-from ._extension import load_extension
-
-load_extension()  # registers torch.ops.minivlm.*
 
 _state = threading.local()
 
@@ -56,9 +56,10 @@ def attention(q, k, v, attn_mask=None, *, is_causal=False, scale=None, window=No
     is_causal, each query sees at most `window` keys ending at itself. scale defaults to D ** -0.5.
     Returns (B, Hq, Lq, D) in q's dtype; a query with no visible key gives 0.
     """
-    check_attention(q, k, v, attn_mask, is_causal, scale, window)
-    if reference_enabled():
+    if reference_enabled():   # the reference checks its arguments itself
         return reference.attention(q, k, v, attn_mask, is_causal=is_causal, scale=scale, window=window)
+    check_attention(q, k, v, attn_mask, is_causal, scale, window)
+    _extension.require("minivlm.attention")
     if scale is None:
         scale = q.shape[-1] ** -0.5
     out, _stats = torch.ops.minivlm.attention(q, k, v, attn_mask, is_causal, float(scale), window)
@@ -70,18 +71,47 @@ def rope(x, cos, sin):
 
     x: (B, H, L, D) with D even; cos, sin: (L, D) or (B, L, D), shared by all heads.
     """
-    check_rope(x, cos, sin)
     if reference_enabled():
         return reference.rope(x, cos, sin)
+    check_rope(x, cos, sin)
+    _extension.require("minivlm.rope")
     return torch.ops.minivlm.rope(x, cos, sin)
 
 
 def causal_mask(padding_mask, q_len, *, dtype=torch.float32, window=None):
     """The additive (B, 1, q_len, Lk) mask of a causal decoder; see `minivlm.reference.causal_mask`."""
-    check_causal_mask(padding_mask, q_len, dtype, window)
     if reference_enabled():
         return reference.causal_mask(padding_mask, q_len, dtype=dtype, window=window)
+    check_causal_mask(padding_mask, q_len, dtype, window)
+    _extension.require("minivlm.causal_mask")
     return torch.ops.minivlm.causal_mask(padding_mask, q_len, dtype, window)
+
+
+# --------------------------------------------------------------------------------------------------
+# Schemas: the ops' signatures, defined here rather than in C++ so that they (and the fake kernels and
+# autograd formulas below, registered against them) exist with or without the compiled extension. The
+# extension adds the kernels (TORCH_LIBRARY_IMPL in csrc/) and, in csrc/ops.cpp, the ops that only the
+# build has: cpu_isa, set_cpu_isa and cpu_isas.
+# --------------------------------------------------------------------------------------------------
+
+_library = torch.library.Library("minivlm", "DEF")    # kept alive: deleting it would remove the ops
+# attention returns (out, stats): stats is (2, B, Hq, Lq) in float32 (float64 for float64 input), stats[0]
+# the row maximum m of the scores (-inf for a row that sees no key) and stats[1] log of the softmax
+# denominator, so the log-sum-exp is m + log(l). The backward recomputes the probabilities from them.
+_library.define("attention(Tensor q, Tensor k, Tensor v, Tensor? attn_mask, bool is_causal, float scale, "
+                "int? window) -> (Tensor, Tensor)")
+# Returns (dq, dk, dv, dscores). dscores = dL/d(scores) on the full (B, Hq, Lq, Lk) grid, in the
+# accumulation dtype, when mask_grad is true (attention's autograd below sums it down to the mask's
+# shape); empty otherwise.
+_library.define("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? attn_mask, "
+                "Tensor out, Tensor stats, bool is_causal, float scale, int? window, bool mask_grad) "
+                "-> (Tensor, Tensor, Tensor, Tensor)")
+_library.define("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor")
+# The gradient of rope with respect to x (rope is linear in x, so it needs only cos and sin).
+_library.define("rope_backward(Tensor grad, Tensor cos, Tensor sin) -> Tensor")
+_library.define("causal_mask(Tensor padding_mask, int q_len, ScalarType dtype, int? window) -> Tensor")
+
+_extension.load()   # the kernels, where minivlm._C is built
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 
 from minivlm._extension import load_extension
 
-load_extension()   # the ops, and the instruction sets of the CPU kernels (below)
+load_extension("the tests")   # the ops and their kernels, and the instruction sets of the CPU kernels (below)
 
 # Run against this checkout even where the package is not installed in editable mode.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -77,6 +77,27 @@ def test_kernels_are_used_by_default(recorder):
     assert recorder == []
 
 
+@pytest.mark.parametrize("reference_mode", [True, False], ids=["reference", "kernels"])
+def test_arguments_are_checked_once(monkeypatch, reference_mode):
+    """A public op checks its arguments once on either path: in reference mode the reference checks them,
+    and the public function does not check them again first."""
+    checked = []
+    for name in ("check_attention", "check_rope", "check_causal_mask"):
+        original = getattr(ops, name)
+        assert getattr(reference, name) is original
+
+        def counted(*args, _name=name, _original=original):
+            checked.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(ops, name, counted)
+        monkeypatch.setattr(reference, name, counted)
+    with minivlm.use_reference(reference_mode):
+        for name, (args, kwargs) in sample_calls().items():
+            getattr(minivlm, name)(*args, **kwargs)
+    assert checked == ["check_attention", "check_rope", "check_causal_mask"]
+
+
 def test_use_reference_nests_and_restores(recorder):
     args, kwargs = sample_calls()["rope"]
     with minivlm.use_reference():

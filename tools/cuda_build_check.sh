@@ -58,7 +58,9 @@ MINIVLM_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0" MAX_JOBS="${MAX_JOBS:-2}" \
 "$VENV/bin/python" - <<'EOF'
 import glob, subprocess, sys
 import torch
-import minivlm._C  # noqa: F401  (runs the registrations)
+import minivlm.ops  # noqa: F401  (defines the ops' schemas, then loads minivlm._C, which registers their kernels)
+
+minivlm._extension.require("cuda_build_check")   # minivlm._C was built and loads
 
 ops = ["attention", "attention_backward", "rope", "rope_backward", "causal_mask"]
 missing = [f"{op} ({key})" for op in ops for key in ("CUDA", "CPU")

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from minivlm import ops, reference
+from minivlm._extension import load_extension
 
 
 @dataclass
@@ -554,6 +555,7 @@ def format_result(r: StageResult) -> str:
 
 def run(threads: Optional[int] = None, stages=None) -> int:
     """Run the stages and print a line for each; returns 0 if every stage matched its reference, else 1."""
+    load_extension("minivlm demo")   # it compares the kernels with the reference: both must be there
     if threads is not None:
         torch.set_num_threads(threads)
     print(f"minivlm demo: torch {torch.__version__}, {torch.get_num_threads()} threads, "

@@ -40,7 +40,9 @@ def check_device() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("minivlm bench kernels --device cuda: torch sees no CUDA GPU "
                          f"(torch {torch.__version__}, torch.version.cuda = {torch.version.cuda})")
-    from minivlm import _extension  # noqa: F401  (loads minivlm._C)
+    from minivlm._extension import load_extension
+
+    load_extension("minivlm bench kernels --device cuda")
     missing = [op for op in OPS if not torch._C._dispatch_has_kernel_for_dispatch_key(f"minivlm::{op}", "CUDA")]
     if missing:
         raise SystemExit(f"minivlm bench kernels --device cuda: the extension has no CUDA kernel for {missing}; "

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 import minivlm
 from minivlm import ops, reference
+from minivlm._extension import load_extension
 
 from .memory import child_main, current_rss_kib, finish_probe, peak_rss_kib, start_probe
 
@@ -633,6 +634,7 @@ def print_targets(results: list) -> None:
 
 def environment() -> dict:
     """What the numbers depend on: versions, threads and the extension's vector instruction set."""
+    load_extension("minivlm bench")   # the kernels are what is timed
     try:
         import transformers
         transformers_version = transformers.__version__
