@@ -37,6 +37,11 @@ if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.version.cuda is No
   python3.11 -m venv "$VENV"
   "$VENV/bin/pip" install -q "$TORCH_SPEC" ninja setuptools wheel numpy
 fi
+# minivlm's own runtime dependencies: the final check imports minivlm, which (with torch loaded) imports
+# the loader (safetensors) and the processors (pillow); an environment made before they were needed gets them.
+if ! "$VENV/bin/python" -c "import numpy, PIL, safetensors, tokenizers, tqdm" 2>/dev/null; then
+  "$VENV/bin/pip" install -q numpy pillow safetensors tokenizers tqdm
+fi
 "$VENV/bin/python" -c "import torch; print('cuda_build_check: torch', torch.__version__, 'CUDA', torch.version.cuda)"
 
 # 2. A scratch copy of the checkout (tracked and untracked-but-not-ignored files).
