@@ -15,12 +15,13 @@ sampling):
    eos id when no pad id is set, as Transformers does). Generation stops when every row is finished or
    after max_new_tokens.
 
-A decoder-only model provides `new_cache(batch_size, max_length) -> cache` and a forward
-`model(input_ids, attention_mask=..., position_ids=..., cache=..., logits_to_keep=1, **model_inputs)`
-returning an object with `.logits`.
+What a model provides for this is written once, in minivlm/models/base.py (`GenerativeModel`):
+`new_cache(batch_size, max_length)` and a forward `model(input_ids, attention_mask=..., position_ids=...,
+cache=..., logits_to_keep=1, **model_inputs)` returning an object with `.logits`. A model that numbers
+positions itself (`positions_from_generate = False`, Kosmos-2) gets no position_ids.
 
-Encoder-decoder models (T5; a model with `is_encoder_decoder = True`, as a class or instance attribute):
-the prompt is encoded once, `model.encode(input_ids, attention_mask=..., **model_inputs) -> (B, S, C)`
+Encoder-decoder models (`is_encoder_decoder = True`: T5, BLIP-2 around T5): the prompt is encoded once,
+`model.encode(input_ids, attention_mask=..., **model_inputs) -> (B, S, E)`
 (any padding side: T5 tokenizers pad on the right). The decoder starts from decoder_start_token_id and
 each step calls `model.decode(last_token (B, 1), encoder_states, attention_mask, cache=cache,
 logits_to_keep=1)`; the cache comes from `new_cache(batch_size, 1 + max_new_tokens)`. Tokens are chosen
@@ -107,8 +108,10 @@ class GenerationConfig:
 
 
 class GenerationMixin:
-    """Adds `generate` to a decoder-only or encoder-decoder model (see the module docstring for what it
-    needs)."""
+    """Adds `generate` to a decoder-only or encoder-decoder model (minivlm.models.base.GenerativeModel,
+    which says what it needs). `generation_config` holds the default token ids: from_pretrained sets it
+    from the checkpoint folder; None = from the model's config."""
+    generation_config: Optional[GenerationConfig] = None
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, *, attention_mask=None, max_new_tokens: Optional[int] = None,
@@ -131,7 +134,7 @@ class GenerationMixin:
             takes = generate_arguments(self)
             if not set(model_inputs) <= set(takes):
                 raise unknown_kwargs_error(f"{type(self).__name__}.generate()", model_inputs, takes)
-        defaults = getattr(self, "generation_config", None) or GenerationConfig.from_model_config(self.config)
+        defaults = self.generation_config or GenerationConfig.from_model_config(self.config)
         N = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens
         eos = defaults.eos_token_id if eos_token_id is None else GenerationConfig(eos_token_id=eos_token_id).eos_token_id
         pad = defaults.pad_token_id if pad_token_id is None else pad_token_id
@@ -139,7 +142,7 @@ class GenerationMixin:
             attention_mask = infer_attention_mask(input_ids, pad, eos)
         if pad is None and eos:
             pad = eos[0]
-        encoder_decoder = bool(getattr(self, "is_encoder_decoder", False))
+        encoder_decoder = self.is_encoder_decoder
         _check_generate_args(input_ids, attention_mask, N, pad, do_sample, temperature, top_k, top_p, generator,
                              left_padded=not encoder_decoder)
         choose = dict(eos=eos, pad=pad, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -159,14 +162,15 @@ class GenerationMixin:
         if padded:
             mask = torch.ones(B, T + N, dtype=torch.long, device=device)     # new tokens are all real
             mask[:, :T] = attention_mask
-            positions = (mask[:, :T].cumsum(-1) - 1).masked_fill(mask[:, :T] == 0, 0)   # (B, T); pads at 0
+            if self.positions_from_generate:
+                positions = (mask[:, :T].cumsum(-1) - 1).masked_fill(mask[:, :T] == 0, 0)   # (B, T); pads at 0
 
         logits = self(input_ids, attention_mask=None if mask is None else mask[:, :T], position_ids=positions,
                       cache=cache, logits_to_keep=1, **model_inputs).logits[:, -1]          # (B, vocab)
 
         def step(next_tokens, i):    # feed token T + i, get the logits for the one after it
             nonlocal positions
-            if padded:
+            if positions is not None:
                 positions = positions[:, -1:] + 1                                         # (B, 1)
             return self(next_tokens[:, None], attention_mask=None if mask is None else mask[:, :T + i + 1],
                         position_ids=positions, cache=cache, logits_to_keep=1).logits[:, -1]
@@ -197,7 +201,7 @@ def generate_arguments(model) -> list:
     """The keyword arguments model.generate takes, read from the signatures: the options of the generate
     called and of GenerationMixin.generate, then the model inputs of the prefill forward (encoder-decoder:
     `encode`) that generate does not fill in itself. An option added to a signature appears here too."""
-    prefill = model.encode if getattr(model, "is_encoder_decoder", False) else model.forward
+    prefill = model.encode if model.is_encoder_decoder else model.forward
     names = []
     for fn in (type(model).generate, GenerationMixin.generate, prefill):
         for p in inspect.signature(fn).parameters.values():

@@ -83,6 +83,7 @@ def from_pretrained(path, dtype: torch.dtype | str = torch.float32, device="cpu"
     generation_config.json, then config.json.
     """
     from .models import model_class   # the registry imports every model file; keep `import minivlm` light
+    from .models.base import GenerativeModel
 
     folder = Path(path)
     if not folder.is_dir():
@@ -103,7 +104,7 @@ def from_pretrained(path, dtype: torch.dtype | str = torch.float32, device="cpu"
     if progress is None:
         progress = sum(f.stat().st_size for f in files) > PROGRESS_BAR_BYTES
     load_weights(model, tensors, dtype=dtype, device=device, progress=progress, source=str(folder))
-    if hasattr(model, "generate"):
+    if isinstance(model, GenerativeModel):
         from .generation import GenerationConfig
         model.generation_config = GenerationConfig.from_pretrained(folder)
     return model.eval()
@@ -378,10 +379,14 @@ def load_weights(model: nn.Module, tensors, *, dtype: torch.dtype | None = None,
     while its stored members differ raises CheckpointError: what the source should hold is undecidable.
     Every stored tensor is read.
     """
+    from .models.base import Model
+    if not isinstance(model, Model):
+        raise TypeError(f"load_weights: model must be a minivlm.models.base.Model (the contract that names its "
+                        f"checkpoint renames and tied weights), got {type(model).__name__}")
     device = _check_device(device, "load_weights")
-    renames = getattr(model, "checkpoint_renames", [])
-    ignored = re.compile("|".join(f"(?:{p})" for p in IGNORED_KEYS + list(getattr(model, "checkpoint_ignore", []))))
-    tied = model.tied_weights() if hasattr(model, "tied_weights") else {}
+    renames = model.checkpoint_renames
+    ignored = re.compile("|".join(f"(?:{p})" for p in IGNORED_KEYS + list(model.checkpoint_ignore)))
+    tied = model.tied_weights()
     if not isinstance(tensors, (_SafetensorsFiles, _InMemory)):
         tensors = _InMemory(tensors)
 
@@ -420,7 +425,7 @@ def load_weights(model: nn.Module, tensors, *, dtype: torch.dtype | None = None,
         dtype = dtype or torch.float32
         model.to(dtype)
         if torch.finfo(dtype).bits < 32:    # parts a model runs in float32 when it is narrower (see above)
-            for name in getattr(model, "keep_in_float32", []):
+            for name in model.keep_in_float32:
                 _to_float32(model, name)
         model.to_empty(device=device or "cpu")
     elif dtype is not None or device is not None:

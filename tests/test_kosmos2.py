@@ -343,4 +343,3 @@ def test_bad_inputs_raise(model):
         model.generate(pv)
     with pytest.raises(ValueError, match="left padding"):
         model.generate(ids, attention_mask=mask.flip(1), pixel_values=pv, image_embeds_position_mask=image_mask)
-    assert model._generating is False       # reset even when generate raised

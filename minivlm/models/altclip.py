@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import rejects_unknown_kwargs
+from .base import Model
 from .clip import CLIPVisionConfig, CLIPVisionModel, CLIPVisionOutput
 from .xlm_roberta import XLMRobertaConfig, XLMRobertaModel
 
@@ -161,7 +162,7 @@ def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
     return (F.cross_entropy(logits_per_text, target) + F.cross_entropy(logits_per_text.t(), target)) / 2
 
 
-class AltCLIPModel(nn.Module):
+class AltCLIPModel(Model):
     config_class = AltCLIPConfig
     # One spelling per tower in the model (see the module docstring); the other is renamed to it.
     checkpoint_renames = [
@@ -180,9 +181,6 @@ class AltCLIPModel(nn.Module):
         self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
         self.text_projection = nn.Linear(config.text_config.project_dim, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
-
-    def tied_weights(self) -> dict[str, str]:
-        return {}
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
                           ) -> torch.Tensor:

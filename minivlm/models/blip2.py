@@ -36,7 +36,7 @@ from torch import nn
 
 from .. import ops
 from .._checks import check_token_ids, rejects_unknown_kwargs
-from ..generation import GenerationMixin
+from .base import GenerativeModel
 from ._common import ModelOutput, activation, causal_lm_loss
 from .clip import CLIPMLP   # fc1 -> act -> fc2, the same MLP (and parameter names) as CLIP's
 
@@ -447,16 +447,15 @@ class Blip2Output(ModelOutput):
     language_model_inputs: Optional[torch.Tensor] = None
 
 
-class Blip2ForConditionalGeneration(nn.Module, GenerationMixin):
+class Blip2ForConditionalGeneration(GenerativeModel):
     config_class = Blip2Config
     # Hub BLIP-2 checkpoints and Transformers (in memory and save_pretrained) spell every key as this
     # module does: vision_model.*, query_tokens, qformer.*, language_projection.*, language_model.* (OPT:
     # language_model.model.decoder.*, language_model.lm_head.*; T5: language_model.shared/encoder/decoder.*).
-    # The language model's own renames apply under language_model (set per instance).
-    checkpoint_renames: list = []
+    # The language model's own renames and ignored keys apply under language_model (the properties below).
     # Text FFN weights (`intermediate`/`output`, present when use_qformer_text_input) never run in
     # generation: skipped.
-    checkpoint_ignore = [r"^qformer\.encoder\.layer\.\d+\.(intermediate|output)\."]
+    IGNORED = [r"^qformer\.encoder\.layer\.\d+\.(intermediate|output)\."]
     # These stay float32 in a model loaded in a dtype narrower than float32, float16 or bfloat16
     # (Transformers: float16 only); a float64 model keeps them float64. `keep_in_float32` adds the
     # language model's own (T5's `wo`, in float16).
@@ -472,20 +471,27 @@ class Blip2ForConditionalGeneration(nn.Module, GenerationMixin):
         self.language_projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size)
         lm_type = "opt" if config.use_decoder_only_language_model else "t5"
         self.language_model = _language_model_class(lm_type)(config.text_config)
-        # An instance attribute: the same class is decoder-only with OPT and encoder-decoder with T5.
-        self.is_encoder_decoder = config.is_encoder_decoder
-        # The language model's own renames and ignored keys, under language_model.
-        self.checkpoint_renames = [(r"^language_model\." + p.lstrip("^"), "language_model." + r)
-                                   for p, r in getattr(self.language_model, "checkpoint_renames", [])]
-        self.checkpoint_ignore = type(self).checkpoint_ignore + [
-            r"^language_model\." + p.lstrip("^") for p in getattr(self.language_model, "checkpoint_ignore", [])]
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        """The same class is decoder-only around OPT and encoder-decoder around T5."""
+        return self.config.is_encoder_decoder
+
+    @property
+    def checkpoint_renames(self) -> list:
+        return [(r"^language_model\." + p.lstrip("^"), "language_model." + r)
+                for p, r in self.language_model.checkpoint_renames]
+
+    @property
+    def checkpoint_ignore(self) -> list:
+        return self.IGNORED + [r"^language_model\." + p.lstrip("^") for p in self.language_model.checkpoint_ignore]
 
     @property
     def keep_in_float32(self) -> list:
         """What the loader keeps float32 after casting the model to a dtype narrower than float32 (it
         applies the list only then): read after the cast, since T5's list depends on that dtype."""
         return self.KEEP_IN_FLOAT32 + [f"language_model.{name}"
-                                       for name in getattr(self.language_model, "keep_in_float32", [])]
+                                       for name in self.language_model.keep_in_float32]
 
     def tied_weights(self) -> dict[str, str]:
         return {f"language_model.{k}": f"language_model.{v}" for k, v in self.language_model.tied_weights().items()}
@@ -495,8 +501,7 @@ class Blip2ForConditionalGeneration(nn.Module, GenerationMixin):
         return self.language_model.new_cache(batch_size, max_length, **kwargs)
 
     def input_embeddings(self) -> nn.Embedding:
-        lm = self.language_model
-        return lm.get_input_embeddings() if hasattr(lm, "get_input_embeddings") else lm.model.decoder.embed_tokens
+        return self.language_model.get_input_embeddings()
 
     # -- image -> language-model inputs ----------------------------------------------------------------
 
@@ -609,8 +614,7 @@ class Blip2ForConditionalGeneration(nn.Module, GenerationMixin):
             bos = self.config.text_config.bos_token_id
             start = [self.config.image_token_index] * self.config.num_query_tokens + ([bos] if bos is not None else [])
             input_ids = torch.tensor([start], device=pixel_values.device).repeat(pixel_values.shape[0], 1)
-        return GenerationMixin.generate(self, input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                                        **kwargs)
+        return super().generate(input_ids, attention_mask=attention_mask, pixel_values=pixel_values, **kwargs)
 
     @staticmethod
     def _output(logits, loss, extras):

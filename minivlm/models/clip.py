@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from .. import ops
 from .._checks import rejects_unknown_kwargs
+from .base import Model
 from ._common import activation
 
 
@@ -165,7 +166,7 @@ class CLIPEncoder(nn.Module):
         self.layers = nn.ModuleList(CLIPEncoderLayer(config) for _ in range(config.num_hidden_layers))
 
 
-class CLIPVisionModel(nn.Module):
+class CLIPVisionModel(Model):
     """The CLIP vision tower; parameter names are those Transformers' save_pretrained writes."""
 
     config_class = CLIPVisionConfig
@@ -181,9 +182,6 @@ class CLIPVisionModel(nn.Module):
         self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # sic: CLIP's spelling
         self.encoder = CLIPEncoder(config)
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def tied_weights(self) -> dict[str, str]:
-        return {}
 
     @rejects_unknown_kwargs
     def forward(self, pixel_values: torch.Tensor, *, output_hidden_states: bool = False,

@@ -49,7 +49,7 @@ from torch import nn
 
 from .. import ops
 from .._checks import check_token_ids, rejects_unknown_kwargs
-from ..generation import GenerationMixin
+from .base import GenerativeModel
 from ._common import ModelOutput, RMSNorm, causal_lm_loss
 from .clip import CLIPVisionConfig, CLIPVisionModel
 from .cache import ImageCache, cached_tokens
@@ -481,7 +481,7 @@ class IdeficsModel(nn.Module):
         return self.norm(x), images
 
 
-class IdeficsForVisionText2Text(nn.Module, GenerationMixin):
+class IdeficsForVisionText2Text(GenerativeModel):
     """IDEFICS: logits for interleaved image-text input, the loss, and `generate`, which encodes the images
     once at the prefill and reuses them (through the cache) at every step."""
     config_class = IdeficsConfig
@@ -489,7 +489,6 @@ class IdeficsForVisionText2Text(nn.Module, GenerationMixin):
     # state dict all use this module's names (model.embed_tokens.*, model.vision_model.*,
     # model.perceiver_resampler.*, model.layers.*, model.gated_cross_attn_layers.*, model.norm, lm_head.*):
     # no renaming. The rotary buffers older files hold are skipped by the loader's IGNORED_KEYS.
-    checkpoint_renames: list = []
     checkpoint_ignore = [r"\.rotary_emb\.(cos|sin)_cached$"]
 
     def __init__(self, config: IdeficsConfig):

@@ -56,7 +56,7 @@ from torch import nn
 
 from .. import ops
 from .._checks import check_token_ids, rejects_unknown_kwargs
-from ..generation import GenerationMixin
+from .base import GenerativeModel
 from ._common import ModelOutput, activation, causal_lm_loss
 from .clip import CLIPVisionConfig, CLIPVisionModel, CLIPVisionOutput
 from .cache import KVCache, cached_tokens
@@ -325,15 +325,17 @@ class Kosmos2Output(ModelOutput):
     vision_model_output: Optional[CLIPVisionOutput] = None
 
 
-class Kosmos2ForConditionalGeneration(nn.Module, GenerationMixin):
+class Kosmos2ForConditionalGeneration(GenerativeModel):
     config_class = Kosmos2Config
     # Hub checkpoints (microsoft/kosmos-2-patch14-224) and Transformers (in memory and save_pretrained)
     # spell every key as this module does: text_model.model.*, text_model.lm_head.weight (absent when tied),
     # vision_model.model.*, image_to_text_projection.*. A Kosmos2Model file (no lm_head) loads too when tied.
-    checkpoint_renames: list = []
     # The sinusoid table is a buffer Transformers never saves (persistent=False, also in 4.x); skipped should a
     # converted file carry it anyway. (CLIP's embeddings.position_ids are skipped by the loader itself.)
     checkpoint_ignore = [r"\.embed_positions\.weights$"]
+    # Kosmos-2 numbers positions from its padding and the cache (see the module docstring), not from
+    # generate's cumsum(attention_mask) - 1.
+    positions_from_generate = False
 
     def __init__(self, config: Kosmos2Config):
         super().__init__()
@@ -341,7 +343,6 @@ class Kosmos2ForConditionalGeneration(nn.Module, GenerationMixin):
         self.text_model = Kosmos2TextForCausalLM(config.text_config, config.tied)
         self.vision_model = Kosmos2VisionModel(config.vision_config)
         self.image_to_text_projection = Kosmos2ImageToTextProjection(config)
-        self._generating = False
 
     def tied_weights(self) -> dict[str, str]:
         return {"text_model.lm_head.weight": "text_model.model.embed_tokens.weight"} if self.config.tied else {}
@@ -373,7 +374,7 @@ class Kosmos2ForConditionalGeneration(nn.Module, GenerationMixin):
         used when nothing is cached yet (a prefill); with a filled cache they are ignored, as in
         Transformers. None = a text-only forward. attention_mask: (B, cached + T), 1 = real, 0 = pad.
         position_ids: rows of the sinusoid table, (B, T), (1, T) or (T,); None = from the padding (see the
-        module docstring); ignored inside generate. labels (B, T): `.loss`, next-token cross-entropy with
+        module docstring). labels (B, T): `.loss`, next-token cross-entropy with
         -100 ignored. `.image_hidden_states` are the image embeddings, `.vision_model_output` the tower's.
         """
         name, c = "Kosmos2ForConditionalGeneration", self.config
@@ -382,8 +383,6 @@ class Kosmos2ForConditionalGeneration(nn.Module, GenerationMixin):
             raise ValueError(f"{name}: input_ids must be an integer tensor (batch, sequence), got {_describe(input_ids)}")
         if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
             raise ValueError(f"{name}: logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
-        if self._generating:
-            position_ids = None    # the shared generate's cumsum(mask) - 1 is not Kosmos-2's numbering
         B, T = input_ids.shape
         Q, E = c.latent_query_num, c.text_config.embed_dim
 
@@ -433,16 +432,12 @@ class Kosmos2ForConditionalGeneration(nn.Module, GenerationMixin):
         """Greedy decoding or sampling (minivlm.generation; kwargs as there): the prompt (B, T) followed by
         the new tokens. pixel_values and image_embeds_position_mask (B, T) go to the prefill only; prompts are
         left-padded with pad_token_id. Positions are numbered by the model from the padding and the cache
-        length, as Transformers does (the shared loop's position_ids are dropped)."""
+        length, as Transformers does (`positions_from_generate = False`)."""
         if isinstance(input_ids, torch.Tensor) and input_ids.is_floating_point():
             raise TypeError(f"generate: input_ids is a floating-point tensor of shape {tuple(input_ids.shape)}; "
                             f"pass the image as generate(input_ids, pixel_values=...)")
-        self._generating = True
-        try:
-            return GenerationMixin.generate(self, input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                                            image_embeds_position_mask=image_embeds_position_mask, **kwargs)
-        finally:
-            self._generating = False
+        return super().generate(input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                                image_embeds_position_mask=image_embeds_position_mask, **kwargs)
 
 
 def _check_position_ids(position_ids, B: int, T: int) -> torch.Tensor:

@@ -34,7 +34,7 @@ from torch import nn
 
 from .. import ops
 from .._checks import check_token_ids, rejects_unknown_kwargs
-from ..generation import GenerationMixin
+from .base import GenerativeModel, Model
 from ._common import ModelOutput, activation, causal_lm_loss
 from .cache import KVCache, cached_tokens
 
@@ -236,10 +236,9 @@ class LlamaDecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class LlamaModel(nn.Module):
+class LlamaModel(Model):
     """The decoder stack without the head: embeddings (or given inputs_embeds) -> final normed states."""
     config_class = LlamaConfig
-    checkpoint_renames: list = []
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
@@ -250,9 +249,6 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = LlamaRotaryEmbedding(config)
-
-    def tied_weights(self) -> dict:
-        return {}
 
     def new_cache(self, batch_size: int, max_length: int, *, dtype=None, device=None) -> KVCache:
         """An empty KV cache for `batch_size` rows of up to `max_length` tokens (prompt + generated);
@@ -294,11 +290,10 @@ class LlamaModel(nn.Module):
         return self.norm(x)
 
 
-class LlamaForCausalLM(nn.Module, GenerationMixin):
+class LlamaForCausalLM(GenerativeModel):
     """LlamaModel + lm_head: next-token logits, loss, and `generate` (minivlm.generation)."""
     config_class = LlamaConfig
-    # Hub Llama/Mistral checkpoints already use this module's names (model.*, lm_head.*).
-    checkpoint_renames: list = []
+    # Hub Llama/Mistral checkpoints already use this module's names (model.*, lm_head.*): no renames.
 
     def __init__(self, config: LlamaConfig):
         super().__init__()

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .._checks import check_token_ids, rejects_unknown_kwargs
-from ..generation import GenerationMixin
+from .base import GenerativeModel
 from ._common import activation
 from .clip import CLIPVisionConfig, CLIPVisionModel
 from .llama import LlamaConfig, LlamaForCausalLM
@@ -188,7 +188,7 @@ class LlavaNextMultiModalProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(x)))
 
 
-class LlavaNextForConditionalGeneration(nn.Module, GenerationMixin):
+class LlavaNextForConditionalGeneration(GenerativeModel):
     config_class = LlavaNextConfig
     # Every spelling of the keys found in the wild -> this module's names (the first match wins):
     checkpoint_renames = [

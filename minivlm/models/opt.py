@@ -37,7 +37,7 @@ from torch import nn
 
 from .. import ops
 from .._checks import check_token_ids, rejects_unknown_kwargs
-from ..generation import GenerationMixin
+from .base import GenerativeModel
 from ._common import ModelOutput, activation, causal_lm_loss
 from .cache import KVCache, cached_tokens
 
@@ -234,7 +234,7 @@ class OPTModel(nn.Module):
         return self.decoder(*args, **kwargs)
 
 
-class OPTForCausalLM(nn.Module, GenerationMixin):
+class OPTForCausalLM(GenerativeModel):
     """OPT decoder + lm_head: next-token logits, loss, and `generate` (minivlm.generation)."""
     config_class = OPTConfig
     # Transformers writes model.decoder.* (this module's names) and lm_head.weight (dropped when tied);
@@ -251,6 +251,9 @@ class OPTForCausalLM(nn.Module, GenerationMixin):
 
     def tied_weights(self) -> dict:
         return {"lm_head.weight": "model.decoder.embed_tokens.weight"} if self.config.tie_word_embeddings else {}
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.decoder.embed_tokens
 
     def new_cache(self, batch_size: int, max_length: int, *, dtype=None, device=None) -> KVCache:
         """An empty KV cache for `batch_size` rows of up to `max_length` tokens (prompt + generated);

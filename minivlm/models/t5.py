@@ -51,7 +51,7 @@ from torch import nn
 
 from .. import ops
 from .._checks import check_token_ids, rejects_unknown_kwargs
-from ..generation import GenerationMixin
+from .base import GenerativeModel
 from ._common import ModelOutput, RMSNorm, activation
 from .cache import CrossAttentionCache, cached_tokens
 
@@ -337,14 +337,13 @@ class T5Stack(nn.Module):
         return self.final_layer_norm(x)
 
 
-class T5ForConditionalGeneration(nn.Module, GenerationMixin):
+class T5ForConditionalGeneration(GenerativeModel):
     """Encoder + decoder + lm_head: `encode`, `decode`, a forward with the T5 loss, and `generate`
     (minivlm.generation's encoder-decoder loop: returns the decoder tokens (B, 1 + N))."""
     config_class = T5Config
     is_encoder_decoder = True
     # Hub checkpoints and Transformers 5.x use this module's names. Older ones also hold a relative bias
     # for the decoder's first cross-attention that T5 never uses (Transformers ignores it too).
-    checkpoint_renames: list = []
     checkpoint_ignore = [r"^decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$"]
 
     def __init__(self, config: T5Config):

@@ -38,6 +38,7 @@ from torch import nn
 
 from .. import ops
 from .._checks import check_token_ids
+from .base import Model
 from ._common import activation
 
 
@@ -212,8 +213,9 @@ class XLMRobertaEncoder(nn.Module):
         self.layer = nn.ModuleList(XLMRobertaLayer(config) for _ in range(config.num_hidden_layers))
 
 
-class XLMRobertaModel(nn.Module):
+class XLMRobertaModel(Model):
     """Embeddings and encoder, no pooler: forward returns the last hidden state (B, T, D)."""
+    config_class = XLMRobertaConfig
 
     def __init__(self, config: XLMRobertaConfig):
         super().__init__()
