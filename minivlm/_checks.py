@@ -147,26 +147,41 @@ def check_causal_mask(padding_mask, q_len, dtype, window):
 
 # -- the models' entry points ------------------------------------------------------------------------------
 
-# True inside generate's decode steps: the tokens fed back there were chosen from the logits (or are the
-# pad id, checked against the logits' width), so they are in the vocabulary by construction.
-_IDS_IN_RANGE = contextvars.ContextVar("minivlm_ids_in_range", default=False)
+# True inside generate's decode steps. Every input there was made by generate from inputs checked at the
+# prefill: the tokens fed back were chosen from the logits (or are the pad id, checked against the logits'
+# width), and an attention mask is passed only when the prompt has padding. So the models check nothing
+# that costs a device sync in a step.
+_DECODE_STEP = contextvars.ContextVar("minivlm_decode_step", default=False)
 
 
 @contextlib.contextmanager
-def ids_in_range():
-    """Inside this block check_token_ids checks nothing: no min/max, no device sync per decode step."""
-    token = _IDS_IN_RANGE.set(True)
+def decode_step():
+    """generate runs each decode step in this block: check_token_ids and has_padding do not sync."""
+    token = _DECODE_STEP.set(True)
     try:
         yield
     finally:
-        _IDS_IN_RANGE.reset(token)
+        _DECODE_STEP.reset(token)
+
+
+def in_decode_step() -> bool:
+    """True inside generate's decode steps (decode_step()), where inputs need no check that syncs."""
+    return _DECODE_STEP.get()
+
+
+def has_padding(attention_mask) -> bool:
+    """Whether attention_mask ((B, S), 1 = real token, 0 = pad; or None) holds a pad. One device sync,
+    except inside decode_step(), where generate passes a mask only when the prompt is padded."""
+    if attention_mask is None:
+        return False
+    return _DECODE_STEP.get() or not bool(attention_mask.all())
 
 
 def check_token_ids(name, ids, vocab_size, vocab="vocab_size"):
     """ValueError unless every id lies in [0, vocab_size), where an embedding lookup would fail with an
     IndexError (CPU) or a device-side assert (CUDA). Costs one device sync (min and max together); nothing
-    for ids=None (inputs_embeds were given) or inside ids_in_range()."""
-    if ids is None or _IDS_IN_RANGE.get():
+    for ids=None (inputs_embeds were given) or inside decode_step()."""
+    if ids is None or _DECODE_STEP.get():
         return
     if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         got = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__

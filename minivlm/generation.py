@@ -33,9 +33,10 @@ ids, else `model.config`.
 
 Checks: a keyword argument that neither generate nor the prefill forward (encoder-decoder: `encode`) takes
 raises a TypeError naming `Model.generate()` and listing what it takes (`generate_arguments`). The prompt's
-token ids are checked once, by the prefill forward; the decode steps run inside `ids_in_range()`, so the
+token ids are checked once, by the prefill forward; the decode steps run inside `decode_step()`, so the
 model does not check (and sync on) every token fed back: they were chosen from the logits, and the pad id
-that finished rows get must be below the logits' width.
+that finished rows get must be below the logits' width. Nor does it ask whether the mask holds padding
+(`has_padding`): generate passes a mask only when it does, deciding that once per call.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ from typing import Optional, Union
 
 import torch
 
-from ._checks import ids_in_range, unknown_kwargs_error
+from ._checks import decode_step, unknown_kwargs_error
 
 # Where a composite (vision-language) config.json keeps its decoder's settings, as Transformers looks.
 TEXT_CONFIG_KEYS = ("decoder", "generator", "text_config")
@@ -186,9 +187,12 @@ class GenerationMixin:
             raise ValueError("generate: an encoder-decoder model needs decoder_start_token_id (in "
                              "generation_config.json or config.json), found none")
         B = input_ids.shape[0]
-        encoder_states = self.encode(input_ids, attention_mask=attention_mask, **model_inputs)   # (B, S, C)
+        encoder_states = self.encode(input_ids, attention_mask=attention_mask, **model_inputs)   # (B, S, E)
         tokens = torch.full((B, 1 + N), start, dtype=torch.long, device=input_ids.device)
         cache = self.new_cache(B, 1 + N)
+        # The steps get the encoder mask only when it has padding (decided here, once).
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
 
         def step(last_tokens, i):    # feed the newest decoder token (B,), get the next logits (B, vocab)
             return self.decode(last_tokens[:, None], encoder_states, attention_mask, cache=cache,
@@ -245,7 +249,7 @@ def _choose_tokens(tokens, start, logits, step, *, eos, pad, do_sample, temperat
         tokens[:, start + i] = next_tokens
         if i == N - 1 or (eos_ids is not None and not bool(unfinished.any())):
             return tokens[:, :start + i + 1]
-        with ids_in_range():    # chosen from the logits (or the pad id): in the vocabulary, no check needed
+        with decode_step():    # inputs made by generate from checked ones: the model checks nothing that syncs
             logits = step(next_tokens, i)
     return tokens
 

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .._checks import check_token_ids, rejects_unknown_kwargs
+from .._checks import check_token_ids, has_padding, rejects_unknown_kwargs
 from .base import GenerativeModel
 from ._common import ModelOutput, RMSNorm, causal_lm_loss
 from .clip import CLIPVisionConfig, CLIPVisionModel
@@ -462,7 +462,7 @@ class IdeficsModel(nn.Module):
         x = self.embed_tokens(input_ids)                                                  # (B, T, C)
         cos, sin = self.rotary_emb(position_ids, x.dtype)
         mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if has_padding(attention_mask):
             mask = ops.causal_mask(attention_mask, T, dtype=x.dtype)                      # (B, 1, T, past + T)
 
         if cache is not None:   # everything is checked: now the cache may keep this call's image side

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .._checks import check_token_ids, rejects_unknown_kwargs
+from .._checks import check_token_ids, has_padding, rejects_unknown_kwargs
 from .base import GenerativeModel
 from ._common import ModelOutput, activation, causal_lm_loss
 from .clip import CLIPVisionConfig, CLIPVisionModel, CLIPVisionOutput
@@ -275,7 +275,7 @@ class Kosmos2TextTransformer(nn.Module):
 
         # One mask for all layers, and only when some token is padding.
         mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if has_padding(attention_mask):
             mask = ops.causal_mask(attention_mask, T, dtype=x.dtype)                     # (B, 1, T, past+T)
         for layer in self.layers:
             x = layer(x, mask, cache)            # the last layer's cache write advances cache.length

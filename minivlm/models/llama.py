@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from .._checks import check_token_ids, rejects_unknown_kwargs
+from .._checks import check_token_ids, has_padding, rejects_unknown_kwargs
 from .base import GenerativeModel, Model
 from ._common import ModelOutput, activation, causal_lm_loss
 from .cache import KVCache, cached_tokens
@@ -282,7 +282,7 @@ class LlamaModel(Model):
 
         # One mask for all layers, and only when some token is padding.
         mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if has_padding(attention_mask):
             mask = ops.causal_mask(attention_mask, T, dtype=x.dtype, window=self.config.sliding_window)
 
         for layer in self.layers:

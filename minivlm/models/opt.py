@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from .._checks import check_token_ids, rejects_unknown_kwargs
+from .._checks import check_token_ids, has_padding, rejects_unknown_kwargs
 from .base import GenerativeModel
 from ._common import ModelOutput, activation, causal_lm_loss
 from .cache import KVCache, cached_tokens
@@ -212,7 +212,7 @@ class OPTDecoder(nn.Module):
 
         # One mask for all layers, and only when some token is padding.
         mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if has_padding(attention_mask):
             mask = ops.causal_mask(attention_mask, T, dtype=x.dtype)                       # (B, 1, T, past+T)
         for layer in self.layers:
             x = layer(x, mask, cache)            # the last layer's cache write advances cache.length

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .._checks import check_token_ids, rejects_unknown_kwargs
+from .._checks import check_token_ids, in_decode_step, rejects_unknown_kwargs
 from .base import GenerativeModel
 from ._common import ModelOutput, RMSNorm, activation
 from .cache import CrossAttentionCache, cached_tokens
@@ -493,6 +493,8 @@ def _padding(fn, name, mask, shape):
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{fn}: {name} must be a tensor of shape {tuple(shape)} (batch, length), "
                          f"got {_describe(mask)}")
+    if in_decode_step():      # generate checked it at the prefill and passes it only when it has padding
+        return mask
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError(f"{fn}: {name} must hold only 0 (pad) and 1 (real token)")
     return None if bool(mask.all()) else mask
