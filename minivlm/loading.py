@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import warnings
 from pathlib import Path
@@ -62,6 +61,17 @@ class CheckpointError(ValueError):
 # The dtype names from_pretrained accepts, as Transformers writes them (config.json's `dtype` too).
 DTYPE_NAMES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
                "float16": torch.float16}
+
+
+# safetensors dtype names -> torch dtypes (the format: https://github.com/huggingface/safetensors).
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+MAX_HEADER_BYTES = 100_000_000     # the longest header safetensors reads
 
 
 def from_pretrained(path, dtype: torch.dtype | str = torch.float32, device="cpu", *, progress: bool | None = None,
@@ -108,258 +118,6 @@ def from_pretrained(path, dtype: torch.dtype | str = torch.float32, device="cpu"
         from .generation import GenerationConfig
         model.generation_config = GenerationConfig.from_pretrained(folder)
     return model.eval()
-
-
-def _parse_dtype(dtype):
-    """A torch.dtype from a dtype or its name; "auto" stays "auto" (resolved once the folder is read)."""
-    if isinstance(dtype, str):
-        if dtype != "auto" and dtype not in DTYPE_NAMES:
-            raise ValueError(f"from_pretrained: dtype {dtype!r} is not a dtype name minivlm reads; expected "
-                             f"one of {', '.join(map(repr, [*DTYPE_NAMES, 'auto']))} or a torch.dtype")
-        return DTYPE_NAMES.get(dtype, dtype)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"from_pretrained: dtype must be a floating-point torch.dtype or its name, got {dtype!r}")
-    return dtype
-
-
-def _auto_dtype(config: dict, tensors: "_SafetensorsFiles", file: Path) -> torch.dtype:
-    """dtype="auto": config.json's `dtype` (Transformers 5.x writes it; older versions `torch_dtype`, read
-    when `dtype` is absent or null), else the first floating-point tensor's dtype in the first file (by
-    name; float8 is storage, not a dtype to compute in), else float32."""
-    key = "dtype" if config.get("dtype") is not None else "torch_dtype"
-    name = config.get(key)
-    if name is not None:
-        if name not in DTYPE_NAMES:
-            raise CheckpointError(f"from_pretrained: dtype='auto' reads {key}={name!r} from {file}, expected one "
-                                  f"of {', '.join(map(repr, DTYPE_NAMES))}; pass dtype explicitly")
-        return DTYPE_NAMES[name]
-    for tensor in sorted(tensors.headers[0]):
-        dtype = tensors.headers[0][tensor][0]
-        if dtype.is_floating_point and dtype.itemsize > 1:
-            return dtype
-    return torch.float32
-
-
-def _check_device(device, caller: str):
-    """`device` as a torch.device (None stays None), refused before anything is loaded where this torch
-    cannot reach it."""
-    if device is None:
-        return None
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"{caller}: device {device!r} is not a torch device; expected a torch.device or a name "
-                         f"such as 'cpu', 'cuda' or 'cuda:0'") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            why = ("this torch is a CPU-only build" if torch.version.cuda is None
-                   else f"this torch (CUDA {torch.version.cuda}) sees no CUDA GPU")
-            raise ValueError(f"{caller}: device={str(device)!r} asks for a CUDA GPU, but {why} (torch "
-                             f"{torch.__version__}); expected device='cpu' here")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"{caller}: device={str(device)!r}, but torch sees {torch.cuda.device_count()} "
-                             f"CUDA GPU(s): expected an index below that")
-    return device
-
-
-def _parse_json(data: bytes, where: str):
-    """JSON text (UTF-8) -> its value; a one-line CheckpointError naming `where` (the file) if it is not JSON."""
-    try:
-        return json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise CheckpointError(f"from_pretrained: {where} is not UTF-8 text (byte {e.start}: {e.reason}); "
-                              f"expected JSON") from None
-    except json.JSONDecodeError as e:
-        near = e.doc[max(0, e.pos - 20):e.pos + 20]
-        raise CheckpointError(f"from_pretrained: {where} is not valid JSON: {e.msg} at line {e.lineno} column "
-                              f"{e.colno}, near {near!r} (expected one JSON object)") from None
-
-
-def read_config(folder: Path) -> dict:
-    """config.json as a dict, with a clear error where it is missing or is not a JSON object."""
-    file = Path(folder) / "config.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"from_pretrained: no config.json in {str(folder)!r}")
-    config = _parse_json(file.read_bytes(), str(file))
-    if not isinstance(config, dict):
-        raise CheckpointError(f"from_pretrained: {file} holds a JSON {type(config).__name__}, expected a JSON object")
-    return config
-
-
-def checkpoint_files(folder: Path) -> list[Path]:
-    """The safetensors files of a checkpoint folder: the shards its index names, else model.safetensors."""
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = _parse_json(index.read_bytes(), str(index))
-        if not isinstance(weight_map, dict) or not isinstance(weight_map.get("weight_map"), dict):
-            raise CheckpointError(f"from_pretrained: {index} has no \"weight_map\" object (tensor name -> shard file)")
-        weight_map = weight_map["weight_map"]
-        files = [folder / name for name in sorted(set(weight_map.values()))]
-        absent = [str(p.name) for p in files if not p.is_file()]
-        if absent:
-            raise FileNotFoundError(f"from_pretrained: {index.name} names shards that are not in "
-                                    f"{str(folder)!r}: {absent}")
-        return files
-    single = folder / "model.safetensors"
-    if single.is_file():
-        return [single]
-    others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-    hint = (f" (found {others}: minivlm reads only safetensors, which need no pickle; convert them with "
-            f"safetensors.torch.save_file)" if others else "")
-    raise FileNotFoundError(f"from_pretrained: no model.safetensors or model.safetensors.index.json in "
-                            f"{str(folder)!r}{hint}")
-
-
-# safetensors dtype names -> torch dtypes (the format: https://github.com/huggingface/safetensors).
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}
-MAX_HEADER_BYTES = 100_000_000     # the longest header safetensors reads
-
-
-class _SafetensorsFiles:
-    """A checkpoint's tensors, served to the model's parameters without a second copy in memory.
-
-    A safetensors file is 8 bytes (little-endian u64: the header's length), a JSON header giving each
-    tensor's dtype, shape and byte range, then the raw little-endian bytes. The safetensors library reads
-    and checks the header (`safe_open`): names, dtypes, shapes, and that the tensors lie back to back in
-    the order of their offsets, from the end of the header to the end of the file, so where each starts
-    follows. The bytes are then served two ways, both minivlm's own because safetensors offers neither
-    (measured on a 356 MiB file of 404 float32 tensors, whose header both read in 0.4 ms):
-    - `mapped` (mmap=True, the tensor already in the wanted dtype, on the CPU): the parameter becomes a
-      view of the whole file mapped privately into memory; pages are read from disk when first touched,
-      and a write copies the page (the file never changes). safe_open's `get_tensor` also gives private,
-      copy-on-write views, but each holds a storage of its own tensor only, and making them all charged
-      84 MiB of pages before any was used (these views: 1 MiB).
-    - `read_into`: one `readinto` of the tensor's bytes into the parameter's own memory when dtype and
-      device allow, else into a buffer of that one tensor, then `copy_` (which converts the dtype). Into
-      float32 parameters that peaks 1 MiB above them, in 0.15 s; `get_tensor` + `copy_` peaks 358 MiB
-      above (the whole file mapped) in 0.45 s, or with safetensors 0.8's backend="pread" 65 MiB above (a
-      copy of the largest tensor) in 0.94 s.
-    """
-
-    def __init__(self, files: Iterable[Path], mmap: bool = False):
-        self.files = list(files)
-        self.headers = [self._header(f) for f in self.files]
-        self.mmap = mmap
-        self._storages = {}
-
-    @staticmethod
-    def _header(file: Path) -> dict:
-        """name -> (dtype, shape, where its bytes start in the file, how many bytes)."""
-        try:
-            with safe_open(file, framework="pt") as f:
-                tensors = []
-                for name in f.offset_keys():                 # in the order of their bytes in the file
-                    info = f.get_slice(name)
-                    tensors.append((name, info.get_dtype(), tuple(info.get_shape())))
-        except SafetensorError as e:
-            raise CheckpointError(_why_not_safetensors(file, e)) from None
-        with open(file, "rb") as f:
-            offset = 8 + int.from_bytes(f.read(8), "little")      # the first tensor starts after the header
-        entries = {}
-        for name, dtype_name, shape in tensors:
-            if dtype_name not in SAFETENSORS_DTYPES:
-                raise CheckpointError(f"from_pretrained: {file}: tensor {name!r} has dtype {dtype_name!r}, "
-                                      f"which minivlm does not read (it reads {sorted(SAFETENSORS_DTYPES)})")
-            dtype = SAFETENSORS_DTYPES[dtype_name]
-            nbytes = math.prod(shape) * dtype.itemsize
-            entries[name] = (dtype, shape, offset, nbytes)
-            offset += nbytes
-        return entries
-
-    def shapes(self):
-        for header in self.headers:
-            for name, (_, shape, _, _) in header.items():
-                yield name, shape
-
-    def index(self) -> dict:
-        """name -> which file holds it."""
-        return {name: i for i, header in enumerate(self.headers) for name in header}
-
-    def mapped(self, name: str, index: int, target: torch.Tensor):
-        """The tensor as a view of its file mapped into memory (private, copy-on-write), or None where it
-        cannot stand in for `target` as is (another dtype or device, or unaligned in the file)."""
-        dtype, shape, offset, _ = self.headers[index][name]
-        if not self.mmap or target.dtype != dtype or target.device.type != "cpu" or offset % dtype.itemsize:
-            return None
-        if index not in self._storages:
-            file = self.files[index]
-            self._storages[index] = torch.UntypedStorage.from_file(str(file), shared=False,
-                                                                   nbytes=file.stat().st_size)
-        strides = [1] * len(shape)
-        for d in range(len(shape) - 2, -1, -1):
-            strides[d] = strides[d + 1] * shape[d + 1]
-        return torch.empty(0, dtype=dtype).set_(self._storages[index], offset // dtype.itemsize, shape, strides)
-
-    def read_into(self, name: str, index: int, target: torch.Tensor):
-        dtype, shape, offset, nbytes = self.headers[index][name]
-        direct = target.dtype == dtype and target.device.type == "cpu" and target.is_contiguous()
-        buffer = target if direct else torch.empty(shape, dtype=dtype)
-        with open(self.files[index], "rb") as f:
-            f.seek(offset)
-            if nbytes and f.readinto(buffer.reshape(-1).view(torch.uint8).numpy()) != nbytes:
-                raise ValueError(f"from_pretrained: {self.files[index]} is truncated (tensor {name!r})")
-        if not direct:
-            target.copy_(buffer)
-
-
-def _why_not_safetensors(file: Path, error: SafetensorError) -> str:
-    """What is wrong with a file safetensors refused, on one line naming it: the 8-byte header length, the
-    header's JSON, the file's length, else safetensors' own reason."""
-    with open(file, "rb") as f:
-        prefix = f.read(8)
-        size = int.from_bytes(prefix, "little")
-        data = f.read(size) if len(prefix) == 8 and 0 < size <= MAX_HEADER_BYTES else b""
-    if len(prefix) < 8 or not 0 < size <= MAX_HEADER_BYTES:
-        got = f"{len(prefix)} bytes in all" if len(prefix) < 8 else f"a header length of {size} bytes"
-        return (f"from_pretrained: {file} is not a safetensors file: expected 8 bytes giving a header length "
-                f"of 1 byte to 100 MB, found {got}")
-    if len(data) < size:
-        return (f"from_pretrained: {file} is truncated inside its header: expected {size} bytes of JSON header "
-                f"after the first 8, found {len(data)}")
-    header = _parse_json(data, f"the header of {file}")
-    if not isinstance(header, dict):
-        return (f"from_pretrained: {file} is not a safetensors file: its header is a JSON "
-                f"{type(header).__name__}, expected a JSON object")
-    if "not fully covered" in str(error):      # a valid header, but the tensors do not end where the file does
-        end = max((t["data_offsets"][1] for name, t in header.items() if name != "__metadata__"), default=0)
-        found = file.stat().st_size - 8 - size
-        return (f"from_pretrained: {file} is {'truncated' if found < end else 'longer than its header says'}: "
-                f"expected {end} bytes of tensors after the header, found {found}")
-    return f"from_pretrained: {file} is not a valid safetensors file: {error}"
-
-
-class _InMemory:
-    """An in-memory state dict (or an iterable of (name, tensor)) behind the same calls."""
-
-    def __init__(self, tensors):
-        self.tensors = dict(tensors.items() if isinstance(tensors, Mapping) else tensors)
-
-    def shapes(self):
-        for name, t in self.tensors.items():
-            yield name, tuple(t.shape)
-
-    def index(self) -> dict:
-        return {}
-
-    def mapped(self, name: str, index: int, target: torch.Tensor):
-        return None
-
-    def read_into(self, name: str, index: int, target: torch.Tensor):
-        target.copy_(self.tensors[name])
-
-
-def rename_key(key: str, renames) -> str:
-    """The model's name for a checkpoint key: the first (pattern, replacement) of `renames` that matches."""
-    for pattern, replacement in renames:
-        new, n = re.subn(pattern, replacement, key)
-        if n:
-            return new
-    return key
 
 
 def load_weights(model: nn.Module, tensors, *, dtype: torch.dtype | None = None, device=None,
@@ -455,6 +213,15 @@ def load_weights(model: nn.Module, tensors, *, dtype: torch.dtype | None = None,
     return model
 
 
+def rename_key(key: str, renames) -> str:
+    """The model's name for a checkpoint key: the first (pattern, replacement) of `renames` that matches."""
+    for pattern, replacement in renames:
+        new, n = re.subn(pattern, replacement, key)
+        if n:
+            return new
+    return key
+
+
 def _tie_groups(tied: dict) -> dict:
     """{target: source} -> {source: [source, *targets]}, in the order the model lists them."""
     groups = {}
@@ -502,6 +269,243 @@ def _is_persistent(model: nn.Module, name: str) -> bool:
 def _set_parameter(model: nn.Module, name: str, param: nn.Parameter):
     module_name, _, param_name = name.rpartition(".")
     setattr(model.get_submodule(module_name) if module_name else model, param_name, param)
+
+
+def read_config(folder: Path) -> dict:
+    """config.json as a dict, with a clear error where it is missing or is not a JSON object."""
+    file = Path(folder) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"from_pretrained: no config.json in {str(folder)!r}")
+    config = _parse_json(file.read_bytes(), str(file))
+    if not isinstance(config, dict):
+        raise CheckpointError(f"from_pretrained: {file} holds a JSON {type(config).__name__}, expected a JSON object")
+    return config
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint folder: the shards its index names, else model.safetensors."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _parse_json(index.read_bytes(), str(index))
+        if not isinstance(weight_map, dict) or not isinstance(weight_map.get("weight_map"), dict):
+            raise CheckpointError(f"from_pretrained: {index} has no \"weight_map\" object (tensor name -> shard file)")
+        weight_map = weight_map["weight_map"]
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+        absent = [str(p.name) for p in files if not p.is_file()]
+        if absent:
+            raise FileNotFoundError(f"from_pretrained: {index.name} names shards that are not in "
+                                    f"{str(folder)!r}: {absent}")
+        return files
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    hint = (f" (found {others}: minivlm reads only safetensors, which need no pickle; convert them with "
+            f"safetensors.torch.save_file)" if others else "")
+    raise FileNotFoundError(f"from_pretrained: no model.safetensors or model.safetensors.index.json in "
+                            f"{str(folder)!r}{hint}")
+
+
+class _SafetensorsFiles:
+    """A checkpoint's tensors, served to the model's parameters without a second copy in memory.
+
+    A safetensors file is 8 bytes (little-endian u64: the header's length), a JSON header giving each
+    tensor's dtype, shape and byte range, then the raw little-endian bytes. The safetensors library reads
+    and checks the header (`safe_open`): names, dtypes, shapes, and that the tensors lie back to back in
+    the order of their offsets, from the end of the header to the end of the file, so where each starts
+    follows. The bytes are then served two ways, both minivlm's own because safetensors offers neither
+    (measured on a 356 MiB file of 404 float32 tensors, whose header both read in 0.4 ms):
+    - `mapped` (mmap=True, the tensor already in the wanted dtype, on the CPU): the parameter becomes a
+      view of the whole file mapped privately into memory; pages are read from disk when first touched,
+      and a write copies the page (the file never changes). safe_open's `get_tensor` also gives private,
+      copy-on-write views, but each holds a storage of its own tensor only, and making them all charged
+      84 MiB of pages before any was used (these views: 1 MiB).
+    - `read_into`: one `readinto` of the tensor's bytes into the parameter's own memory when dtype and
+      device allow, else into a buffer of that one tensor, then `copy_` (which converts the dtype). Into
+      float32 parameters that peaks 1 MiB above them, in 0.15 s; `get_tensor` + `copy_` peaks 358 MiB
+      above (the whole file mapped) in 0.45 s, or with safetensors 0.8's backend="pread" 65 MiB above (a
+      copy of the largest tensor) in 0.94 s.
+    """
+
+    def __init__(self, files: Iterable[Path], mmap: bool = False):
+        self.files = list(files)
+        self.headers = [self._header(f) for f in self.files]
+        self.mmap = mmap
+        self._storages = {}
+
+    @staticmethod
+    def _header(file: Path) -> dict:
+        """name -> (dtype, shape, where its bytes start in the file, how many bytes)."""
+        try:
+            with safe_open(file, framework="pt") as f:
+                tensors = []
+                for name in f.offset_keys():                 # in the order of their bytes in the file
+                    info = f.get_slice(name)
+                    tensors.append((name, info.get_dtype(), tuple(info.get_shape())))
+        except SafetensorError as e:
+            raise CheckpointError(_why_not_safetensors(file, e)) from None
+        with open(file, "rb") as f:
+            offset = 8 + int.from_bytes(f.read(8), "little")      # the first tensor starts after the header
+        entries = {}
+        for name, dtype_name, shape in tensors:
+            if dtype_name not in SAFETENSORS_DTYPES:
+                raise CheckpointError(f"from_pretrained: {file}: tensor {name!r} has dtype {dtype_name!r}, "
+                                      f"which minivlm does not read (it reads {sorted(SAFETENSORS_DTYPES)})")
+            dtype = SAFETENSORS_DTYPES[dtype_name]
+            nbytes = math.prod(shape) * dtype.itemsize
+            entries[name] = (dtype, shape, offset, nbytes)
+            offset += nbytes
+        return entries
+
+    def shapes(self):
+        for header in self.headers:
+            for name, (_, shape, _, _) in header.items():
+                yield name, shape
+
+    def index(self) -> dict:
+        """name -> which file holds it."""
+        return {name: i for i, header in enumerate(self.headers) for name in header}
+
+    def mapped(self, name: str, index: int, target: torch.Tensor):
+        """The tensor as a view of its file mapped into memory (private, copy-on-write), or None where it
+        cannot stand in for `target` as is (another dtype or device, or unaligned in the file)."""
+        dtype, shape, offset, _ = self.headers[index][name]
+        if not self.mmap or target.dtype != dtype or target.device.type != "cpu" or offset % dtype.itemsize:
+            return None
+        if index not in self._storages:
+            file = self.files[index]
+            self._storages[index] = torch.UntypedStorage.from_file(str(file), shared=False,
+                                                                   nbytes=file.stat().st_size)
+        strides = [1] * len(shape)
+        for d in range(len(shape) - 2, -1, -1):
+            strides[d] = strides[d + 1] * shape[d + 1]
+        return torch.empty(0, dtype=dtype).set_(self._storages[index], offset // dtype.itemsize, shape, strides)
+
+    def read_into(self, name: str, index: int, target: torch.Tensor):
+        dtype, shape, offset, nbytes = self.headers[index][name]
+        direct = target.dtype == dtype and target.device.type == "cpu" and target.is_contiguous()
+        buffer = target if direct else torch.empty(shape, dtype=dtype)
+        with open(self.files[index], "rb") as f:
+            f.seek(offset)
+            if nbytes and f.readinto(buffer.reshape(-1).view(torch.uint8).numpy()) != nbytes:
+                raise ValueError(f"from_pretrained: {self.files[index]} is truncated (tensor {name!r})")
+        if not direct:
+            target.copy_(buffer)
+
+
+class _InMemory:
+    """An in-memory state dict (or an iterable of (name, tensor)) behind the same calls."""
+
+    def __init__(self, tensors):
+        self.tensors = dict(tensors.items() if isinstance(tensors, Mapping) else tensors)
+
+    def shapes(self):
+        for name, t in self.tensors.items():
+            yield name, tuple(t.shape)
+
+    def index(self) -> dict:
+        return {}
+
+    def mapped(self, name: str, index: int, target: torch.Tensor):
+        return None
+
+    def read_into(self, name: str, index: int, target: torch.Tensor):
+        target.copy_(self.tensors[name])
+
+
+def _auto_dtype(config: dict, tensors: "_SafetensorsFiles", file: Path) -> torch.dtype:
+    """dtype="auto": config.json's `dtype` (Transformers 5.x writes it; older versions `torch_dtype`, read
+    when `dtype` is absent or null), else the first floating-point tensor's dtype in the first file (by
+    name; float8 is storage, not a dtype to compute in), else float32."""
+    key = "dtype" if config.get("dtype") is not None else "torch_dtype"
+    name = config.get(key)
+    if name is not None:
+        if name not in DTYPE_NAMES:
+            raise CheckpointError(f"from_pretrained: dtype='auto' reads {key}={name!r} from {file}, expected one "
+                                  f"of {', '.join(map(repr, DTYPE_NAMES))}; pass dtype explicitly")
+        return DTYPE_NAMES[name]
+    for tensor in sorted(tensors.headers[0]):
+        dtype = tensors.headers[0][tensor][0]
+        if dtype.is_floating_point and dtype.itemsize > 1:
+            return dtype
+    return torch.float32
+
+
+# -- checks of the arguments and the files, and the error reports ------------------------------------
+
+
+def _parse_dtype(dtype):
+    """A torch.dtype from a dtype or its name; "auto" stays "auto" (resolved once the folder is read)."""
+    if isinstance(dtype, str):
+        if dtype != "auto" and dtype not in DTYPE_NAMES:
+            raise ValueError(f"from_pretrained: dtype {dtype!r} is not a dtype name minivlm reads; expected "
+                             f"one of {', '.join(map(repr, [*DTYPE_NAMES, 'auto']))} or a torch.dtype")
+        return DTYPE_NAMES.get(dtype, dtype)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"from_pretrained: dtype must be a floating-point torch.dtype or its name, got {dtype!r}")
+    return dtype
+
+
+def _check_device(device, caller: str):
+    """`device` as a torch.device (None stays None), refused before anything is loaded where this torch
+    cannot reach it."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{caller}: device {device!r} is not a torch device; expected a torch.device or a name "
+                         f"such as 'cpu', 'cuda' or 'cuda:0'") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch is a CPU-only build" if torch.version.cuda is None
+                   else f"this torch (CUDA {torch.version.cuda}) sees no CUDA GPU")
+            raise ValueError(f"{caller}: device={str(device)!r} asks for a CUDA GPU, but {why} (torch "
+                             f"{torch.__version__}); expected device='cpu' here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{caller}: device={str(device)!r}, but torch sees {torch.cuda.device_count()} "
+                             f"CUDA GPU(s): expected an index below that")
+    return device
+
+
+def _parse_json(data: bytes, where: str):
+    """JSON text (UTF-8) -> its value; a one-line CheckpointError naming `where` (the file) if it is not JSON."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"from_pretrained: {where} is not UTF-8 text (byte {e.start}: {e.reason}); "
+                              f"expected JSON") from None
+    except json.JSONDecodeError as e:
+        near = e.doc[max(0, e.pos - 20):e.pos + 20]
+        raise CheckpointError(f"from_pretrained: {where} is not valid JSON: {e.msg} at line {e.lineno} column "
+                              f"{e.colno}, near {near!r} (expected one JSON object)") from None
+
+
+def _why_not_safetensors(file: Path, error: SafetensorError) -> str:
+    """What is wrong with a file safetensors refused, on one line naming it: the 8-byte header length, the
+    header's JSON, the file's length, else safetensors' own reason."""
+    with open(file, "rb") as f:
+        prefix = f.read(8)
+        size = int.from_bytes(prefix, "little")
+        data = f.read(size) if len(prefix) == 8 and 0 < size <= MAX_HEADER_BYTES else b""
+    if len(prefix) < 8 or not 0 < size <= MAX_HEADER_BYTES:
+        got = f"{len(prefix)} bytes in all" if len(prefix) < 8 else f"a header length of {size} bytes"
+        return (f"from_pretrained: {file} is not a safetensors file: expected 8 bytes giving a header length "
+                f"of 1 byte to 100 MB, found {got}")
+    if len(data) < size:
+        return (f"from_pretrained: {file} is truncated inside its header: expected {size} bytes of JSON header "
+                f"after the first 8, found {len(data)}")
+    header = _parse_json(data, f"the header of {file}")
+    if not isinstance(header, dict):
+        return (f"from_pretrained: {file} is not a safetensors file: its header is a JSON "
+                f"{type(header).__name__}, expected a JSON object")
+    if "not fully covered" in str(error):      # a valid header, but the tensors do not end where the file does
+        end = max((t["data_offsets"][1] for name, t in header.items() if name != "__metadata__"), default=0)
+        found = file.stat().st_size - 8 - size
+        return (f"from_pretrained: {file} is {'truncated' if found < end else 'longer than its header says'}: "
+                f"expected {end} bytes of tensors after the header, found {found}")
+    return f"from_pretrained: {file} is not a valid safetensors file: {error}"
 
 
 def _mismatch_report(model_name, source, missing, unexpected, misshapen, duplicated, show=20) -> str:
