@@ -299,7 +299,7 @@ def test_bad_inputs(model, tmp_path):
         model(ids, pixel_values(3), attention_mask=mask, return_loss=True)
     with pytest.raises(TypeError, match="return_loss"):
         model(ids, pv, return_loss="yes")
-    with pytest.raises(ValueError, match="AltCLIPTextConfig: hidden_size 30 is not a multiple"):
+    with pytest.raises(ValueError, match="AltCLIPTextConfig: hidden_size=30 is not a multiple"):
         AltCLIPConfig.from_dict({"text_config": {"hidden_size": 30, "num_attention_heads": 4}})
     with pytest.raises(ValueError, match="pad_token_id"):
         AltCLIPConfig.from_dict({"text_config": {"vocab_size": 10, "pad_token_id": 10}})

@@ -150,7 +150,7 @@ def test_config_defaults_and_sources():
     ("num_hidden_layers", 0, "num_hidden_layers must be a positive int"),
     ("patch_size", 56, "patch_size 56 is larger than image_size 28"),
     ("hidden_act", "swiglu", "unsupported hidden_act 'swiglu'"),
-    ("layer_norm_eps", -1.0, "layer_norm_eps must be a positive float"),
+    ("layer_norm_eps", -1.0, "layer_norm_eps must be a positive number"),
 ])
 def test_bad_config(field, value, message):
     with pytest.raises(ValueError, match=message):

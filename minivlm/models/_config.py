@@ -54,3 +54,12 @@ def one_of(config, name: str, choices):
     """Field `name` is one of `choices`."""
     if getattr(config, name) not in choices:
         _fail(config, name, f"one of {list(choices)}")
+
+
+def in_vocab(config, *names, vocab: str = "vocab_size"):
+    """Each field named is a token id: an int in [0, field `vocab`) (not a bool), e.g. a pad_token_id that
+    numbers positions or indexes the embedding table."""
+    for name in names:
+        value, size = getattr(config, name), getattr(config, vocab)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < size:
+            _fail(config, name, f"an int in [0, {vocab}={size})")

@@ -8,18 +8,25 @@ text tower, imported from xlm_roberta.py). Reference implementation: Transformer
 names this module mirrors (vision_model.*, text_model.roberta.*, text_model.pre_LN, text_model.transformation,
 visual_projection, text_projection, logit_scale).
 
-The data flow (BAAI/AltCLIP: ViT-L/14 at 224 px, XLM-R large, D_v=1024, D_t=1024, project_dim=768, P=768):
+Shape letters (docs/notation.md): the two towers run on two batches, B_t texts and B_v images (B, with
+the suffixes of E_t and E_v), and only the contrastive scoring pairs them: its logits are (B_t, B_v). E_t and
+E_v are the towers' widths, E_proj (projection_dim) the width of the shared image-text space; C, R are the
+image's channels and side, T the tokens of a text.
 
-    image: pixel_values (N, 3, S, S) --CLIP ViT--> pooled = post_layernorm(class token)       (N, D_v)
-           image_embeds = visual_projection(pooled)                 (no bias)                  (N, P)
-    text:  input_ids (M, T) --XLM-R--> last hidden state                                        (M, T, D_t)
-           pre_LN, then transformation (D_t -> project_dim, with bias), on every token          (M, T, project_dim)
-           token 0 (<s>; no tanh pooler) --text_projection (no bias)--> text_embeds           (M, P)
-    both embeddings L2-normalised; logits_per_text = exp(logit_scale) * text_embeds @ image_embeds^T  (M, N)
-    logits_per_image = logits_per_text^T                                                        (N, M)
-    loss = (CE(logits_per_text, diag) + CE(logits_per_image, diag)) / 2                         (M == N pairs)
+The data flow (BAAI/AltCLIP: ViT-L/14 at 224 px, XLM-R large, E_v=1024, E_t=1024, project_dim=768,
+E_proj=768):
 
-Zero-shot classification ranks M candidate labels ("a photo of a {}") for each image by the softmax of
+    image: pixel_values (B_v, C, R, R) --CLIP ViT--> pooled = post_layernorm(class token)  (B_v, E_v)
+           image_embeds = visual_projection(pooled)                 (no bias)              (B_v, E_proj)
+    text:  input_ids (B_t, T) --XLM-R--> last hidden state                                  (B_t, T, E_t)
+           pre_LN, then transformation (E_t -> project_dim, with bias), on every token     (B_t, T, project_dim)
+           token 0 (<s>; no tanh pooler) --text_projection (no bias)--> text_embeds      (B_t, E_proj)
+    both embeddings L2-normalised;
+    logits_per_text = exp(logit_scale) * text_embeds @ image_embeds^T                       (B_t, B_v)
+    logits_per_image = logits_per_text^T                                                    (B_v, B_t)
+    loss = (CE(logits_per_text, diag) + CE(logits_per_image, diag)) / 2                     (B_t == B_v pairs)
+
+Zero-shot classification ranks B_t candidate labels ("a photo of a {}") for each image by the softmax of
 logits_per_image over the labels (`zero_shot`); `tokenize_labels` turns label strings into input_ids with a
 checkpoint's tokenizer.json. Images come from minivlm.processing.CLIPImageProcessor (224 px crop, OpenAI
 CLIP mean and std for BAAI/AltCLIP).
@@ -31,14 +38,14 @@ and CLIP's `vision_model.encoder.layers.N`. This module uses each tower's own ch
 `layers`, xlm_roberta.py's `layer`) and renames the other spelling.
 
 What differs from Transformers (same numbers, less machinery): attention is minivlm.ops.attention; the text
-tower and projections return tensors instead of ModelOutputs (get_*_features give the (B, P) tensor that
+tower and projections return tensors instead of ModelOutputs (get_*_features give the (B, E_proj) tensor that
 Transformers wraps as `pooler_output`); no dropout, no interpolate_pos_encoding, no token_type_ids or
 position_ids arguments (every token is type 0, positions come from input_ids as RoBERTa numbers them).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -47,6 +54,7 @@ from torch import nn
 
 from .._checks import rejects_unknown_kwargs
 from .base import Model
+from ._config import known_fields, positive_ints
 from .clip import CLIPVisionConfig, CLIPVisionModel, CLIPVisionOutput
 from .xlm_roberta import XLMRobertaConfig, XLMRobertaModel
 
@@ -69,8 +77,7 @@ class AltCLIPTextConfig(XLMRobertaConfig):
 
     def validate(self):
         super().validate()
-        if isinstance(self.project_dim, bool) or not isinstance(self.project_dim, int) or self.project_dim < 1:
-            raise ValueError(f"AltCLIPTextConfig: project_dim must be a positive int, got {self.project_dim!r}")
+        positive_ints(self, "project_dim")
 
 
 @dataclass
@@ -79,54 +86,33 @@ class AltCLIPConfig:
     vision defaults, ViT-B/32 at 224 px, are also CLIPVisionConfig's)."""
     text_config: AltCLIPTextConfig = field(default_factory=AltCLIPTextConfig)
     vision_config: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
-    projection_dim: int = 768              # P, the shared image-text embedding width
+    projection_dim: int = 768              # E_proj, the shared image-text embedding width
     logit_scale_init_value: float = 2.6592  # log(1 / 0.07), the initial temperature; a checkpoint's logit_scale wins
 
     @classmethod
     def from_dict(cls, d: dict) -> "AltCLIPConfig":
-        """Read a config.json dict. Older files (BAAI/AltCLIP's) may also carry `text_config_dict` and
-        `vision_config_dict`; as in Transformers, their values override those of text_config/vision_config."""
-        if not isinstance(d, dict):
-            raise TypeError(f"AltCLIPConfig.from_dict: expected a dict, got {type(d).__name__}")
-        subs = {}
-        for name in ("text_config", "vision_config"):
-            sub = d.get(name) or {}
-            override = d.get(f"{name}_dict") or {}
-            for value, key in ((sub, name), (override, f"{name}_dict")):
-                if not isinstance(value, dict):
-                    raise ValueError(f"AltCLIPConfig: {key} must be a dict, got {type(value).__name__}")
-            subs[name] = {**sub, **override}
-        names = {f.name for f in fields(cls)} - {"text_config", "vision_config"}
-        config = cls(text_config=AltCLIPTextConfig.from_dict(subs["text_config"]),
-                     vision_config=CLIPVisionConfig.from_dict(subs["vision_config"]),
-                     **{k: v for k, v in d.items() if k in names})
-        config.validate()
-        return config
+        """Read a config.json dict (with the older files' text_config_dict / vision_config_dict: see
+        _read_config)."""
+        return _read_config(cls, d)
 
     def validate(self):
-        self.text_config.validate()
-        self.vision_config.validate()
-        P = self.projection_dim
-        if isinstance(P, bool) or not isinstance(P, int) or P < 1:
-            raise ValueError(f"AltCLIPConfig: projection_dim must be a positive int, got {P!r}")
-        s = self.logit_scale_init_value
-        if isinstance(s, bool) or not isinstance(s, (int, float)):
-            raise ValueError(f"AltCLIPConfig: logit_scale_init_value must be a number, got {s!r}")
+        _validate_config(self)
 
 
 @dataclass
 class AltCLIPTextOutput:
-    """last_hidden_state (M, T, project_dim): transformation(pre_LN(XLM-R output)) at every token;
-    pooler_output (M, project_dim): its token 0."""
+    """last_hidden_state (B_t, T, project_dim): transformation(pre_LN(XLM-R output)) at every token;
+    pooler_output (B_t, project_dim): its token 0."""
     last_hidden_state: torch.Tensor
     pooler_output: torch.Tensor
 
 
 @dataclass
 class AltCLIPOutput:
-    """What AltCLIPModel.forward returns. logits_per_image (N, M) and logits_per_text (M, N): scaled cosine
-    similarities; text_embeds (M, P) and image_embeds (N, P): L2-normalised; loss: the symmetric contrastive
-    loss when return_loss; text_model_output / vision_model_output: the towers' outputs before projection."""
+    """What AltCLIPModel.forward returns. logits_per_image (B_v, B_t) and logits_per_text (B_t, B_v): scaled
+    cosine similarities; text_embeds (B_t, E_proj) and image_embeds (B_v, E_proj): L2-normalised; loss: the
+    symmetric contrastive loss when return_loss; text_model_output / vision_model_output: the towers' outputs
+    before projection."""
     logits_per_image: torch.Tensor
     logits_per_text: torch.Tensor
     text_embeds: torch.Tensor
@@ -146,8 +132,8 @@ class AltCLIPTextModel(nn.Module):
         self.transformation = nn.Linear(config.hidden_size, config.project_dim)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> AltCLIPTextOutput:
-        x = self.roberta(input_ids, attention_mask)            # (M, T, D_t)
-        x = self.transformation(self.pre_LN(x))                # (M, T, project_dim)
+        x = self.roberta(input_ids, attention_mask)            # (B_t, T, E_t)
+        x = self.transformation(self.pre_LN(x))                # (B_t, T, project_dim)
         return AltCLIPTextOutput(last_hidden_state=x, pooler_output=x[:, 0])
 
 
@@ -184,32 +170,26 @@ class AltCLIPModel(Model):
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
                           ) -> torch.Tensor:
-        """The projected (not normalised) text embeddings (M, P) of input_ids (M, T); attention_mask (M, T)
-        is 1 at real tokens, 0 at pads (None: every token is attended to, as in Transformers)."""
+        """The projected (not normalised) text embeddings (B_t, E_proj) of input_ids (B_t, T); attention_mask
+        (B_t, T) is 1 at real tokens, 0 at pads (None: every token is attended to, as in Transformers)."""
         return self.text_projection(self.text_model(input_ids, attention_mask).pooler_output)
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The projected (not normalised) image embeddings (N, P) of pixel_values (N, 3, S, S)."""
+        """The projected (not normalised) image embeddings (B_v, E_proj) of pixel_values (B_v, C, R, R)."""
         return self.visual_projection(self.vision_model(pixel_values).pooler_output)
 
     @rejects_unknown_kwargs
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor,
                 attention_mask: Optional[torch.Tensor] = None, return_loss: bool = False) -> AltCLIPOutput:
-        """Score M texts against N images. input_ids (M, T), pixel_values (N, 3, S, S), attention_mask (M, T)
-        or None. return_loss needs M == N (text i belongs with image i)."""
-        if not isinstance(return_loss, bool):
-            raise TypeError(f"return_loss: expected a bool, got {type(return_loss).__name__}")
-        if return_loss and isinstance(input_ids, torch.Tensor) and isinstance(pixel_values, torch.Tensor) \
-                and input_ids.shape[:1] != pixel_values.shape[:1]:
-            raise ValueError(f"return_loss: the contrastive loss pairs text i with image i, so input_ids and "
-                             f"pixel_values need the same batch size; got {input_ids.shape[0]} texts and "
-                             f"{pixel_values.shape[0]} images")
+        """Score B_t texts against B_v images. input_ids (B_t, T), pixel_values (B_v, C, R, R), attention_mask
+        (B_t, T) or None. return_loss needs B_t == B_v (text i belongs with image i)."""
+        _check_inputs(input_ids, pixel_values, return_loss)
         vision = self.vision_model(pixel_values)
         text = self.text_model(input_ids, attention_mask)
-        image_embeds = l2_normalize(self.visual_projection(vision.pooler_output))   # (N, P)
-        text_embeds = l2_normalize(self.text_projection(text.pooler_output))        # (M, P)
-        logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp()  # (M, N)
-        logits_per_image = logits_per_text.t()                                      # (N, M)
+        image_embeds = l2_normalize(self.visual_projection(vision.pooler_output))   # (B_v, E_proj)
+        text_embeds = l2_normalize(self.text_projection(text.pooler_output))        # (B_t, E_proj)
+        logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp()  # (B_t, B_v)
+        logits_per_image = logits_per_text.t()                                      # (B_v, B_t)
         return AltCLIPOutput(logits_per_image=logits_per_image, logits_per_text=logits_per_text,
                              text_embeds=text_embeds, image_embeds=image_embeds,
                              loss=contrastive_loss(logits_per_text) if return_loss else None,
@@ -218,9 +198,9 @@ class AltCLIPModel(Model):
     @torch.no_grad()
     def zero_shot(self, pixel_values: torch.Tensor, label_ids: torch.Tensor,
                   label_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Zero-shot classification: the probability of each of M candidate labels for each of N images,
-        (N, M), rows summing to 1; rank with .argsort(dim=-1, descending=True). label_ids/label_mask are the
-        tokenized prompts (tokenize_labels), pixel_values (N, 3, S, S) the processed images."""
+        """Zero-shot classification: the probability of each of B_t candidate labels for each of B_v images,
+        (B_v, B_t), rows summing to 1; rank with .argsort(dim=-1, descending=True). label_ids/label_mask are
+        the tokenized prompts (tokenize_labels), pixel_values (B_v, C, R, R) the processed images."""
         return self(label_ids, pixel_values, attention_mask=label_mask).logits_per_image.softmax(dim=-1)
 
 
@@ -229,7 +209,7 @@ def tokenize_labels(tokenizer_json, labels, template: str = "a photo of a {}", *
     """Tokenize candidate labels with a checkpoint's tokenizer.json (the `tokenizers` library), each put
     into `template` first, with the tokenizer's special tokens (<s> ... </s> for XLM-R).
 
-    Returns (input_ids, attention_mask), both int64 (M, T), right-padded to the longest prompt with pad_id
+    Returns (input_ids, attention_mask), both int64 (B_t, T), right-padded to the longest prompt with pad_id
     (default: the tokenizer's padding id, else the id of "<pad>"). max_length truncates longer prompts.
     """
     from tokenizers import Tokenizer
@@ -266,6 +246,46 @@ def tokenize_labels(tokenizer_json, labels, template: str = "a photo of a {}", *
         input_ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
         attention_mask[i, :len(r)] = 1
     return input_ids, attention_mask
+
+
+# -- reading and checking the config, checking the inputs ----------------------------------------------
+
+def _read_config(cls, d: dict) -> AltCLIPConfig:
+    """The config of a config.json dict. Older files (BAAI/AltCLIP's) may also carry `text_config_dict` and
+    `vision_config_dict`; as in Transformers, their values override those of text_config / vision_config."""
+    top = known_fields(cls, d)
+    subs = {}
+    for name in ("text_config", "vision_config"):
+        sub, override = d.get(name) or {}, d.get(f"{name}_dict") or {}
+        for value, key in ((sub, name), (override, f"{name}_dict")):
+            if not isinstance(value, dict):
+                raise ValueError(f"AltCLIPConfig: {key} must be a dict, got {type(value).__name__}")
+        subs[name] = {**sub, **override}
+    config = cls(text_config=AltCLIPTextConfig.from_dict(subs["text_config"]),
+                 vision_config=CLIPVisionConfig.from_dict(subs["vision_config"]),
+                 **{k: v for k, v in top.items() if k not in subs})
+    config.validate()
+    return config
+
+
+def _validate_config(c: AltCLIPConfig):
+    c.text_config.validate()
+    c.vision_config.validate()
+    positive_ints(c, "projection_dim")
+    s = c.logit_scale_init_value
+    if isinstance(s, bool) or not isinstance(s, (int, float)):
+        raise ValueError(f"AltCLIPConfig: logit_scale_init_value must be a number, got {s!r}")
+
+
+def _check_inputs(input_ids, pixel_values, return_loss):
+    """return_loss is a bool, and with it the two batches pair up; the towers check their own inputs."""
+    if not isinstance(return_loss, bool):
+        raise TypeError(f"return_loss: expected a bool, got {type(return_loss).__name__}")
+    if return_loss and isinstance(input_ids, torch.Tensor) and isinstance(pixel_values, torch.Tensor) \
+            and input_ids.shape[:1] != pixel_values.shape[:1]:
+        raise ValueError(f"return_loss: the contrastive loss pairs text i with image i, so input_ids and "
+                         f"pixel_values need the same batch size; got {input_ids.shape[0]} texts and "
+                         f"{pixel_values.shape[0]} images")
 
 
 __all__ = ["AltCLIPConfig", "AltCLIPTextConfig", "AltCLIPModel", "AltCLIPOutput", "tokenize_labels",

@@ -9,19 +9,24 @@ tower, imported from clip.py). Reference implementation: Transformers'
 whose parameter names this module mirrors (text_model.model.*, vision_model.model.*,
 image_to_text_projection.*), so hub checkpoints and Transformers' save_pretrained load without renaming.
 
-The data flow (shapes for microsoft/kosmos-2-patch14-224: 224 px in 14 px patches, D=1024, Q=64, E=2048):
+Shape letters (docs/notation.md): B prompts (and their images), T tokens in this call, S = cached + T key
+positions, E the decoder's width (embed_dim), H heads of width D = E / H, F the MLP's middle width (ffn_dim),
+V the vocabulary, Q the latent queries (latent_query_num), and for the vision tower E_v its width, C, R the
+image's channels and side, P = (R / p)^2 its patches.
 
-    pixel_values (B, 3, 224, 224) --CLIP ViT-L/14--> last_hidden_state (B, 257, D)
+The data flow (shapes for microsoft/kosmos-2-patch14-224: 224 px in 14 px patches, E_v=1024, Q=64, E=2048):
+
+    pixel_values (B, 3, 224, 224) --CLIP ViT-L/14--> last_hidden_state (B, 1+P, E_v) = (B, 257, 1024)
     post_layernorm over the WHOLE sequence (not only the class token), then L2-normalise each vector
-    image_to_text_projection:  f = dense(features)                                   (B, 257, E)
+    image_to_text_projection:  f = dense(features)                                   (B, 1+P, E)
         x_attn: queries = latent_query (the raw (Q, E) parameter), keys/values = cat(f, latent_query)
         (B, Q, E) image embeddings; no LayerNorm, no mask, no residual
     text decoder: token embeddings, the Q image embeddings written where image_embeds_position_mask is 1,
         THEN everything times sqrt(E) (the image embeddings are scaled too), plus sinusoidal positions
-        for each of L blocks (pre-LN, with two extra "sub-LN"s):
+        for each of the `layers` blocks (pre-LN, with two extra "sub-LN"s):
             x = x + out_proj(inner_attn_ln(attention(self_attn_layer_norm(x))))
-            x = x + fc2(ffn_layernorm(gelu(fc1(final_layer_norm(x)))))      # ffn_layernorm is over ffn_dim
-        logits = lm_head(layer_norm(x))                                                 (B, T, vocab)
+            x = x + fc2(ffn_layernorm(gelu(fc1(final_layer_norm(x)))))      # ffn_layernorm is over F
+        logits = lm_head(layer_norm(x))                                                 (B, T, V)
 
 Positions are fairseq's: the sinusoid table's row `pad_token_id` (1) is zero, and the real tokens of a
 chunk of T new tokens after `past` cached ones read rows (cumsum(is_real) + past) * is_real + pad, where
@@ -47,7 +52,7 @@ What differs from Transformers (same numbers, less machinery):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import torch
@@ -58,6 +63,7 @@ from .. import ops
 from .._checks import check_token_ids, has_padding, rejects_unknown_kwargs
 from .base import GenerativeModel
 from ._common import ModelOutput, activation, causal_lm_loss
+from ._config import bools, divides, in_vocab, known_fields, positive_ints, positive_numbers
 from .clip import CLIPVisionConfig, CLIPVisionModel, CLIPVisionOutput
 from .cache import KVCache, cached_tokens
 
@@ -65,69 +71,37 @@ from .cache import KVCache, cached_tokens
 # Kosmos2VisionConfig defaults, which differ from CLIPVisionConfig's own ViT-B/32 ones).
 KOSMOS2_VISION_DEFAULTS = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                                num_attention_heads=16, image_size=224, patch_size=14, hidden_act="quick_gelu")
-# Transformers' Kosmos2TextConfig also accepts these generic names for its own fields (attribute_map).
-TEXT_ALIASES = {"hidden_size": "embed_dim", "num_hidden_layers": "layers", "num_attention_heads": "attention_heads"}
-POSITION_OFFSET = 2   # the sinusoid table has max_position_embeddings + 2 rows (fairseq's padding legacy)
 
 
 @dataclass
 class Kosmos2TextConfig:
     """The decoder's settings (config.json's "text_config"); defaults are Transformers'
     Kosmos2TextConfig, i.e. microsoft/kosmos-2-patch14-224's."""
-    vocab_size: int = 65037
+    vocab_size: int = 65037               # V
     max_position_embeddings: int = 2048   # nominal table size; sinusoids extend to any position
     embed_dim: int = 2048                 # E, the residual stream width
     layers: int = 24                      # decoder blocks
-    ffn_dim: int = 8192                   # MLP hidden width (and ffn_layernorm's width)
-    attention_heads: int = 32             # head_dim = embed_dim // attention_heads
+    ffn_dim: int = 8192                   # F, the MLP's middle width (and ffn_layernorm's width)
+    attention_heads: int = 32             # H; head width D = E / H
     activation_function: str = "gelu"     # the MLP activation
     layer_norm_eps: float = 1e-5          # epsilon of every LayerNorm
-    scale_embedding: bool = True          # multiply the input embeddings by sqrt(embed_dim)
+    scale_embedding: bool = True          # multiply the input embeddings by sqrt(E)
     tie_word_embeddings: bool = True      # lm_head shares embed_tokens' weight
     add_cross_attention: bool = False     # text cross-attention layers; unused by Kosmos-2, not supported
     pad_token_id: Optional[int] = 1       # the zero row of the position table, and the position offset
     bos_token_id: Optional[int] = 0
     eos_token_id: Union[int, list, None] = 2
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Kosmos2TextConfig":
+        return _read_text_config(cls, d)
+
     def validate(self):
-        for name in ("vocab_size", "max_position_embeddings", "embed_dim", "layers", "ffn_dim", "attention_heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Kosmos2TextConfig: {name} must be a positive int, got {value!r}")
-        if self.embed_dim % self.attention_heads:
-            raise ValueError(f"Kosmos2TextConfig: attention_heads={self.attention_heads} must divide "
-                             f"embed_dim={self.embed_dim}")
-        if self.embed_dim < 4:
-            raise ValueError(f"Kosmos2TextConfig: embed_dim must be >= 4 for the sinusoidal positions "
-                             f"(their frequencies divide by embed_dim // 2 - 1), got {self.embed_dim}")
-        pad = self.pad_token_id
-        if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < self.vocab_size:
-            raise ValueError(f"Kosmos2TextConfig: pad_token_id must be an int in [0, vocab_size={self.vocab_size}) "
-                             f"(it numbers the positions), got {pad!r}")
-        for name in ("scale_embedding", "tie_word_embeddings", "add_cross_attention"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"Kosmos2TextConfig: {name} must be a bool, got {getattr(self, name)!r}")
-        if self.add_cross_attention:
-            raise ValueError("Kosmos2TextConfig: add_cross_attention=True is not supported (Kosmos-2 never uses "
-                             "the text cross-attention layers; its checkpoints have none)")
-        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
-            raise ValueError(f"Kosmos2TextConfig: layer_norm_eps must be a positive float, got {self.layer_norm_eps!r}")
-        activation(self.activation_function)   # raises for an activation minivlm does not implement
+        _validate_text_config(self)
 
     @property
     def head_dim(self) -> int:
         return self.embed_dim // self.attention_heads
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Kosmos2TextConfig":
-        names = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in names}
-        for alias, name in TEXT_ALIASES.items():
-            if alias in d and name not in d:
-                kwargs[name] = d[alias]
-        config = cls(**kwargs)
-        config.validate()
-        return config
 
 
 @dataclass
@@ -140,21 +114,10 @@ class Kosmos2Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Kosmos2Config":
-        if not isinstance(d, dict):
-            raise TypeError(f"Kosmos2Config.from_dict: expected a dict, got {type(d).__name__}")
-        for name in ("vision_config", "text_config"):
-            if d.get(name) is not None and not isinstance(d[name], dict):
-                raise ValueError(f"Kosmos2Config: {name} must be a dict, got {type(d[name]).__name__}")
-        vision = {**KOSMOS2_VISION_DEFAULTS, **(d.get("vision_config") or {})}
-        config = cls(vision_config=CLIPVisionConfig.from_dict(vision),
-                     text_config=Kosmos2TextConfig.from_dict(d.get("text_config") or {}),
-                     **{k: d[k] for k in ("latent_query_num", "tie_word_embeddings") if k in d})
-        q = config.latent_query_num
-        if isinstance(q, bool) or not isinstance(q, int) or q < 1:
-            raise ValueError(f"Kosmos2Config: latent_query_num must be a positive int, got {q!r}")
-        if not isinstance(config.tie_word_embeddings, bool):
-            raise ValueError(f"Kosmos2Config: tie_word_embeddings must be a bool, got {config.tie_word_embeddings!r}")
-        return config
+        return _read_config(cls, d)
+
+    def validate(self):
+        _validate_config(self)
 
     @property
     def tied(self) -> bool:
@@ -191,17 +154,18 @@ class KosmosTextAttention(nn.Module):
 
     def _heads(self, x):
         B, T, _ = x.shape
-        return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)               # (B, nh, T, hd)
+        return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)               # (B, H, T, D)
 
     def forward(self, x, context=None, *, mask=None, is_causal=False, cache: Optional[KVCache] = None):
-        """x (B, T, E) are the queries; keys and values come from `context` (B, S, E), default x."""
+        """x (B, T, E) are the queries; keys and values come from `context` (B, S, E), default x (and the
+        cache's S = cached + T positions)."""
         B, T, E = x.shape
         kv = x if context is None else context
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(kv)), self._heads(self.v_proj(kv))
         if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)                                     # (B, nh, past+T, hd)
-        # softmax(q k^T / sqrt(hd) + mask) v; mask is None (is_causal, or no mask at all) or (B, 1, T, past+T).
-        y = ops.attention(q, k, v, mask, is_causal=is_causal)                             # (B, nh, T, hd)
+            k, v = cache.update(self.layer_idx, k, v)                                     # (B, H, S, D)
+        # softmax(q k^T / sqrt(D) + mask) v; mask is None (is_causal, or no mask at all) or (B, 1, T, S).
+        y = ops.attention(q, k, v, mask, is_causal=is_causal)                             # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, E)                                            # (B, T, E)
         if self.inner_attn_ln is not None:
             y = self.inner_attn_ln(y)
@@ -209,7 +173,7 @@ class KosmosTextAttention(nn.Module):
 
 
 class Kosmos2TextFFN(nn.Module):
-    """fc2(ffn_layernorm(act(fc1(x)))): the sub-LN sits inside the MLP, over its ffn_dim hidden width."""
+    """fc2(ffn_layernorm(act(fc1(x)))): the sub-LN sits inside the MLP, over its middle width F (ffn_dim)."""
 
     def __init__(self, config: Kosmos2TextConfig):
         super().__init__()
@@ -219,7 +183,7 @@ class Kosmos2TextFFN(nn.Module):
         self.ffn_layernorm = nn.LayerNorm(config.ffn_dim, eps=config.layer_norm_eps)
 
     def forward(self, x):
-        return self.fc2(self.ffn_layernorm(self.activation_fn(self.fc1(x))))  # (B,T,E) -> (B,T,ffn) -> (B,T,E)
+        return self.fc2(self.ffn_layernorm(self.activation_fn(self.fc1(x))))  # (B, T, E) -> (B, T, F) -> (B, T, E)
 
 
 class Kosmos2TextBlock(nn.Module):
@@ -257,16 +221,13 @@ class Kosmos2TextTransformer(nn.Module):
     def forward(self, input_ids, *, image_embeds=None, image_embeds_position_mask=None, attention_mask=None,
                 position_ids=None, cache: Optional[KVCache] = None) -> torch.Tensor:
         """Final hidden states (B, T, E). image_embeds (B, Q, E) replace the token embeddings where
-        image_embeds_position_mask (B, T) is 1. attention_mask: (B, past + T), 1 = real token, 0 = pad."""
-        name, c = "Kosmos2ForConditionalGeneration", self.config
-        check_token_ids("input_ids", input_ids, c.vocab_size)
-        B, T = input_ids.shape
+        image_embeds_position_mask (B, T) is 1. attention_mask: (B, S), S = cached + T; 1 = real token, 0 = pad."""
+        c = self.config
+        _check_text_inputs(c, input_ids, attention_mask, position_ids, cache, self.embed_tokens.weight.dtype)
+        past = 0 if cache is None else cache.length
         x = self.embed_tokens(input_ids)                                                 # (B, T, E)
-        past = cached_tokens(cache, B, T, x.dtype, attention_mask, name)
         if position_ids is None:
             position_ids = self.positions(input_ids, past)                               # (B, T)
-        else:
-            position_ids = _check_position_ids(position_ids, B, T)
 
         if image_embeds is not None:
             # Row by row, the Q image embeddings fill the Q marked positions in order; then scale everything.
@@ -276,7 +237,7 @@ class Kosmos2TextTransformer(nn.Module):
         # One mask for all layers, and only when some token is padding.
         mask = None
         if has_padding(attention_mask):
-            mask = ops.causal_mask(attention_mask, T, dtype=x.dtype)                     # (B, 1, T, past+T)
+            mask = ops.causal_mask(attention_mask, input_ids.shape[1], dtype=x.dtype)    # (B, 1, T, S)
         for layer in self.layers:
             x = layer(x, mask, cache)            # the last layer's cache write advances cache.length
         return self.layer_norm(x)
@@ -312,7 +273,7 @@ class Kosmos2ImageToTextProjection(nn.Module):
         self.x_attn = KosmosTextAttention(t.embed_dim, t.attention_heads, inner_attn_ln=False, eps=t.layer_norm_eps)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        f = self.dense(features)                                                         # (B, N, E)
+        f = self.dense(features)                                                         # (B, 1+P, E)
         queries = self.latent_query.expand(f.shape[0], -1, -1)                           # (B, Q, E), the raw parameter
         return self.x_attn(queries, torch.cat([f, queries], dim=1))                      # (B, Q, E); no residual
 
@@ -330,8 +291,8 @@ class Kosmos2ForConditionalGeneration(GenerativeModel):
     # Hub checkpoints (microsoft/kosmos-2-patch14-224) and Transformers (in memory and save_pretrained)
     # spell every key as this module does: text_model.model.*, text_model.lm_head.weight (absent when tied),
     # vision_model.model.*, image_to_text_projection.*. A Kosmos2Model file (no lm_head) loads too when tied.
-    # The sinusoid table is a buffer Transformers never saves (persistent=False, also in 4.x); skipped should a
-    # converted file carry it anyway. (CLIP's embeddings.position_ids are skipped by the loader itself.)
+    # The sinusoid table is a buffer Transformers never saves (persistent=False); skipped should a converted
+    # file carry it anyway. (CLIP's embeddings.position_ids are skipped by the loader itself.)
     checkpoint_ignore = [r"\.embed_positions\.weights$"]
     # Kosmos-2 numbers positions from its padding and the cache (see the module docstring), not from
     # generate's cumsum(attention_mask) - 1.
@@ -355,7 +316,7 @@ class Kosmos2ForConditionalGeneration(GenerativeModel):
                        dtype=dtype or weight.dtype, device=device or weight.device)
 
     def encode_image(self, pixel_values: torch.Tensor):
-        """(image embeddings (B, Q, E), the vision tower's output) for pixel_values (B, 3, S, S)."""
+        """(image embeddings (B, Q, E), the vision tower's output) for pixel_values (B, C, R, R)."""
         vision = self.vision_model.model(pixel_values)
         # post_layernorm over the whole sequence, then unit length per vector (not the pooled class token).
         features = F.normalize(self.vision_model.model.post_layernorm(vision.last_hidden_state), dim=-1)
@@ -365,61 +326,25 @@ class Kosmos2ForConditionalGeneration(GenerativeModel):
     def forward(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor] = None, attention_mask=None,
                 image_embeds_position_mask=None, position_ids=None, cache: Optional[KVCache] = None, labels=None,
                 logits_to_keep: int = 0, *, image_embeds: Optional[torch.Tensor] = None) -> Kosmos2Output:
-        """Logits (B, T, vocab), or the last logits_to_keep = k > 0 positions' (B, k, vocab).
+        """Logits (B, T, V), or the last logits_to_keep = k > 0 positions' (B, k, V).
 
         input_ids (B, T): the prompt as Kosmos2Processor makes it (<s>, <image>, Q image positions,
         </image>, text); pads must be pad_token_id (they also number the positions, as in Transformers).
-        pixel_values (B, 3, S, S), or image_embeds (B, Q, E) computed before, give the image; its Q
+        pixel_values (B, C, R, R), or image_embeds (B, Q, E) computed before, give the image; its Q
         embeddings go where image_embeds_position_mask (B, T) is 1 (exactly Q per row). Image inputs are
         used when nothing is cached yet (a prefill); with a filled cache they are ignored, as in
-        Transformers. None = a text-only forward. attention_mask: (B, cached + T), 1 = real, 0 = pad.
+        Transformers. None = a text-only forward. attention_mask: (B, S), S = cached + T; 1 = real, 0 = pad.
         position_ids: rows of the sinusoid table, (B, T), (1, T) or (T,); None = from the padding (see the
         module docstring). labels (B, T): `.loss`, next-token cross-entropy with
         -100 ignored. `.image_hidden_states` are the image embeddings, `.vision_model_output` the tower's.
         """
-        name, c = "Kosmos2ForConditionalGeneration", self.config
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0 or \
-                input_ids.is_floating_point() or input_ids.dtype == torch.bool:
-            raise ValueError(f"{name}: input_ids must be an integer tensor (batch, sequence), got {_describe(input_ids)}")
-        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
-            raise ValueError(f"{name}: logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
-        B, T = input_ids.shape
-        Q, E = c.latent_query_num, c.text_config.embed_dim
-
+        prefill = cache is None or cache.length == 0          # image inputs are for the prefill only
+        _check_inputs(self.config, input_ids, pixel_values, image_embeds, image_embeds_position_mask,
+                      logits_to_keep, prefill)
         vision = None
-        if pixel_values is not None and image_embeds is not None:
-            raise ValueError(f"{name}: pass pixel_values or image_embeds, not both")
         if pixel_values is not None:
-            if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4 or pixel_values.shape[0] != B:
-                raise ValueError(f"{name}: pixel_values must be (batch={B}, channels, height, width), "
-                                 f"got {_describe(pixel_values)}")
-            image_embeds, vision = self.encode_image(pixel_values)
-        elif image_embeds is not None and (not isinstance(image_embeds, torch.Tensor) or
-                                           tuple(image_embeds.shape) != (B, Q, E)):
-            raise ValueError(f"{name}: image_embeds must be (batch, latent_query_num, embed_dim) = ({B}, {Q}, {E}), "
-                             f"got {_describe(image_embeds)}")
-
-        if image_embeds_position_mask is not None:
-            m = image_embeds_position_mask
-            if not isinstance(m, torch.Tensor) or tuple(m.shape) != (B, T):
-                raise ValueError(f"{name}: image_embeds_position_mask must have input_ids' shape ({B}, {T}), "
-                                 f"got {_describe(m)}")
-            if not bool(((m == 0) | (m == 1)).all()):
-                raise ValueError(f"{name}: image_embeds_position_mask must hold only 0 and 1")
-        insert = cache is None or cache.length == 0          # image inputs are for the prefill only
-        if insert and image_embeds is not None:
-            if image_embeds_position_mask is None:
-                raise ValueError(f"{name}: an image was given but no image_embeds_position_mask saying where its "
-                                 f"{Q} embeddings go in input_ids")
-            counts = image_embeds_position_mask.long().sum(-1)
-            if bool((counts != Q).any()):
-                raise ValueError(f"{name}: image_embeds_position_mask must mark latent_query_num={Q} positions per "
-                                 f"row, got {counts.tolist()}")
-        elif insert and image_embeds_position_mask is not None and bool(image_embeds_position_mask.any()):
-            raise ValueError(f"{name}: image_embeds_position_mask marks image positions but no pixel_values (or "
-                             f"image_embeds) were given")
-
-        hidden = self.text_model.model(input_ids, image_embeds=image_embeds if insert else None,
+            image_embeds, vision = self.encode_image(pixel_values)                       # (B, Q, E)
+        hidden = self.text_model.model(input_ids, image_embeds=image_embeds if prefill else None,
                                        image_embeds_position_mask=image_embeds_position_mask,
                                        attention_mask=attention_mask, position_ids=position_ids, cache=cache)
         logits = self.text_model.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
@@ -433,24 +358,132 @@ class Kosmos2ForConditionalGeneration(GenerativeModel):
         the new tokens. pixel_values and image_embeds_position_mask (B, T) go to the prefill only; prompts are
         left-padded with pad_token_id. Positions are numbered by the model from the padding and the cache
         length, as Transformers does (`positions_from_generate = False`)."""
-        if isinstance(input_ids, torch.Tensor) and input_ids.is_floating_point():
-            raise TypeError(f"generate: input_ids is a floating-point tensor of shape {tuple(input_ids.shape)}; "
-                            f"pass the image as generate(input_ids, pixel_values=...)")
+        _check_generate_inputs(input_ids)
         return super().generate(input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
                                 image_embeds_position_mask=image_embeds_position_mask, **kwargs)
 
 
-def _check_position_ids(position_ids, B: int, T: int) -> torch.Tensor:
-    name = "Kosmos2ForConditionalGeneration"
+# -- reading and checking the configs ------------------------------------------------------------------
+
+# Transformers' Kosmos2TextConfig also accepts these generic names for its own fields (attribute_map).
+TEXT_ALIASES = {"hidden_size": "embed_dim", "num_hidden_layers": "layers", "num_attention_heads": "attention_heads"}
+
+
+def _read_text_config(cls, d: dict) -> Kosmos2TextConfig:
+    """The fields of cls in d, each also under its generic name (TEXT_ALIASES) when d lacks its own."""
+    kwargs = known_fields(cls, d)
+    for alias, name in TEXT_ALIASES.items():
+        if alias in d and name not in d:
+            kwargs[name] = d[alias]
+    config = cls(**kwargs)
+    config.validate()
+    return config
+
+
+def _read_config(cls, d: dict) -> Kosmos2Config:
+    """The text and vision sub-configs (the vision tower's defaults are KOSMOS2_VISION_DEFAULTS, not
+    CLIPVisionConfig's) and the top-level fields of d."""
+    top = known_fields(cls, d)
+    for name in ("vision_config", "text_config"):
+        if d.get(name) is not None and not isinstance(d[name], dict):
+            raise ValueError(f"Kosmos2Config: {name} must be a dict, got {type(d[name]).__name__}")
+    vision = {**KOSMOS2_VISION_DEFAULTS, **(d.get("vision_config") or {})}
+    config = cls(vision_config=CLIPVisionConfig.from_dict(vision),
+                 text_config=Kosmos2TextConfig.from_dict(d.get("text_config") or {}),
+                 **{k: v for k, v in top.items() if k not in ("vision_config", "text_config")})
+    config.validate()
+    return config
+
+
+def _validate_text_config(c: Kosmos2TextConfig):
+    positive_ints(c, "vocab_size", "max_position_embeddings", "embed_dim", "layers", "ffn_dim", "attention_heads")
+    divides(c, "attention_heads", "embed_dim")
+    if c.embed_dim < 4:
+        raise ValueError(f"Kosmos2TextConfig: embed_dim must be >= 4 for the sinusoidal positions "
+                         f"(their frequencies divide by embed_dim // 2 - 1), got {c.embed_dim}")
+    in_vocab(c, "pad_token_id")          # it numbers the positions
+    bools(c, "scale_embedding", "tie_word_embeddings", "add_cross_attention")
+    if c.add_cross_attention:
+        raise ValueError("Kosmos2TextConfig: add_cross_attention=True is not supported (Kosmos-2 never uses "
+                         "the text cross-attention layers; its checkpoints have none)")
+    positive_numbers(c, "layer_norm_eps")
+    activation(c.activation_function)   # raises for an activation minivlm does not implement
+
+
+def _validate_config(c: Kosmos2Config):
+    positive_ints(c, "latent_query_num")
+    bools(c, "tie_word_embeddings")
+
+
+# -- checking the inputs ---------------------------------------------------------------------------------
+
+_NAME = "Kosmos2ForConditionalGeneration"
+
+
+def _check_inputs(c: Kosmos2Config, input_ids, pixel_values, image_embeds, position_mask, logits_to_keep,
+                  prefill: bool):
+    """Kosmos2ForConditionalGeneration.forward's arguments (the decoder checks its own: ids, mask, positions,
+    cache). The image position mask's values and counts cost one device sync, at a prefill only."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0 or \
+            input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+        raise ValueError(f"{_NAME}: input_ids must be an integer tensor (batch, sequence), got {_describe(input_ids)}")
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+        raise ValueError(f"{_NAME}: logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
+    B, T = input_ids.shape
+    Q, E = c.latent_query_num, c.text_config.embed_dim
+    if pixel_values is not None and image_embeds is not None:
+        raise ValueError(f"{_NAME}: pass pixel_values or image_embeds, not both")
+    if pixel_values is not None and (not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4 or
+                                     pixel_values.shape[0] != B):
+        raise ValueError(f"{_NAME}: pixel_values must be (batch={B}, channels, height, width), "
+                         f"got {_describe(pixel_values)}")
+    if image_embeds is not None and (not isinstance(image_embeds, torch.Tensor) or
+                                     tuple(image_embeds.shape) != (B, Q, E)):
+        raise ValueError(f"{_NAME}: image_embeds must be (batch, latent_query_num, embed_dim) = ({B}, {Q}, {E}), "
+                         f"got {_describe(image_embeds)}")
+    m, has_image = position_mask, pixel_values is not None or image_embeds is not None
+    if m is not None and (not isinstance(m, torch.Tensor) or tuple(m.shape) != (B, T)):
+        raise ValueError(f"{_NAME}: image_embeds_position_mask must have input_ids' shape ({B}, {T}), "
+                         f"got {_describe(m)}")
+    if not prefill or (m is None and not has_image):      # a decode step ignores the image inputs
+        return
+    if m is None:
+        raise ValueError(f"{_NAME}: an image was given but no image_embeds_position_mask saying where its "
+                         f"{Q} embeddings go in input_ids")
+    binary, *counts = torch.cat([((m == 0) | (m == 1)).all().long()[None], m.long().sum(-1)]).tolist()  # 1 sync
+    if not binary:
+        raise ValueError(f"{_NAME}: image_embeds_position_mask must hold only 0 and 1")
+    if has_image and any(n != Q for n in counts):
+        raise ValueError(f"{_NAME}: image_embeds_position_mask must mark latent_query_num={Q} positions per "
+                         f"row, got {counts}")
+    if not has_image and any(counts):
+        raise ValueError(f"{_NAME}: image_embeds_position_mask marks image positions but no pixel_values (or "
+                         f"image_embeds) were given")
+
+
+def _check_generate_inputs(input_ids):
+    if isinstance(input_ids, torch.Tensor) and input_ids.is_floating_point():
+        raise TypeError(f"generate: input_ids is a floating-point tensor of shape {tuple(input_ids.shape)}; "
+                        f"pass the image as generate(input_ids, pixel_values=...)")
+
+
+def _check_text_inputs(c: Kosmos2TextConfig, input_ids, attention_mask, position_ids, cache, dtype):
+    """The decoder's ids, cache, (B, S) mask and position_ids; the ranges of the ids (not in generate's
+    decode steps) and of the positions (generate passes none) cost a device sync each."""
+    check_token_ids("input_ids", input_ids, c.vocab_size)
+    B, T = input_ids.shape
+    cached_tokens(cache, B, T, dtype, attention_mask, _NAME)
+    if position_ids is None:
+        return
     if not isinstance(position_ids, torch.Tensor) or position_ids.shape[-1] != T or \
             position_ids.dim() not in (1, 2) or (position_ids.dim() == 2 and position_ids.shape[0] not in (1, B)):
-        raise ValueError(f"{name}: position_ids must be ({B}, {T}), (1, {T}) or ({T},), got {_describe(position_ids)}")
+        raise ValueError(f"{_NAME}: position_ids must be ({B}, {T}), (1, {T}) or ({T},), got {_describe(position_ids)}")
     if position_ids.is_floating_point() or position_ids.dtype == torch.bool:
-        raise TypeError(f"{name}: position_ids must be an integer tensor, got {position_ids.dtype}")
-    if bool((position_ids < 0).any()):
-        raise ValueError(f"{name}: position_ids are rows of the sinusoid table and must be >= 0, "
-                         f"got a minimum of {int(position_ids.min())}")
-    return position_ids
+        raise TypeError(f"{_NAME}: position_ids must be an integer tensor, got {position_ids.dtype}")
+    low = int(position_ids.min()) if position_ids.numel() else 0
+    if low < 0:
+        raise ValueError(f"{_NAME}: position_ids are rows of the sinusoid table and must be >= 0, "
+                         f"got a minimum of {low}")
 
 
 def _describe(x) -> str:

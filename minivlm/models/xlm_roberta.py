@@ -8,11 +8,14 @@ vocabulary). Reference implementation: Transformers' `models/xlm_roberta/modelin
 and the copy of it inside `models/altclip/modeling_altclip.py` (AltRobertaModel), whose parameter names
 this module mirrors (embeddings.*, encoder.layer.N.attention.self.query, ...).
 
-    input_ids (B, T) --word + token type + position embeddings, LayerNorm--> (B, T, D)
-    L post-LN layers:
+    input_ids (B, T) --word + token type + position embeddings, LayerNorm--> (B, T, E)
+    num_hidden_layers post-LN layers:
         a = LayerNorm(x + dense(attention(x)))        # every token sees every real (unpadded) token
         x = LayerNorm(a + dense(gelu(dense(a))))
-    last_hidden_state (B, T, D)
+    last_hidden_state (B, T, E)
+
+Shape letters (docs/notation.md): B texts, T tokens, E the hidden width, H heads of width D = E / H, F the
+MLP's middle width, V the vocabulary.
 
 Positions are fairseq's: a real token's position is its rank among the row's real tokens plus
 pad_token_id, i.e. cumsum(is_real) * is_real + pad, where is_real = (input_ids != pad_token_id). With
@@ -30,7 +33,7 @@ dropout, the decoder/cross-attention variants and the relative position types ar
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -40,16 +43,17 @@ from .. import ops
 from .._checks import check_token_ids
 from .base import Model
 from ._common import activation
+from ._config import divides, in_vocab, known_fields, positive_ints, positive_numbers
 
 
 @dataclass
 class XLMRobertaConfig:
     """An XLM-R encoder's settings; defaults are Transformers' XLMRobertaConfig."""
-    vocab_size: int = 30522               # rows of the word embedding table
-    hidden_size: int = 768                # width D of every token vector
-    num_hidden_layers: int = 12           # encoder layers L
-    num_attention_heads: int = 12         # heads per layer; head_dim = hidden_size // num_attention_heads
-    intermediate_size: int = 3072         # hidden width of each layer's MLP
+    vocab_size: int = 30522               # V, rows of the word embedding table
+    hidden_size: int = 768                # E, the width of every token vector
+    num_hidden_layers: int = 12           # encoder layers
+    num_attention_heads: int = 12         # H; head width D = E / H
+    intermediate_size: int = 3072         # F, the middle width of each layer's MLP
     hidden_act: str = "gelu"              # MLP activation (exact, erf-based GELU)
     max_position_embeddings: int = 512    # rows of the position table; the last usable position is this - 1
     type_vocab_size: int = 2              # rows of the token-type table (segment A/B); every token here is type 0
@@ -59,36 +63,10 @@ class XLMRobertaConfig:
     @classmethod
     def from_dict(cls, d: dict):
         """Build from a config dict; unknown keys are ignored, missing ones get the defaults above."""
-        if not isinstance(d, dict):
-            raise TypeError(f"{cls.__name__}.from_dict: expected a dict, got {type(d).__name__}")
-        if d.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"{cls.__name__}: position_embedding_type must be 'absolute' (the only type "
-                             f"Transformers 5.x keeps), got {d['position_embedding_type']!r}")
-        names = {f.name for f in fields(cls)}
-        config = cls(**{k: v for k, v in d.items() if k in names})
-        config.validate()
-        return config
+        return _read_config(cls, d)
 
     def validate(self):
-        name_ = type(self).__name__
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name_}: {name} must be a positive int, got {value!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"{name_}: hidden_size {self.hidden_size} is not a multiple of "
-                             f"num_attention_heads {self.num_attention_heads}")
-        pad = self.pad_token_id
-        if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < self.vocab_size:
-            raise ValueError(f"{name_}: pad_token_id must be an int in [0, vocab_size={self.vocab_size}) "
-                             f"(it numbers the positions), got {pad!r}")
-        if self.max_position_embeddings <= pad + 1:
-            raise ValueError(f"{name_}: max_position_embeddings ({self.max_position_embeddings}) must exceed "
-                             f"pad_token_id + 1 ({pad + 1}), the first real token's position")
-        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
-            raise ValueError(f"{name_}: layer_norm_eps must be a positive float, got {self.layer_norm_eps!r}")
-        activation(self.hidden_act)   # raises ValueError naming hidden_act if unsupported
+        _validate_config(self)
 
     @property
     def max_length(self) -> int:
@@ -107,16 +85,16 @@ class XLMRobertaEmbeddings(nn.Module):
 
     def __init__(self, config: XLMRobertaConfig):
         super().__init__()
-        D = config.hidden_size
+        E = config.hidden_size
         self.pad_token_id = config.pad_token_id
-        self.word_embeddings = nn.Embedding(config.vocab_size, D)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, D)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, D)
-        self.LayerNorm = nn.LayerNorm(D, eps=config.layer_norm_eps)
+        self.word_embeddings = nn.Embedding(config.vocab_size, E)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, E)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, E)
+        self.LayerNorm = nn.LayerNorm(E, eps=config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         positions = position_ids_from_input_ids(input_ids, self.pad_token_id)   # (B, T)
-        x = self.word_embeddings(input_ids)                                      # (B, T, D)
+        x = self.word_embeddings(input_ids)                                      # (B, T, E)
         if token_type_ids is None:   # every token is segment 0: add that one row
             x = x + self.token_type_embeddings.weight[0]
         else:
@@ -130,21 +108,22 @@ class XLMRobertaSelfAttention(nn.Module):
 
     def __init__(self, config: XLMRobertaConfig):
         super().__init__()
-        D = config.hidden_size
+        E = config.hidden_size
         self.num_heads = config.num_attention_heads
-        self.head_dim = D // self.num_heads
-        self.query = nn.Linear(D, D)
-        self.key = nn.Linear(D, D)
-        self.value = nn.Linear(D, D)
+        self.head_dim = E // self.num_heads
+        self.query = nn.Linear(E, E)
+        self.key = nn.Linear(E, E)
+        self.value = nn.Linear(E, E)
 
     def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        B, T, D = x.shape
-        q = self.query(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)   # (B, nh, T, hd)
-        k = self.key(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)     # (B, nh, T, hd)
-        v = self.value(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)   # (B, nh, T, hd)
-        # softmax(q k^T / sqrt(hd) over the real keys) v; the naive math is minivlm.reference.attention.
-        y = ops.attention(q, k, v, key_mask)                                           # (B, nh, T, hd)
-        return y.transpose(1, 2).reshape(B, T, D)                                      # (B, T, D)
+        B, T, E = x.shape
+        H, D = self.num_heads, self.head_dim
+        q = self.query(x).view(B, T, H, D).transpose(1, 2)        # (B, H, T, D)
+        k = self.key(x).view(B, T, H, D).transpose(1, 2)          # (B, H, T, D)
+        v = self.value(x).view(B, T, H, D).transpose(1, 2)        # (B, H, T, D)
+        # softmax(q k^T / sqrt(D) over the real keys) v; the naive math is minivlm.reference.attention.
+        y = ops.attention(q, k, v, key_mask)                      # (B, H, T, D)
+        return y.transpose(1, 2).reshape(B, T, E)                 # (B, T, E)
 
 
 class XLMRobertaSelfOutput(nn.Module):
@@ -176,7 +155,7 @@ class XLMRobertaIntermediate(nn.Module):
         self.act = activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.dense(x))                   # (B, T, intermediate)
+        return self.act(self.dense(x))                   # (B, T, F)
 
 
 class XLMRobertaOutput(nn.Module):
@@ -188,7 +167,7 @@ class XLMRobertaOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(residual + self.dense(h))  # (B, T, D)
+        return self.LayerNorm(residual + self.dense(h))  # (B, T, E)
 
 
 class XLMRobertaLayer(nn.Module):
@@ -214,7 +193,7 @@ class XLMRobertaEncoder(nn.Module):
 
 
 class XLMRobertaModel(Model):
-    """Embeddings and encoder, no pooler: forward returns the last hidden state (B, T, D)."""
+    """Embeddings and encoder, no pooler: forward returns the last hidden state (B, T, E)."""
     config_class = XLMRobertaConfig
 
     def __init__(self, config: XLMRobertaConfig):
@@ -228,41 +207,64 @@ class XLMRobertaModel(Model):
                 token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """input_ids (B, T) int; attention_mask (B, T) with 1 (or True) at real tokens and 0 at pads, or
         None: every token is attended to, pads included (Transformers does the same without a mask).
-        token_type_ids (B, T) or None (all 0). Returns last_hidden_state (B, T, D)."""
-        self.check_inputs(input_ids, attention_mask, token_type_ids)
-        x = self.embeddings(input_ids, token_type_ids)                 # (B, T, D)
+        token_type_ids (B, T) or None (all 0). Returns last_hidden_state (B, T, E)."""
+        _check_inputs(self.config, input_ids, attention_mask, token_type_ids)
+        x = self.embeddings(input_ids, token_type_ids)                 # (B, T, E)
         # Keys are hidden where the mask is 0; queries are not (a pad's own output is never read).
         key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
         for layer in self.encoder.layer:
-            x = layer(x, key_mask)                                     # (B, T, D)
+            x = layer(x, key_mask)                                     # (B, T, E)
         return x
 
-    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None):
-        """ValueError/TypeError naming the argument for anything forward cannot take."""
-        c = self.config
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point() \
-                or input_ids.dtype == torch.bool or input_ids.is_complex():
-            raise TypeError(f"input_ids: expected an integer (batch, sequence) tensor, got {_describe(input_ids)}")
-        B, T = input_ids.shape
-        if B == 0 or T == 0:
-            raise ValueError(f"input_ids: expected a non-empty (batch, sequence), got shape {(B, T)}")
-        if T > c.max_length:
-            raise ValueError(f"input_ids: sequence length {T} exceeds the {c.max_length} tokens the position "
-                             f"table numbers (max_position_embeddings {c.max_position_embeddings} - "
-                             f"pad_token_id {c.pad_token_id} - 1)")
-        check_token_ids("input_ids", input_ids, c.vocab_size)
-        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-            if t is None:
-                continue
-            if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex():
-                raise TypeError(f"{name}: expected an integer or bool tensor of shape {(B, T)}, got {_describe(t)}")
-            if tuple(t.shape) != (B, T):
-                raise ValueError(f"{name}: expected shape {(B, T)} (that of input_ids), got {tuple(t.shape)}")
-        if attention_mask is not None and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            raise ValueError("attention_mask: expected only 0 (pad) and 1 (real token)")
-        types_ok = token_type_ids is None or bool(((token_type_ids >= 0) & (token_type_ids < c.type_vocab_size)).all())
-        if not types_ok:
-            raise ValueError(f"token_type_ids: values must lie in [0, type_vocab_size={c.type_vocab_size})")
+
+# -- reading and checking the config, checking the inputs ----------------------------------------------
+
+def _read_config(cls, d: dict) -> XLMRobertaConfig:
+    """The fields of cls in the config dict d; only absolute position embeddings (the only type
+    Transformers keeps)."""
+    kwargs = known_fields(cls, d)
+    if d.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"{cls.__name__}: position_embedding_type must be 'absolute' (the only type "
+                         f"Transformers keeps), got {d['position_embedding_type']!r}")
+    config = cls(**kwargs)
+    config.validate()
+    return config
+
+
+def _validate_config(c: XLMRobertaConfig):
+    positive_ints(c, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                  "intermediate_size", "max_position_embeddings", "type_vocab_size")
+    divides(c, "num_attention_heads", "hidden_size")
+    in_vocab(c, "pad_token_id")          # it numbers the positions
+    if c.max_position_embeddings <= c.pad_token_id + 1:
+        raise ValueError(f"{type(c).__name__}: max_position_embeddings ({c.max_position_embeddings}) must exceed "
+                         f"pad_token_id + 1 ({c.pad_token_id + 1}), the first real token's position")
+    positive_numbers(c, "layer_norm_eps")
+    activation(c.hidden_act)   # raises ValueError naming hidden_act if unsupported
+
+
+def _check_inputs(c: XLMRobertaConfig, input_ids, attention_mask, token_type_ids):
+    """ValueError/TypeError naming the argument for anything XLMRobertaModel.forward cannot take. Three
+    device syncs, once per forward: the id range, the mask's 0/1 values and the token types' range."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point() \
+            or input_ids.dtype == torch.bool or input_ids.is_complex():
+        raise TypeError(f"input_ids: expected an integer (batch, sequence) tensor, got {_describe(input_ids)}")
+    B, T = input_ids.shape
+    if B == 0 or T == 0:
+        raise ValueError(f"input_ids: expected a non-empty (batch, sequence), got shape {(B, T)}")
+    if T > c.max_length:
+        raise ValueError(f"input_ids: sequence length {T} exceeds the {c.max_length} tokens the position "
+                         f"table numbers (max_position_embeddings {c.max_position_embeddings} - "
+                         f"pad_token_id {c.pad_token_id} - 1)")
+    check_token_ids("input_ids", input_ids, c.vocab_size)
+    for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+        if t is not None and (not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex()):
+            raise TypeError(f"{name}: expected an integer or bool tensor of shape {(B, T)}, got {_describe(t)}")
+        if t is not None and tuple(t.shape) != (B, T):
+            raise ValueError(f"{name}: expected shape {(B, T)} (that of input_ids), got {tuple(t.shape)}")
+    if attention_mask is not None and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise ValueError("attention_mask: expected only 0 (pad) and 1 (real token)")
+    check_token_ids("token_type_ids", token_type_ids, c.type_vocab_size, vocab="type_vocab_size")
 
 
 def _describe(x) -> str:
