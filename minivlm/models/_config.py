@@ -54,3 +54,11 @@ def one_of(config, name: str, choices):
     """Field `name` is one of `choices`."""
     if getattr(config, name) not in choices:
         _fail(config, name, f"one of {list(choices)}")
+
+
+def non_negative_ints(config, *names):
+    """Each field named is an int >= 0 (not a bool)."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            _fail(config, name, "an int >= 0")
