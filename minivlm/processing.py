@@ -1,6 +1,6 @@
 """Image preprocessing: PIL images -> the pixel_values each model reads, matching Transformers' processors.
 
-- `LlavaNextImageProcessor`: pixel_values (B, P, 3, S, S) and image_sizes (B, 2), "anyres" crops.
+- `LlavaNextImageProcessor`: pixel_values (B, Nc, 3, R, R) and image_sizes (B, 2), "anyres" crops.
 - `BlipImageProcessor` (BLIP-2): pixel_values (B, 3, H, W), one resize to a fixed square.
 - `CLIPImageProcessor` (CLIP, Kosmos-2): pixel_values (B, 3, H, W), resize, centre crop.
 - `IdeficsImageProcessor` (IDEFICS): pixel_values (B, N, 3, H, W), N images per interleaved sample
@@ -17,14 +17,15 @@ for step and in the same order, so that the values agree with it (the tests chec
     best = select_best_resolution((h, w), image_grid_pinpoints)    e.g. (672, 672) for a square photo
     resize to fit inside best, keeping the aspect ratio (PIL, `resample`, sides rounded up)
     pad to best with black, centred (an odd leftover goes to the bottom / right)
-    cut into crops of crop_size, row by row                       (best_h / S) * (best_w / S) crops
+    cut into crops of crop_size R, row by row                     (best_h / R) * (best_w / R) crops
     base = the whole image squashed to size x size (no aspect ratio kept), put in front of the crops
-    each of the P = 1 + crops images: resize (shortest edge to `size`), centre crop to crop_size,
+    each of the Nc = 1 + crops images: resize (shortest edge to `size`), centre crop to crop_size,
     x * rescale_factor (in float64, stored as float32), (x - image_mean) / image_std (float32)
 
 Images with fewer crops than the batch's largest count are padded with all-zero crops; the model reads
-only the first `num_patches(image_size)` of each. image_sizes holds each original (height, width).
-How many image tokens an image needs in input_ids: `num_image_tokens(image_size, config)`.
+only the first `num_crops(image_size)` of each. image_sizes holds each original (height, width).
+How many image tokens an image needs in input_ids: `image_feature_count(image_size, config)`, from
+minivlm.models.llava_next and importable from here.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .models._config import positive_ints
 from .models.llava_next import image_feature_count, select_best_resolution
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -64,76 +66,13 @@ class ImageProcessor:
         Where both hold settings, processor_config.json wins and preprocessor_config.json is not read at all
         (no merging), as Transformers' from_pretrained does; a processor_config.json without an
         "image_processor" object (older Transformers) leaves the settings to preprocessor_config.json."""
-        name = f"{cls.__name__}.from_pretrained"
-        folder = Path(path)
-        settings = None
-        if (folder / "processor_config.json").is_file():
-            settings = _read_json_object(folder / "processor_config.json", name).get("image_processor")
-            if settings is not None and not isinstance(settings, dict):
-                raise ValueError(f'{name}: "image_processor" in {folder / "processor_config.json"} is a '
-                                 f"{type(settings).__name__}, expected a JSON object")
-        if settings is None and (folder / "preprocessor_config.json").is_file():
-            settings = _read_json_object(folder / "preprocessor_config.json", name)
-        if settings is None:
-            raise FileNotFoundError(f"{name}: no image settings in {str(path)!r}: expected preprocessor_config.json, "
-                                    f'or processor_config.json with an "image_processor" object')
+        settings = _read_settings(path, f"{cls.__name__}.from_pretrained")
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in settings.items() if k in names and v is not None})
 
-    def _bad(self, name, expected) -> ValueError:
-        return ValueError(f"{type(self).__name__}: {name} must be {expected}, got {getattr(self, name)!r}")
-
-    def _validate_size_and_crop(self, crop_needed: bool):
-        """size: {"shortest_edge"} or {"height", "width"} of positive ints; crop_size: {"height", "width"}
-        when crop_needed."""
-        ok = isinstance(self.size, dict) and (_positive_int(self.size.get("shortest_edge")) or (
-            _positive_int(self.size.get("height")) and _positive_int(self.size.get("width"))))
-        if not ok:
-            raise self._bad("size", 'an int or a dict with "shortest_edge", or "height" and "width" (positive ints)')
-        if crop_needed and not (isinstance(self.crop_size, dict) and _positive_int(self.crop_size.get("height"))
-                                and _positive_int(self.crop_size.get("width"))):
-            raise self._bad("crop_size", 'an int or a dict with "height" and "width" (positive ints)')
-
-    def _validate_common(self):
-        for name in ("image_mean", "image_std"):
-            value = getattr(self, name)
-            if not isinstance(value, (list, tuple)) or len(value) != 3:
-                raise self._bad(name, "3 numbers, one per RGB channel")
-        if any(s == 0 for s in self.image_std):
-            raise self._bad("image_std", "non-zero")
-        if not isinstance(self.rescale_factor, (int, float)) or isinstance(self.rescale_factor, bool):
-            raise self._bad("rescale_factor", "a number")
-        if self.resample not in {int(r) for r in Image.Resampling}:
-            raise self._bad("resample", f"a PIL resampling filter, one of {sorted(int(r) for r in Image.Resampling)}")
-
-    def _check_images(self, images) -> list:
-        """One PIL image or a non-empty list of them -> a list; a TypeError naming what arrived otherwise."""
-        name = type(self).__name__
-        if isinstance(images, Image.Image):
-            images = [images]
-        if not isinstance(images, (list, tuple)) or not images:
-            raise TypeError(f"{name}: images must be a PIL image or a non-empty list of them, got {images!r:.80}")
-        for i, image in enumerate(images):
-            if not isinstance(image, Image.Image):
-                raise TypeError(f"{name}: images[{i}] must be a PIL.Image.Image, got {type(image).__name__}")
-            self._check_mode(image, f"images[{i}]")
-        return list(images)
-
-    def _check_mode(self, image: Image.Image, where: str):
-        """Refuse the modes with more than 8 bits per channel: PIL's RGB conversion clips their values to
-        0..255 instead of scaling them (16-bit pictures come out almost white, floats in [0, 1] black)."""
-        if image.mode in _WIDE_MODES:
-            values, scale = ("values in [0, 1]", "* 255") if image.mode == "F" else ("16-bit values", "/ 257")
-            raise ValueError(f"{type(self).__name__}: {where} has PIL mode {image.mode!r} "
-                             f"({_WIDE_MODES[image.mode]}), which PIL's RGB conversion clips to 0..255 instead of "
-                             f"scaling; expected 8 bits per channel (L, RGB, RGBA, P, ...): scale it yourself, e.g. "
-                             f"for {values} Image.fromarray((np.asarray(image) {scale}).round().astype(np.uint8))")
-
     def _to_rgb(self, image: Image.Image) -> Image.Image:
+        """RGB as Transformers converts (the images were checked: with do_convert_rgb False they are RGB)."""
         if not self.do_convert_rgb:
-            if image.mode != "RGB":
-                raise ValueError(f"{type(self).__name__}: do_convert_rgb is False, so images must be RGB, "
-                                 f"got mode {image.mode!r}")
             return image
         if "A" in image.getbands() or image.info.get("transparency") is not None:
             # Transparent pixels become white (not the black a plain convert("RGB") would leave).
@@ -176,13 +115,10 @@ class ImageProcessor:
 
     def __call__(self, images) -> dict:
         """images: one PIL image or a list of them. Returns {"pixel_values": float32 (B, 3, H, W)}."""
-        images = self._check_images(images)
+        images = _check_images(self, images)
         arrays = [self._finish(np.asarray(self._to_rgb(image))) for image in images]   # each (3, H, W)
-        shapes = {a.shape for a in arrays}
-        if len(shapes) > 1:
-            raise ValueError(f"{type(self).__name__}: the images come out in different shapes {sorted(shapes)} "
-                             f"(size {self.size} keeps aspect ratios and nothing crops them to one size), so "
-                             f"they cannot be stacked into one batch")
+        _check_one_shape(self, {a.shape for a in arrays},
+                         f"size {self.size} keeps aspect ratios and nothing crops them to one size")
         return {"pixel_values": torch.from_numpy(np.stack(arrays))}   # (B, 3, H, W)
 
 
@@ -194,11 +130,11 @@ class LlavaNextImageProcessor(ImageProcessor):
     image_grid_pinpoints: list = field(default_factory=lambda: [[336, 672], [672, 336], [672, 672],
                                                                 [1008, 336], [336, 1008]])
     size: dict = field(default_factory=lambda: {"shortest_edge": 224})         # resize target of each crop
-    crop_size: dict = field(default_factory=lambda: {"height": 224, "width": 224})  # side S of the crops
+    crop_size: dict = field(default_factory=lambda: {"height": 224, "width": 224})  # side R of the crops
     image_mean: tuple = OPENAI_CLIP_MEAN     # per-channel mean subtracted after rescaling
     image_std: tuple = OPENAI_CLIP_STD       # per-channel std divided by after subtracting the mean
     rescale_factor: float = 1 / 255          # uint8 -> [0, 1]
-    do_resize: bool = True                   # resize each crop to `size` (a no-op when it is already S)
+    do_resize: bool = True                   # resize each crop to `size` (a no-op when it is already R)
     do_center_crop: bool = True              # centre crop each crop to crop_size (a no-op likewise)
     do_rescale: bool = True                  # multiply by rescale_factor
     do_normalize: bool = True                # subtract image_mean, divide by image_std
@@ -208,42 +144,29 @@ class LlavaNextImageProcessor(ImageProcessor):
 
     def __post_init__(self):
         # Older configs give sizes as an int (Transformers reads size=n as a shortest edge).
-        if isinstance(self.size, int) and not isinstance(self.size, bool):
-            self.size = {"shortest_edge": self.size}
-        if isinstance(self.crop_size, int) and not isinstance(self.crop_size, bool):
-            self.crop_size = {"height": self.crop_size, "width": self.crop_size}
-        self.validate()
-
-    def validate(self):
-        pins = self.image_grid_pinpoints
-        if not isinstance(pins, (list, tuple)) or not pins or not all(
-                isinstance(p, (list, tuple)) and len(p) == 2 and all(_positive_int(x) for x in p) for p in pins):
-            raise self._bad("image_grid_pinpoints", "a non-empty list of [height, width] pairs of positive ints")
-        self._validate_size_and_crop(crop_needed=True)
-        self._validate_common()
+        self.size, self.crop_size = _as_size(self.size, square=False), _as_size(self.crop_size, square=True)
+        _check_settings(self, crop=True, pinpoints=True)
 
     # -- the pipeline ------------------------------------------------------------------------------
 
     def __call__(self, images) -> dict:
-        """images: one PIL image or a list of them. Returns {"pixel_values": float32 (B, P, 3, S, S),
+        """images: one PIL image or a list of them. Returns {"pixel_values": float32 (B, Nc, 3, R, R),
         "image_sizes": int64 (B, 2) as (height, width)}."""
-        images = self._check_images(images)
+        images = _check_images(self, images)
         rgb = [self._to_rgb(image) for image in images]
-        per_image = [self._patches(image) for image in rgb]               # each (P_i, 3, S, S) float32
-        counts = [p.shape[0] for p in per_image]
-        if not self.do_pad and len(set(counts)) > 1:
-            raise ValueError(f"LlavaNextImageProcessor: the images give {counts} crops each and do_pad is "
-                             f"False, so they cannot be stacked into one batch")
-        P = max(counts)
-        pixel_values = np.zeros((len(per_image), P) + per_image[0].shape[1:], dtype=np.float32)
-        for b, patches in enumerate(per_image):
-            pixel_values[b, :len(patches)] = patches                       # zero crops after the real ones
+        per_image = [self._crops(image) for image in rgb]                 # each (Nc_i, 3, R, R) float32
+        counts = [crops.shape[0] for crops in per_image]
+        _check_crop_counts(self, counts)
+        Nc = max(counts)
+        pixel_values = np.zeros((len(per_image), Nc) + per_image[0].shape[1:], dtype=np.float32)
+        for b, crops in enumerate(per_image):
+            pixel_values[b, :len(crops)] = crops                           # zero crops after the real ones
         image_sizes = [(image.height, image.width) for image in rgb]
-        return {"pixel_values": torch.from_numpy(pixel_values),            # (B, P, 3, S, S)
+        return {"pixel_values": torch.from_numpy(pixel_values),            # (B, Nc, 3, R, R)
                 "image_sizes": torch.tensor(image_sizes, dtype=torch.long)}  # (B, 2)
 
-    def _patches(self, image: Image.Image) -> np.ndarray:
-        """One RGB image -> (1 + crops, 3, S, S) float32: the base image, then the crops row by row."""
+    def _crops(self, image: Image.Image) -> np.ndarray:
+        """One RGB image -> (Nc, 3, R, R) float32: the base image, then the crops row by row."""
         h, w = image.height, image.width
         best_h, best_w = select_best_resolution((h, w), self.image_grid_pinpoints)
 
@@ -262,15 +185,15 @@ class LlavaNextImageProcessor(ImageProcessor):
         canvas = np.zeros((best_h, best_w, 3), dtype=np.uint8)             # (best_h, best_w, 3)
         canvas[top:top + new_h, left:left + new_w] = fitted
 
-        S = self.crop_size["height"]                                       # side of the crops
-        crops = [canvas[i:i + S, j:j + S] for i in range(0, best_h, S) for j in range(0, best_w, S)]
+        R = self.crop_size["height"]                                       # side of the crops
+        crops = [canvas[i:i + R, j:j + R] for i in range(0, best_h, R) for j in range(0, best_w, R)]
 
         # The base image: the whole picture squashed to a square, whatever its aspect ratio.
         side_h, side_w = ((self.size["height"], self.size["width"]) if "height" in self.size
                           else (self.size["shortest_edge"], self.size["shortest_edge"]))
         base = self._resize(np.asarray(image), side_h, side_w)
 
-        return np.stack([self._finish(x) for x in [base] + crops])        # (P, 3, S, S)
+        return np.stack([self._finish(x) for x in [base] + crops])        # (Nc, 3, R, R)
 
 
 def _center_crop(x: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -287,22 +210,12 @@ def _center_crop(x: np.ndarray, height: int, width: int) -> np.ndarray:
     return x[top:top + height, left:left + width]
 
 
-def num_image_tokens(image_size, config) -> int:
-    """How many image tokens input_ids must hold for one image of image_size = (height, width) under a
-    LlavaNextConfig: minivlm.models.llava_next.image_feature_count, here next to the processor."""
-    return image_feature_count(image_size, config)
-
-
-def _positive_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x > 0
-
-
-def _read_json_object(file: Path, name: str) -> dict:
-    with open(file) as f:
-        d = json.load(f)
-    if not isinstance(d, dict):
-        raise ValueError(f"{name}: {file} holds a {type(d).__name__}, expected a JSON object")
-    return d
+def _as_size(value, square: bool):
+    """A size given as an int, as Transformers reads it: {"height": n, "width": n} (square) or
+    {"shortest_edge": n}; any other value as it is."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {"height": value, "width": value} if square else {"shortest_edge": value}
+    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -339,15 +252,8 @@ class BlipImageProcessor(ImageProcessor):
 
     def __post_init__(self):
         # An int size is a square (Transformers' default_to_square for BLIP).
-        if isinstance(self.size, int) and not isinstance(self.size, bool):
-            self.size = {"height": self.size, "width": self.size}
-        if isinstance(self.crop_size, int) and not isinstance(self.crop_size, bool):
-            self.crop_size = {"height": self.crop_size, "width": self.crop_size}
-        self.validate()
-
-    def validate(self):
-        self._validate_size_and_crop(crop_needed=self.do_center_crop)
-        self._validate_common()
+        self.size, self.crop_size = _as_size(self.size, square=True), _as_size(self.crop_size, square=True)
+        _check_settings(self, crop=self.do_center_crop)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -389,17 +295,10 @@ class CLIPImageProcessor(ImageProcessor):
 
     def __post_init__(self):
         # An int size is a shortest edge for CLIP (Transformers' default_to_square=False); an int crop a square.
-        if isinstance(self.size, int) and not isinstance(self.size, bool):
-            self.size = {"shortest_edge": self.size}
-        if isinstance(self.crop_size, int) and not isinstance(self.crop_size, bool):
-            self.crop_size = {"height": self.crop_size, "width": self.crop_size}
+        self.size, self.crop_size = _as_size(self.size, square=False), _as_size(self.crop_size, square=True)
         if self.use_square_size and isinstance(self.size, dict) and _positive_int(self.size.get("shortest_edge")):
             self.size = {"height": self.size["shortest_edge"], "width": self.size["shortest_edge"]}
-        self.validate()
-
-    def validate(self):
-        self._validate_size_and_crop(crop_needed=self.do_center_crop)
-        self._validate_common()
+        _check_settings(self, crop=self.do_center_crop)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -441,32 +340,20 @@ class IdeficsImageProcessor(ImageProcessor):
 
     def __post_init__(self):
         if self.image_size is not None:
-            if not _positive_int(self.image_size):
-                raise self._bad("image_size", "a positive int")
+            positive_ints(self, "image_size")
             self.size = {"height": self.image_size, "width": self.image_size}
-        if isinstance(self.size, int) and not isinstance(self.size, bool):
-            self.size = {"height": self.size, "width": self.size}
-        self.validate()
+        self.size = _as_size(self.size, square=True)
+        _check_settings(self, shortest_edge=False, channels=True)
         self.image_size = self.size["height"]    # as Transformers: image_size is size's height afterwards
-
-    def validate(self):
-        if not isinstance(self.size, dict) or not (
-                _positive_int(self.size.get("height")) and _positive_int(self.size.get("width"))):
-            raise self._bad("size", 'an int or a dict with "height" and "width" (positive ints)')
-        if self.image_num_channels != 3:
-            raise self._bad("image_num_channels", "3 (the images are RGB)")
-        self._validate_common()
 
     def __call__(self, images) -> dict:
         """images: a list with one entry per sample, each a list of that sample's PIL images in the order
         they appear in its text (possibly empty), or a single PIL image (a sample with one image); one PIL
         image alone is one sample with one image. Returns {"pixel_values": float32 (B, N, 3, H, W)}."""
-        samples = self._check_samples(images)
+        samples = _check_samples(self, images)
         arrays = [[self._finish(np.asarray(self._to_rgb(image))) for image in sample] for sample in samples]
         shapes = {a.shape for sample in arrays for a in sample}
-        if len(shapes) > 1:
-            raise ValueError(f"IdeficsImageProcessor: the images come out in different shapes {sorted(shapes)} "
-                             f"(do_resize is False), so they cannot be stacked into one batch")
+        _check_one_shape(self, shapes, "do_resize is False")
         shape = shapes.pop() if shapes else (3, self.size["height"], self.size["width"])
         N = max(1, max(len(sample) for sample in arrays))
         pixel_values = np.zeros((len(arrays), N) + shape, dtype=np.float32)    # (B, N, 3, H, W)
@@ -474,27 +361,6 @@ class IdeficsImageProcessor(ImageProcessor):
             if sample:
                 pixel_values[b, :len(sample)] = np.stack(sample)                 # all-zero images after them
         return {"pixel_values": torch.from_numpy(pixel_values)}
-
-    def _check_samples(self, images) -> list:
-        """Normalise `images` to a list of B lists of PIL images; a TypeError naming what arrived otherwise."""
-        if isinstance(images, Image.Image):
-            images = [[images]]
-        if not isinstance(images, (list, tuple)) or not images:
-            raise TypeError(f"IdeficsImageProcessor: images must be a non-empty list with one entry per sample "
-                            f"(a list of PIL images, or one PIL image), got {images!r:.80}")
-        samples = []
-        for b, sample in enumerate(images):
-            sample = [sample] if isinstance(sample, Image.Image) else sample
-            if not isinstance(sample, (list, tuple)):
-                raise TypeError(f"IdeficsImageProcessor: images[{b}] must be a list of PIL images or a PIL image, "
-                                f"got {type(sample).__name__}")
-            for i, image in enumerate(sample):
-                if not isinstance(image, Image.Image):
-                    raise TypeError(f"IdeficsImageProcessor: images[{b}][{i}] must be a PIL.Image.Image, "
-                                    f"got {type(image).__name__}")
-                self._check_mode(image, f"images[{b}][{i}]")
-            samples.append(list(sample))
-        return samples
 
 
 def idefics_image_attention_mask(input_ids: torch.Tensor, *, image_token_id: int, eos_token_id: Optional[int],
@@ -512,11 +378,7 @@ def idefics_image_attention_mask(input_ids: torch.Tensor, *, image_token_id: int
     Pass the tokenizer's eos id to match Transformers (LLaMA's "</s>" is 2), or None for no document ends;
     num_images is pixel_values.shape[1].
     """
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-        raise TypeError(f"idefics_image_attention_mask: input_ids must be a (B, T) tensor, got "
-                        f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}")
-    if not _positive_int(num_images):
-        raise ValueError(f"idefics_image_attention_mask: num_images must be a positive int, got {num_images!r}")
+    _check_mask_arguments(input_ids, num_images)
     B, T = input_ids.shape
     position = torch.arange(T, device=input_ids.device).expand(B, T)       # (B, T)
     is_image = input_ids == image_token_id
@@ -533,5 +395,154 @@ def idefics_image_attention_mask(input_ids: torch.Tensor, *, image_token_id: int
     return one_hot * sees.unsqueeze(-1)
 
 
-__all__ = ["ImageProcessor", "LlavaNextImageProcessor", "BlipImageProcessor", "CLIPImageProcessor", "num_image_tokens",
-           "IdeficsImageProcessor", "idefics_image_attention_mask", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
+# --------------------------------------------------------------------------------------------------
+# Reading the settings, and the checks
+# --------------------------------------------------------------------------------------------------
+
+def _read_settings(path, name: str) -> dict:
+    """The image settings of a folder, as ImageProcessor.from_pretrained describes: processor_config.json's
+    "image_processor" object, else preprocessor_config.json; a FileNotFoundError where neither holds them."""
+    folder, settings = Path(path), None
+    if (folder / "processor_config.json").is_file():
+        settings = _read_json_object(folder / "processor_config.json", name).get("image_processor")
+        if settings is not None and not isinstance(settings, dict):
+            raise ValueError(f'{name}: "image_processor" in {folder / "processor_config.json"} is a '
+                             f"{type(settings).__name__}, expected a JSON object")
+    if settings is None and (folder / "preprocessor_config.json").is_file():
+        settings = _read_json_object(folder / "preprocessor_config.json", name)
+    if settings is None:
+        raise FileNotFoundError(f"{name}: no image settings in {str(path)!r}: expected preprocessor_config.json, "
+                                f'or processor_config.json with an "image_processor" object')
+    return settings
+
+
+def _read_json_object(file: Path, name: str) -> dict:
+    with open(file) as f:
+        d = json.load(f)
+    if not isinstance(d, dict):
+        raise ValueError(f"{name}: {file} holds a {type(d).__name__}, expected a JSON object")
+    return d
+
+
+def _positive_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x > 0
+
+
+def _is_size(value, shortest_edge: bool) -> bool:
+    """value is {"height": h, "width": w} (or, where allowed, {"shortest_edge": s}) of positive ints."""
+    return isinstance(value, dict) and ((shortest_edge and _positive_int(value.get("shortest_edge"))) or (
+        _positive_int(value.get("height")) and _positive_int(value.get("width"))))
+
+
+def _bad(p, name, expected) -> ValueError:
+    return ValueError(f"{type(p).__name__}: {name} must be {expected}, got {getattr(p, name)!r}")
+
+
+def _check_settings(p, *, shortest_edge=True, crop=False, pinpoints=False, channels=False):
+    """A processor's settings: size ({"shortest_edge"} or {"height", "width"}, or only the latter), and where
+    the processor reads them crop_size, image_grid_pinpoints and image_num_channels; then the rescale and
+    normalize settings every processor shares. A ValueError names the field, what it must be and what it is."""
+    pins = getattr(p, "image_grid_pinpoints", None)
+    if pinpoints and not (isinstance(pins, (list, tuple)) and pins and all(
+            isinstance(pin, (list, tuple)) and len(pin) == 2 and all(_positive_int(x) for x in pin) for pin in pins)):
+        raise _bad(p, "image_grid_pinpoints", "a non-empty list of [height, width] pairs of positive ints")
+    if not _is_size(p.size, shortest_edge):
+        raise _bad(p, "size", ('an int or a dict with "shortest_edge", or "height" and "width" (positive ints)'
+                               if shortest_edge else 'an int or a dict with "height" and "width" (positive ints)'))
+    if crop and not _is_size(p.crop_size, shortest_edge=False):
+        raise _bad(p, "crop_size", 'an int or a dict with "height" and "width" (positive ints)')
+    if channels and p.image_num_channels != 3:
+        raise _bad(p, "image_num_channels", "3 (the images are RGB)")
+    for name in ("image_mean", "image_std"):
+        value = getattr(p, name)
+        if not isinstance(value, (list, tuple)) or len(value) != 3:
+            raise _bad(p, name, "3 numbers, one per RGB channel")
+    if any(s == 0 for s in p.image_std):
+        raise _bad(p, "image_std", "non-zero")
+    if not isinstance(p.rescale_factor, (int, float)) or isinstance(p.rescale_factor, bool):
+        raise _bad(p, "rescale_factor", "a number")
+    if p.resample not in {int(r) for r in Image.Resampling}:
+        raise _bad(p, "resample", f"a PIL resampling filter, one of {sorted(int(r) for r in Image.Resampling)}")
+
+
+def _check_images(p, images) -> list:
+    """One PIL image or a non-empty list of them -> a list; a TypeError naming what arrived otherwise."""
+    if isinstance(images, Image.Image):
+        images = [images]
+    if not isinstance(images, (list, tuple)) or not images:
+        raise TypeError(f"{type(p).__name__}: images must be a PIL image or a non-empty list of them, "
+                        f"got {images!r:.80}")
+    for i, image in enumerate(images):
+        _check_image(p, image, f"images[{i}]")
+    _check_rgb(p, images)
+    return list(images)
+
+
+def _check_samples(p, images) -> list:
+    """IDEFICS's images, normalised to a list of B lists of PIL images; a TypeError naming what arrived
+    otherwise."""
+    if isinstance(images, Image.Image):
+        images = [[images]]
+    if not isinstance(images, (list, tuple)) or not images:
+        raise TypeError(f"IdeficsImageProcessor: images must be a non-empty list with one entry per sample "
+                        f"(a list of PIL images, or one PIL image), got {images!r:.80}")
+    samples = []
+    for b, sample in enumerate(images):
+        sample = [sample] if isinstance(sample, Image.Image) else sample
+        if not isinstance(sample, (list, tuple)):
+            raise TypeError(f"IdeficsImageProcessor: images[{b}] must be a list of PIL images or a PIL image, "
+                            f"got {type(sample).__name__}")
+        for i, image in enumerate(sample):
+            _check_image(p, image, f"images[{b}][{i}]")
+        samples.append(list(sample))
+    _check_rgb(p, [image for sample in samples for image in sample])
+    return samples
+
+
+def _check_image(p, image, where: str):
+    """A PIL image of 8 bits per channel or fewer. The wider modes are refused: PIL's RGB conversion clips
+    their values to 0..255 instead of scaling them (16-bit pictures come out almost white, floats in [0, 1]
+    black)."""
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"{type(p).__name__}: {where} must be a PIL.Image.Image, got {type(image).__name__}")
+    if image.mode in _WIDE_MODES:
+        values, scale = ("values in [0, 1]", "* 255") if image.mode == "F" else ("16-bit values", "/ 257")
+        raise ValueError(f"{type(p).__name__}: {where} has PIL mode {image.mode!r} "
+                         f"({_WIDE_MODES[image.mode]}), which PIL's RGB conversion clips to 0..255 instead of "
+                         f"scaling; expected 8 bits per channel (L, RGB, RGBA, P, ...): scale it yourself, e.g. "
+                         f"for {values} Image.fromarray((np.asarray(image) {scale}).round().astype(np.uint8))")
+
+
+def _check_rgb(p, images):
+    """With do_convert_rgb False every image must be RGB already."""
+    for image in images:
+        if not p.do_convert_rgb and image.mode != "RGB":
+            raise ValueError(f"{type(p).__name__}: do_convert_rgb is False, so images must be RGB, "
+                             f"got mode {image.mode!r}")
+
+
+def _check_one_shape(p, shapes: set, why: str):
+    """The processed images have one shape, so that they stack into one batch."""
+    if len(shapes) > 1:
+        raise ValueError(f"{type(p).__name__}: the images come out in different shapes {sorted(shapes)} "
+                         f"({why}), so they cannot be stacked into one batch")
+
+
+def _check_crop_counts(p, counts: list):
+    """Without do_pad every image must give the same number of crops."""
+    if not p.do_pad and len(set(counts)) > 1:
+        raise ValueError(f"LlavaNextImageProcessor: the images give {counts} crops each and do_pad is "
+                         f"False, so they cannot be stacked into one batch")
+
+
+def _check_mask_arguments(input_ids, num_images):
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise TypeError(f"idefics_image_attention_mask: input_ids must be a (B, T) tensor, got "
+                        f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}")
+    if not _positive_int(num_images):
+        raise ValueError(f"idefics_image_attention_mask: num_images must be a positive int, got {num_images!r}")
+
+
+__all__ = ["ImageProcessor", "LlavaNextImageProcessor", "BlipImageProcessor", "CLIPImageProcessor",
+           "image_feature_count", "IdeficsImageProcessor", "idefics_image_attention_mask", "OPENAI_CLIP_MEAN",
+           "OPENAI_CLIP_STD"]

@@ -9,7 +9,7 @@ import torch
 
 from conftest import save  # noqa: F401  (the tests import it from here)
 
-from minivlm.models.llava_next import image_feature_count, num_patches
+from minivlm.models.llava_next import image_feature_count, num_crops
 
 CROP = 16
 PINPOINTS = [[16, 16], [16, 32], [32, 16], [32, 32], [16, 48], [48, 16], [48, 48]]
@@ -53,7 +53,7 @@ def pixel_values(image_sizes, seed=0):
     """Random crops for images of the given (height, width): (B, P_max, 3, 16, 16), zero beyond an
     image's own crop count, as the processor pads a batch."""
     g = torch.Generator().manual_seed(seed)
-    counts = [num_patches(s, PINPOINTS, CROP) for s in image_sizes]
+    counts = [num_crops(s, PINPOINTS, CROP) for s in image_sizes]
     pv = torch.zeros(len(image_sizes), max(counts), 3, CROP, CROP)
     for i, n in enumerate(counts):
         pv[i, :n] = torch.randn(n, 3, CROP, CROP, generator=g)
@@ -83,7 +83,7 @@ def prompts(image_sizes, text_lengths, config, pad_to=None, seed=0):
 
 def crops_of(size):
     """How many crops (besides the base image) an image of `size` gets."""
-    return num_patches(size, PINPOINTS, CROP) - 1
+    return num_crops(size, PINPOINTS, CROP) - 1
 
 
 __all__ = ["hf_config", "hf_model", "save", "pixel_values", "prompts", "crops_of", "IMAGE_TOKEN", "PAD", "BOS",

@@ -21,7 +21,7 @@ from transformers import (CLIPImageProcessorPil, LlavaNextImageProcessorPil, Lla
                           PreTrainedTokenizerFast)
 
 from minivlm.models.llava_next import LlavaNextConfig
-from minivlm.processing import CLIPImageProcessor, LlavaNextImageProcessor, num_image_tokens
+from minivlm.processing import CLIPImageProcessor, LlavaNextImageProcessor, image_feature_count
 
 # A scaled-down processor: 32 px crops and the hub's pinpoints scaled by 32/336.
 TINY = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
@@ -163,7 +163,7 @@ def test_token_count_matches_transformers_hub_config(height, width):
     config = LlavaNextConfig.from_dict({"vision_config": {"image_size": 336, "patch_size": 14},
                                         "vision_feature_select_strategy": "default"})
     expected = count_image_tokens(transformers_processor(HUB, patch_size=14), picture(height, width))
-    assert num_image_tokens((height, width), config) == expected
+    assert image_feature_count((height, width), config) == expected
     if (height, width) == (205, 656):
         assert expected == 576 + 16 * (48 + 1)
 
@@ -173,7 +173,7 @@ def test_token_count_matches_transformers_tiny_config(height, width):
     config = LlavaNextConfig.from_dict({"vision_config": {"image_size": 32, "patch_size": 8},
                                         "image_grid_pinpoints": TINY["image_grid_pinpoints"]})
     expected = count_image_tokens(transformers_processor(TINY, patch_size=8), picture(height, width))
-    assert num_image_tokens((height, width), config) == expected
+    assert image_feature_count((height, width), config) == expected
 
 
 # ---- bad input -------------------------------------------------------------------------------------

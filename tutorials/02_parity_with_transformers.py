@@ -19,7 +19,7 @@ import torch
 from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, MistralConfig
 
 import minivlm
-from minivlm.models.llava_next import image_feature_count, num_patches
+from minivlm.models.llava_next import image_feature_count, num_crops
 
 torch.manual_seed(0)
 IMAGE_TOKEN, PAD, BOS = 127, 0, 1
@@ -47,7 +47,7 @@ with tempfile.TemporaryDirectory() as folder:
     T = max(len(r) for r in rows)
     ids = torch.tensor([[PAD] * (T - len(r)) + r for r in rows])
     mask = (torch.arange(T)[None] >= torch.tensor([T - len(r) for r in rows])[:, None]).long()
-    P = max(num_patches(s, config.image_grid_pinpoints, 16) for s in sizes)
+    P = max(num_crops(s, config.image_grid_pinpoints, 16) for s in sizes)
     pixel_values, image_sizes = torch.randn(2, P, 3, 16, 16), torch.tensor(sizes)
     inputs = dict(pixel_values=pixel_values, image_sizes=image_sizes, attention_mask=mask)
 

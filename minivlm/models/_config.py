@@ -63,3 +63,11 @@ def in_vocab(config, *names, vocab: str = "vocab_size"):
         value, size = getattr(config, name), getattr(config, vocab)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < size:
             _fail(config, name, f"an int in [0, {vocab}={size})")
+
+
+def non_negative_ints(config, *names):
+    """Each field named is an int >= 0 (not a bool)."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            _fail(config, name, "an int >= 0")

@@ -58,7 +58,7 @@ class KVCache:
 
 class CrossAttentionCache(KVCache):
     """A KVCache plus each cross-attention layer's keys and values of a fixed source: `cross[i]` is None
-    until layer i computes its (k, v), each (B, nh, S, hd), on the first call. One cache belongs to one
+    until layer i computes its (k, v), each (B, H, S, D), on the first call. One cache belongs to one
     source (T5: one encoder output)."""
 
     def __init__(self, *args, num_cross_layers: Optional[int] = None, **kwargs):
@@ -68,7 +68,7 @@ class CrossAttentionCache(KVCache):
 
 class ImageCache(CrossAttentionCache):
     """IDEFICS's cache: the decoder's keys and values, each gated layer's image keys and values (`cross`),
-    the image states (B, N*R, Dv) and the last row of image_attention_mask (B, 1, N), which the tokens
+    the image states (B, N*Q, E_v) and the last row of image_attention_mask (B, 1, N), which the tokens
     after the prefill see."""
 
     def __init__(self, *args, **kwargs):

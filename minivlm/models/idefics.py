@@ -6,16 +6,19 @@ al. 2023, "OBELICS" (IDEFICS, the open reproduction), LLaMA (Touvron et al. 2023
 implementation: Transformers' `models/idefics/` (modeling_idefics.py, perceiver.py, vision.py),
 whose outputs the tests match and whose parameter names this module mirrors.
 
-    pixel_values (B, N, 3, S, S) -> CLIP ViT, last layer WITHOUT post_layernorm  (B*N, 1+P, Dv)
-        -> Perceiver resampler (if use_resampler)                                 (B*N, R, Dv)
-        = image states, flattened per sample                                      (B, N*R, Dv)
-    x = embed_tokens(ids)  (ids >= vocab_size read the additional table)          (B, T, C)
+    pixel_values (B, N, 3, R, R) -> CLIP ViT, last layer WITHOUT post_layernorm  (B*N, 1+P, E_v)
+        -> Perceiver resampler (if use_resampler)                                 (B*N, Q, E_v)
+        = image states, flattened per sample                                      (B, N*Q, E_v)
+    x = embed_tokens(ids)  (ids >= vocab_size read the additional table)          (B, T, E)
     for idx, layer in enumerate(decoder layers):
         if idx % cross_layer_interval == 0:    # the gated block runs BEFORE its decoder layer
             x = x + tanh(alpha_cross_attn) * gate * XAttn(rms(x), image states)   # gate: 0 for a token
             x = x + tanh(alpha_dense) * MLP(rms(x))                               # that sees no image
         x = LLaMA layer(x)                     # rotary self-attention (text only), SwiGLU MLP
-    logits = cat(W norm(x), W_additional norm(x))                                 (B, T, vocab + extra)
+    logits = cat(W norm(x), W_additional norm(x))                                 (B, T, V + extra)
+
+N is the number of image slots per sample, Q the latents of the resampler (without it, the 1 + P vision
+states of an image take their place).
 
 Interleaving: image_attention_mask (B, T, N) says which images token t may attend to; the processor makes it
 one-hot on the most recent image at or before t (all zero before the first image). A token with no visible
@@ -40,7 +43,7 @@ What differs from Transformers (same numbers, less machinery):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import torch
@@ -51,9 +54,11 @@ from .. import ops
 from .._checks import check_token_ids, has_padding, rejects_unknown_kwargs
 from .base import GenerativeModel
 from ._common import ModelOutput, RMSNorm, causal_lm_loss
+from ._config import divides, known_fields, non_negative_ints, one_of, positive_ints
 from .clip import CLIPVisionConfig, CLIPVisionModel
 from .cache import ImageCache, cached_tokens
-from .llama import LlamaConfig, LlamaDecoderLayer, LlamaMLP, LlamaRotaryEmbedding
+from .llama import (LlamaConfig, LlamaDecoderLayer, LlamaMLP, LlamaRotaryEmbedding, check_logits_to_keep,
+                    read_rope_parameters)
 
 # Transformers' IdeficsVisionConfig defaults, in CLIPVisionConfig's names (embed_dim = hidden_size).
 IDEFICS_VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
@@ -66,17 +71,16 @@ ALPHA_INITIALIZERS = ("zeros", "ones", "normal", "gaussian", "random")
 class IdeficsPerceiverConfig:
     """perceiver_config of an IDEFICS config.json (its own use_resampler flag is ignored, as Transformers
     does: the top-level one decides)."""
-    resampler_n_latents: int = 64          # R, the latents each image is compressed to
+    resampler_n_latents: int = 64          # Q, the latents each image is compressed to
     resampler_depth: int = 6               # attention + MLP blocks
-    resampler_n_heads: int = 16
-    resampler_head_dim: int = 96
-    qk_layer_norms_perceiver: bool = False   # LayerNorm(head_dim) on q and k
+    resampler_n_heads: int = 16            # H of the resampler's attention
+    resampler_head_dim: int = 96           # D of the resampler's attention
+    qk_layer_norms_perceiver: bool = False   # LayerNorm(D) on q and k
 
     @classmethod
     def from_dict(cls, d: dict) -> "IdeficsPerceiverConfig":
-        config = cls(**{f.name: d[f.name] for f in fields(cls) if f.name in (d or {})})
-        for name in ("resampler_n_latents", "resampler_depth", "resampler_n_heads", "resampler_head_dim"):
-            _check_positive(f"IdeficsPerceiverConfig: {name}", getattr(config, name))
+        config = cls(**known_fields(cls, d or {}))
+        positive_ints(config, "resampler_n_latents", "resampler_depth", "resampler_n_heads", "resampler_head_dim")
         return config
 
 
@@ -86,18 +90,18 @@ class IdeficsConfig:
     decoder). The freeze_* flags, dropout and initializer_range do not change the forward and are ignored."""
     vision_config: CLIPVisionConfig = field(default_factory=lambda: CLIPVisionConfig(**IDEFICS_VISION_DEFAULTS))
     perceiver_config: IdeficsPerceiverConfig = field(default_factory=IdeficsPerceiverConfig)
-    vocab_size: int = 32000                # rows of the base embedding / head
-    additional_vocab_size: int = 0         # extra ids vocab_size.. (e.g. <image>), their own embedding and head rows
-    hidden_size: int = 4096                # C
-    intermediate_size: int = 11008         # SwiGLU width (decoder layers and gated blocks)
+    vocab_size: int = 32000                # V, rows of the base embedding / head
+    additional_vocab_size: int = 0         # extra ids V.. (e.g. <image>), their own embedding and head rows
+    hidden_size: int = 4096                # E
+    intermediate_size: int = 11008         # F, the SwiGLU width (decoder layers and gated blocks)
     num_hidden_layers: int = 32
-    num_attention_heads: int = 32          # head_dim = hidden_size // num_attention_heads (no GQA)
+    num_attention_heads: int = 32          # H; D = E // H (no GQA)
     hidden_act: str = "silu"
     rms_norm_eps: float = 1e-6
     rope_parameters: dict = field(default_factory=lambda: {"rope_type": "default", "rope_theta": 10000.0})
     max_position_embeddings: int = 2048    # only llama3 rope reads it
     cross_layer_interval: int = 1          # a gated cross-attention block before every k-th decoder layer
-    qk_layer_norms: bool = False           # RMSNorm(head_dim) on the cross-attention's q and k
+    qk_layer_norms: bool = False           # RMSNorm(D) on the cross-attention's q and k
     alpha_type: str = "float"              # the gates tanh(alpha): one scalar ("float") or one per channel ("vector")
     alpha_initializer: str = "zeros"       # only for a model built without a checkpoint
     alphas_initializer_range: float = 0.0  # std of the "normal" initializer
@@ -108,27 +112,8 @@ class IdeficsConfig:
     eos_token_id: Union[int, list, None] = 2
 
     def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "cross_layer_interval"):
-            _check_positive(f"IdeficsConfig: {name}", getattr(self, name))
-        a = self.additional_vocab_size
-        if isinstance(a, bool) or not isinstance(a, int) or a < 0:
-            raise ValueError(f"IdeficsConfig: additional_vocab_size must be an int >= 0, got {a!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"IdeficsConfig: num_attention_heads={self.num_attention_heads} must divide "
-                             f"hidden_size={self.hidden_size}")
-        if self.alpha_type not in ALPHA_TYPES:
-            raise ValueError(f"IdeficsConfig: alpha_type must be one of {ALPHA_TYPES}, got {self.alpha_type!r}")
-        if self.alpha_initializer not in ALPHA_INITIALIZERS:
-            raise ValueError(f"IdeficsConfig: alpha_initializer must be one of {ALPHA_INITIALIZERS}, "
-                             f"got {self.alpha_initializer!r}")
-        if self.num_hidden_layers % self.cross_layer_interval:
-            # Transformers builds num_hidden_layers // interval blocks but runs one before every layer
-            # idx % interval == 0, so it fails (an index error) on the last layers otherwise.
-            raise ValueError(f"IdeficsConfig: cross_layer_interval={self.cross_layer_interval} must divide "
-                             f"num_hidden_layers={self.num_hidden_layers}")
-        self.vision_config.validate()
-        self.decoder = self.llama_config()    # validates sizes, activation and rope; used to build the decoder
+        _validate_idefics_config(self)
+        self.decoder = self.llama_config()    # validates the activation and rope; used to build the decoder
 
     def llama_config(self) -> LlamaConfig:
         """The decoder's settings as a LlamaConfig (MHA, no biases), for the layers imported from llama.py."""
@@ -140,25 +125,8 @@ class IdeficsConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "IdeficsConfig":
-        if not isinstance(d, dict):
-            raise TypeError(f"IdeficsConfig.from_dict: expected a dict, got {type(d).__name__}")
-        kwargs = {f.name: d[f.name] for f in fields(cls)
-                  if f.name in d and f.name not in ("vision_config", "perceiver_config", "rope_parameters")}
-        vision = dict(d.get("vision_config") or {})
-        if "embed_dim" in vision:                         # IdeficsVisionConfig's name for hidden_size
-            vision["hidden_size"] = vision.pop("embed_dim")
-        vision.pop("model_type", None)
-        # Rotary settings as LlamaConfig reads them: rope_parameters (5.x), or rope_theta / rope_scaling (hub).
-        rope = LlamaConfig.from_dict({k: d[k] for k in ("rope_parameters", "rope_theta", "rope_scaling",
-                                                         "max_position_embeddings") if k in d}).rope_parameters
-        return cls(vision_config=CLIPVisionConfig.from_dict({**IDEFICS_VISION_DEFAULTS, **vision}),
-                   perceiver_config=IdeficsPerceiverConfig.from_dict(d.get("perceiver_config") or {}),
-                   rope_parameters=rope, **kwargs)
-
-
-def _check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        """Read a config.json dict, with IdeficsVisionConfig's names and the rotary settings in either spelling."""
+        return _read_idefics_config(cls, d)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -195,8 +163,8 @@ class IdeficsDecoupledEmbedding(nn.Module):
         if not hasattr(self, "additional_embedding"):
             return F.embedding(ids, self.weight)
         extra = ids >= self.vocab_size                                                # (B, T)
-        base = F.embedding(ids.masked_fill(extra, 0), self.weight)                    # (B, T, C)
-        added = self.additional_embedding((ids - self.vocab_size).clamp_min(0))       # (B, T, C)
+        base = F.embedding(ids.masked_fill(extra, 0), self.weight)                    # (B, T, E)
+        added = self.additional_embedding((ids - self.vocab_size).clamp_min(0))       # (B, T, E)
         return torch.where(extra[..., None], added, base)
 
 
@@ -211,9 +179,9 @@ class IdeficsDecoupledLinear(nn.Module):
             self.additional_fc = nn.Linear(dim, additional, bias=False)
 
     def forward(self, x):
-        logits = F.linear(x, self.weight)                                             # (B, T, vocab)
+        logits = F.linear(x, self.weight)                                             # (B, T, V)
         if hasattr(self, "additional_fc"):
-            logits = torch.cat([logits, self.additional_fc(x)], dim=-1)               # (B, T, vocab + extra)
+            logits = torch.cat([logits, self.additional_fc(x)], dim=-1)               # (B, T, V + extra)
         return logits
 
 
@@ -222,37 +190,37 @@ class IdeficsDecoupledLinear(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 
 class IdeficsCrossAttention(nn.Module):
-    """Multi-head attention from the text (queries) to the image states (keys/values of width Dv); no
-    rotary, no bias, optional RMSNorm(head_dim) on q and k after the projections."""
+    """Multi-head attention from the text (queries) to the image states (keys/values of width E_v); no
+    rotary, no bias, optional RMSNorm(D) on q and k after the projections."""
 
     def __init__(self, config: IdeficsConfig):
         super().__init__()
-        C, Dv = config.hidden_size, config.vision_config.hidden_size
-        self.num_heads, self.head_dim = config.num_attention_heads, C // config.num_attention_heads
-        self.q_proj = nn.Linear(C, C, bias=False)
-        self.k_proj = nn.Linear(Dv, C, bias=False)
-        self.v_proj = nn.Linear(Dv, C, bias=False)
-        self.o_proj = nn.Linear(C, C, bias=False)
+        E, E_v = config.hidden_size, config.vision_config.hidden_size
+        self.num_heads, self.head_dim = config.num_attention_heads, E // config.num_attention_heads
+        self.q_proj = nn.Linear(E, E, bias=False)
+        self.k_proj = nn.Linear(E_v, E, bias=False)
+        self.v_proj = nn.Linear(E_v, E, bias=False)
+        self.o_proj = nn.Linear(E, E, bias=False)
         if config.qk_layer_norms:
             self.q_layer_norm = IdeficsRMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_layer_norm = IdeficsRMSNorm(self.head_dim, config.rms_norm_eps)
 
     def image_keys_values(self, image_states):
-        """image_states (B, L, Dv) -> k, v (B, nh, L, hd); computed once per generation."""
-        B, L, _ = image_states.shape
-        k = self.k_proj(image_states).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)   # (B, nh, L, hd)
-        v = self.v_proj(image_states).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)
+        """image_states (B, S, E_v), S = N*Q -> k, v (B, H, S, D); computed once per generation."""
+        B, S, _ = image_states.shape
+        k = self.k_proj(image_states).view(B, S, self.num_heads, self.head_dim).transpose(1, 2)   # (B, H, S, D)
+        v = self.v_proj(image_states).view(B, S, self.num_heads, self.head_dim).transpose(1, 2)
         if hasattr(self, "k_layer_norm"):
             k = self.k_layer_norm(k)
         return k, v
 
     def forward(self, x, k, v, image_mask):
-        B, T, C = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)   # (B, nh, T, hd)
+        B, T, E = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)   # (B, H, T, D)
         if hasattr(self, "q_layer_norm"):
             q = self.q_layer_norm(q)
-        y = ops.attention(q, k, v, image_mask)                                          # (B, nh, T, hd)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
+        y = ops.attention(q, k, v, image_mask)                                          # (B, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, E))
 
 
 class IdeficsGatedCrossAttentionLayer(nn.Module):
@@ -260,12 +228,12 @@ class IdeficsGatedCrossAttentionLayer(nn.Module):
 
     def __init__(self, config: IdeficsConfig):
         super().__init__()
-        C = config.hidden_size
+        E = config.hidden_size
         self.cross_attn = IdeficsCrossAttention(config)
         self.mlp = LlamaMLP(config.decoder)
-        self.input_layernorm = IdeficsRMSNorm(C, config.rms_norm_eps)
-        self.post_attention_layernorm = IdeficsRMSNorm(C, config.rms_norm_eps)
-        shape = (1,) if config.alpha_type == "float" else (1, 1, C)     # the checkpoint's shapes
+        self.input_layernorm = IdeficsRMSNorm(E, config.rms_norm_eps)
+        self.post_attention_layernorm = IdeficsRMSNorm(E, config.rms_norm_eps)
+        shape = (1,) if config.alpha_type == "float" else (1, 1, E)     # the checkpoint's shapes
         init = config.alpha_initializer
         make = {"zeros": torch.zeros, "ones": torch.ones}.get(
             init, lambda *s: torch.randn(*s) * config.alphas_initializer_range)
@@ -273,7 +241,7 @@ class IdeficsGatedCrossAttentionLayer(nn.Module):
         self.alpha_dense = nn.Parameter(make(*shape))
 
     def forward(self, x, k, v, image_mask, gate):
-        """x (B, T, C); k, v (B, nh, N*R, hd); image_mask (B, 1, T, N*R) bool; gate (B, T) bool."""
+        """x (B, T, E); k, v (B, H, N*Q, D); image_mask (B, 1, T, N*Q) bool; gate (B, T) bool."""
         y = self.cross_attn(self.input_layernorm(x), k, v, image_mask)
         # Tokens that see no image get nothing. minivlm's kernel already returns 0 for a row with no visible
         # key; the explicit fill states the rule and keeps it whatever a kernel does with an empty row.
@@ -283,7 +251,7 @@ class IdeficsGatedCrossAttentionLayer(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Perceiver resampler (Flamingo): R learned latents attend to [image tokens; latents]
+# Perceiver resampler (Flamingo): Q learned latents attend to [image tokens; latents]
 # ----------------------------------------------------------------------------------------------------
 
 class IdeficsPerceiverAttention(nn.Module):
@@ -301,17 +269,18 @@ class IdeficsPerceiverAttention(nn.Module):
         self.output_proj = nn.Linear(heads * head_dim, dim, bias=False)
 
     def forward(self, context, latents):
-        """context (M, P, Dv), latents (M, R, Dv) -> (M, R, Dv)."""
+        """context (BN, 1+P, E_v), latents (BN, Q, E_v) -> (BN, Q, E_v); BN = B*N images."""
         context, latents = self.context_layer_norm(context), self.latents_layer_norm(latents)
-        both = torch.cat([context, latents], dim=1)                                    # (M, P + R, Dv)
-        M, R, _ = latents.shape
-        q = self.q_proj(latents).view(M, R, self.heads, self.head_dim).transpose(1, 2)  # (M, h, R, d)
-        k = self.k_proj(both).view(M, -1, self.heads, self.head_dim).transpose(1, 2)    # (M, h, P + R, d)
-        v = self.v_proj(both).view(M, -1, self.heads, self.head_dim).transpose(1, 2)
+        both = torch.cat([context, latents], dim=1)                                    # (BN, 1+P + Q, E_v)
+        BN, Q, _ = latents.shape
+        H, D = self.heads, self.head_dim
+        q = self.q_proj(latents).view(BN, Q, H, D).transpose(1, 2)                     # (BN, H, Q, D)
+        k = self.k_proj(both).view(BN, -1, H, D).transpose(1, 2)                       # (BN, H, 1+P + Q, D)
+        v = self.v_proj(both).view(BN, -1, H, D).transpose(1, 2)
         if hasattr(self, "q_layer_norm"):
             q, k = self.q_layer_norm(q), self.k_layer_norm(k)
-        y = ops.attention(q, k, v)                        # softmax(q k^T / sqrt(d)) v, no mask
-        return self.output_proj(y.transpose(1, 2).reshape(M, R, self.heads * self.head_dim))
+        y = ops.attention(q, k, v)                        # softmax(q k^T / sqrt(D)) v, no mask
+        return self.output_proj(y.transpose(1, 2).reshape(BN, Q, H * D))
 
 
 class IdeficsPerceiverMLP(nn.Module):
@@ -330,19 +299,19 @@ class IdeficsPerceiverMLP(nn.Module):
 class IdeficsPerceiverResampler(nn.Module):
     def __init__(self, config: IdeficsConfig):
         super().__init__()
-        p, Dv = config.perceiver_config, config.vision_config.hidden_size
-        self.latents = nn.Parameter(torch.randn(p.resampler_n_latents, Dv))
+        p, E_v = config.perceiver_config, config.vision_config.hidden_size
+        self.latents = nn.Parameter(torch.randn(p.resampler_n_latents, E_v))          # (Q, E_v)
         # blocks.i.0 = attention, blocks.i.1 = MLP, as the checkpoint names them.
         self.blocks = nn.ModuleList(
-            nn.ModuleList([IdeficsPerceiverAttention(Dv, p.resampler_n_heads, p.resampler_head_dim,
+            nn.ModuleList([IdeficsPerceiverAttention(E_v, p.resampler_n_heads, p.resampler_head_dim,
                                                      p.qk_layer_norms_perceiver),
-                           IdeficsPerceiverMLP(Dv, 4 * Dv)])
+                           IdeficsPerceiverMLP(E_v, 4 * E_v)])
             for _ in range(p.resampler_depth))
-        self.layer_norm = nn.LayerNorm(Dv)
+        self.layer_norm = nn.LayerNorm(E_v)
 
     def forward(self, context):
-        """context (M, P, Dv) -> (M, R, Dv)."""
-        latents = self.latents.expand(context.shape[0], -1, -1)                         # (M, R, Dv)
+        """context (B*N, 1+P, E_v) -> (B*N, Q, E_v)."""
+        latents = self.latents.expand(context.shape[0], -1, -1)                         # (B*N, Q, E_v)
         for attn, mlp in self.blocks:
             latents = latents + attn(context, latents)
             latents = latents + mlp(latents)
@@ -371,84 +340,45 @@ class IdeficsModel(nn.Module):
         self.rotary_emb = LlamaRotaryEmbedding(llama)
 
     def encode_images(self, pixel_values=None, image_encoder_embeddings=None):
-        """Image states (B, N, R, Dv) from pixel_values (B, N, 3, S, S) or from the vision tower's output
-        (B, N, 1+P, Dv): the tower's last layer without post_layernorm, then the resampler if used."""
-        v = self.config.vision_config
+        """Image states (B, N, Q, E_v) from pixel_values (B, N, 3, R, R) or from the vision tower's output
+        (B, N, 1+P, E_v): the tower's last layer without post_layernorm, then the resampler if used."""
+        B, N = _check_image_inputs(self.config.vision_config, pixel_values, image_encoder_embeddings)
         if pixel_values is not None:
-            shape = (v.num_channels, v.image_size, v.image_size)
-            if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 5 or \
-                    tuple(pixel_values.shape[2:]) != shape or pixel_values.shape[1] == 0:
-                raise ValueError(f"pixel_values: expected a (batch, images >= 1, {shape[0]}, {shape[1]}, {shape[2]}) "
-                                 f"tensor, got {_describe(pixel_values)}")
-            B, N = pixel_values.shape[:2]
-            states = self.vision_model(pixel_values.flatten(0, 1)).last_hidden_state     # (B*N, 1+P, Dv)
+            states = self.vision_model(pixel_values.flatten(0, 1)).last_hidden_state    # (B*N, 1+P, E_v)
         else:
-            e = image_encoder_embeddings
-            if not isinstance(e, torch.Tensor) or e.dim() != 4 or e.shape[-1] != v.hidden_size or e.shape[1] == 0:
-                raise ValueError(f"image_encoder_embeddings: expected a (batch, images >= 1, tokens, {v.hidden_size}) "
-                                 f"tensor, got {_describe(e)}")
-            B, N = e.shape[:2]
-            states = e.flatten(0, 1).to(self.embed_tokens.weight.dtype)
+            states = image_encoder_embeddings.flatten(0, 1).to(self.embed_tokens.weight.dtype)
         if self.config.use_resampler:
-            states = self.perceiver_resampler(states)                                    # (B*N, R, Dv)
+            states = self.perceiver_resampler(states)                                    # (B*N, Q, E_v)
         return states.view(B, N, *states.shape[1:])
 
     def forward(self, input_ids, *, pixel_values=None, image_encoder_embeddings=None, perceiver_embeddings=None,
                 image_attention_mask=None, attention_mask=None, position_ids=None,
                 cache: Optional[ImageCache] = None):
-        """Final normed hidden states (B, T, C) and the image states (B, N, R, Dv)."""
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
-            raise ValueError(f"input_ids: expected an integer (batch, sequence) tensor, got {_describe(input_ids)}")
-        c = self.config
+        """Final normed hidden states (B, T, E) and the image states (B, N, Q, E_v)."""
+        _check_idefics_inputs(self.config, input_ids, pixel_values, image_encoder_embeddings, perceiver_embeddings,
+                              image_attention_mask, position_ids, cache)
         B, T = input_ids.shape
-        check_token_ids("input_ids", input_ids, c.vocab_size + c.additional_vocab_size,
-                        "vocab_size + additional_vocab_size")        # <image> and co. are additional ids
-        dtype = self.embed_tokens.weight.dtype
-        past = cached_tokens(cache, B, T, dtype, attention_mask, "IDEFICS")
+        past = cached_tokens(cache, B, T, self.embed_tokens.weight.dtype, attention_mask, "IDEFICS")
 
         # -- the image states: given now (encoded here), or kept in the cache since the prefill
-        given = [n for n, x in (("pixel_values", pixel_values), ("image_encoder_embeddings", image_encoder_embeddings),
-                                ("perceiver_embeddings", perceiver_embeddings)) if x is not None]
-        if len(given) > 1:
-            raise ValueError(f"IDEFICS: pass one of pixel_values, image_encoder_embeddings, perceiver_embeddings; "
-                             f"got {given}")
-        if given:
-            if perceiver_embeddings is not None:
-                if not c.use_resampler:
-                    raise ValueError("perceiver_embeddings: this model has no resampler (use_resampler is false); "
-                                     "pass pixel_values or image_encoder_embeddings")
-                p = perceiver_embeddings
-                if not isinstance(p, torch.Tensor) or p.dim() != 4 or p.shape[-1] != c.vision_config.hidden_size:
-                    raise ValueError(f"perceiver_embeddings: expected a (batch, images, latents, "
-                                     f"{c.vision_config.hidden_size}) tensor, got {_describe(p)}")
-                images = p.to(dtype)
-            else:
-                images = self.encode_images(pixel_values, image_encoder_embeddings)      # (B, N, R, Dv)
-            if images.shape[0] != B:
-                raise ValueError(f"{given[0]}: batch size {images.shape[0]} differs from input_ids' {B}")
-            N, R = images.shape[1:3]
-            states, cross_kv = images.flatten(1, 2), [None] * len(self.gated_cross_attn_layers)   # (B, N*R, Dv)
-        elif cache is not None and cache.image_states is not None:
+        images = None                                                                     # (B, N, Q, E_v)
+        if perceiver_embeddings is not None:
+            images = perceiver_embeddings.to(self.embed_tokens.weight.dtype)
+        elif pixel_values is not None or image_encoder_embeddings is not None:
+            images = self.encode_images(pixel_values, image_encoder_embeddings)
+        if images is None:     # a later call: the prefill's states and each gated block's keys and values
             states, cross_kv = cache.image_states, cache.cross
-            N = cache.image_mask.shape[-1]
-            R, images = states.shape[1] // N, None
-        else:
-            raise ValueError("IDEFICS: the first call needs pixel_values (or image_encoder_embeddings / "
-                             "perceiver_embeddings) and image_attention_mask; later calls may reuse them "
-                             "through the cache")
+        else:                  # each gated block projects them to keys and values once, below
+            states, cross_kv = images.flatten(1, 2), [None] * len(self.gated_cross_attn_layers)   # (B, N*Q, E_v)
 
-        # -- which images each token sees: (B, T, N) -> bool (B, 1, T, N*R), and the gate (B, T)
+        # -- which images each token sees: (B, T, N) -> bool (B, 1, T, N*Q), and the gate (B, T)
         if image_attention_mask is None:
-            if given or cache is None or cache.image_mask is None:
-                raise ValueError(f"image_attention_mask: required with images, a (batch, sequence, images) = "
-                                 f"({B}, {T}, {N}) tensor (1 = the token sees that image)")
-            image_attention_mask = cache.image_mask.expand(B, T, N)   # new tokens see what the last one saw
-        elif not isinstance(image_attention_mask, torch.Tensor) or tuple(image_attention_mask.shape) != (B, T, N):
-            raise ValueError(f"image_attention_mask: expected (batch, sequence, images) = ({B}, {T}, {N}), "
-                             f"got {_describe(image_attention_mask)}")
+            image_attention_mask = cache.image_mask.expand(B, T, -1)   # new tokens see what the last one saw
+        N = image_attention_mask.shape[-1]
+        Q = states.shape[1] // N
         sees = image_attention_mask != 0                                                  # (B, T, N)
         gate = sees.any(-1)                                                               # (B, T)
-        image_mask = sees[..., None].expand(B, T, N, R).reshape(B, 1, T, N * R)
+        image_mask = sees[..., None].expand(B, T, N, Q).reshape(B, 1, T, N * Q)
 
         # -- text positions and the self-attention mask (as LlamaModel)
         if position_ids is None:
@@ -456,10 +386,7 @@ class IdeficsModel(nn.Module):
                 position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)[:, -T:]
             else:
                 position_ids = torch.arange(past, past + T, device=input_ids.device)
-        elif position_ids.shape[-1] != T or position_ids.dim() not in (1, 2) or \
-                (position_ids.dim() == 2 and position_ids.shape[0] not in (1, B)):
-            raise ValueError(f"position_ids: expected ({B}, {T}) or ({T},), got {_describe(position_ids)}")
-        x = self.embed_tokens(input_ids)                                                  # (B, T, C)
+        x = self.embed_tokens(input_ids)                                                  # (B, T, E)
         cos, sin = self.rotary_emb(position_ids, x.dtype)
         mask = None
         if has_padding(attention_mask):
@@ -477,7 +404,7 @@ class IdeficsModel(nn.Module):
                 x = block(x, *cross_kv[i], image_mask, gate)
             x = layer(x, cos, sin, mask, cache)    # the last layer's cache write advances cache.length
         if images is None:
-            images = states.view(B, N, R, -1)
+            images = states.view(B, N, Q, -1)
         return self.norm(x), images
 
 
@@ -488,7 +415,7 @@ class IdeficsForVisionText2Text(GenerativeModel):
     # Hub checkpoints (HuggingFaceM4/idefics-9b, -80b), Transformers' save_pretrained and its in-memory
     # state dict all use this module's names (model.embed_tokens.*, model.vision_model.*,
     # model.perceiver_resampler.*, model.layers.*, model.gated_cross_attn_layers.*, model.norm, lm_head.*):
-    # no renaming. The rotary buffers older files hold are skipped by the loader's IGNORED_KEYS.
+    # no renaming. The rotary cos/sin buffers some files hold are not kept (checkpoint_ignore).
     checkpoint_ignore = [r"\.rotary_emb\.(cos|sin)_cached$"]
 
     def __init__(self, config: IdeficsConfig):
@@ -519,12 +446,11 @@ class IdeficsForVisionText2Text(GenerativeModel):
     def forward(self, input_ids, pixel_values=None, attention_mask=None, image_attention_mask=None, position_ids=None,
                 cache: Optional[ImageCache] = None, labels=None, logits_to_keep: int = 0, *,
                 image_encoder_embeddings=None, perceiver_embeddings=None) -> ModelOutput:
-        """Logits (B, T, vocab + additional) for input_ids (B, T) with images pixel_values (B, N, 3, S, S) and
+        """Logits (B, T, V + additional) for input_ids (B, T) with images pixel_values (B, N, 3, R, R) and
         image_attention_mask (B, T, N) (1 = token t sees image n). With a cache that already holds images,
         both may be omitted: new tokens see the images the last cached token saw. `.loss` when labels are
-        given; `.image_hidden_states` (B, N, R, Dv); `.hidden_states` the final normed states (B, T, C)."""
-        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
-            raise ValueError(f"logits_to_keep: expected an int >= 0, got {logits_to_keep!r}")
+        given; `.image_hidden_states` (B, N, Q, E_v); `.hidden_states` the final normed states (B, T, E)."""
+        check_logits_to_keep("IdeficsForVisionText2Text", logits_to_keep)
         hidden, images = self.model(input_ids, pixel_values=pixel_values,
                                     image_encoder_embeddings=image_encoder_embeddings,
                                     perceiver_embeddings=perceiver_embeddings,
@@ -538,6 +464,102 @@ class IdeficsForVisionText2Text(GenerativeModel):
 def _set(model: nn.Module, name: str, param: nn.Parameter):
     module, _, attr = name.rpartition(".")
     setattr(model.get_submodule(module), attr, param)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading a config.json, and the checks
+# ----------------------------------------------------------------------------------------------------
+
+def _read_idefics_config(cls, d: dict) -> IdeficsConfig:
+    """An IdeficsConfig from a config.json dict: the vision config in CLIPVisionConfig's names (embed_dim is
+    hidden_size) over IDEFICS's defaults, the perceiver config, the rotary settings as LlamaConfig reads them."""
+    kwargs = known_fields(cls, d)
+    for name in ("vision_config", "perceiver_config", "rope_parameters"):
+        kwargs.pop(name, None)
+    vision = dict(d.get("vision_config") or {})
+    if "embed_dim" in vision:                         # IdeficsVisionConfig's name for hidden_size
+        vision["hidden_size"] = vision.pop("embed_dim")
+    vision.pop("model_type", None)
+    rope = read_rope_parameters(d, d.get("max_position_embeddings", cls.max_position_embeddings))
+    return cls(vision_config=CLIPVisionConfig.from_dict({**IDEFICS_VISION_DEFAULTS, **vision}),
+               perceiver_config=IdeficsPerceiverConfig.from_dict(d.get("perceiver_config") or {}),
+               rope_parameters=rope, **kwargs)
+
+
+def _validate_idefics_config(c: IdeficsConfig):
+    positive_ints(c, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "cross_layer_interval")
+    non_negative_ints(c, "additional_vocab_size")
+    divides(c, "num_attention_heads", "hidden_size")
+    one_of(c, "alpha_type", ALPHA_TYPES)
+    one_of(c, "alpha_initializer", ALPHA_INITIALIZERS)
+    # Transformers builds num_hidden_layers // interval blocks but runs one before every layer
+    # idx % interval == 0, so it fails (an index error) on the last layers otherwise.
+    divides(c, "cross_layer_interval", "num_hidden_layers")
+    c.vision_config.validate()
+
+
+def _check_image_inputs(v: CLIPVisionConfig, pixel_values, image_encoder_embeddings) -> tuple[int, int]:
+    """pixel_values (B, N >= 1, C, R, R), or else image_encoder_embeddings (B, N >= 1, 1+P, E_v); returns (B, N)."""
+    if pixel_values is not None:
+        shape = (v.num_channels, v.image_size, v.image_size)
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 5 or \
+                tuple(pixel_values.shape[2:]) != shape or pixel_values.shape[1] == 0:
+            raise ValueError(f"pixel_values: expected a (batch, images >= 1, {shape[0]}, {shape[1]}, {shape[2]}) "
+                             f"tensor, got {_describe(pixel_values)}")
+        return tuple(pixel_values.shape[:2])
+    e = image_encoder_embeddings
+    if not isinstance(e, torch.Tensor) or e.dim() != 4 or e.shape[-1] != v.hidden_size or e.shape[1] == 0:
+        raise ValueError(f"image_encoder_embeddings: expected a (batch, images >= 1, tokens, {v.hidden_size}) "
+                         f"tensor, got {_describe(e)}")
+    return tuple(e.shape[:2])
+
+
+def _check_idefics_inputs(c: IdeficsConfig, input_ids, pixel_values, image_encoder_embeddings, perceiver_embeddings,
+                          image_attention_mask, position_ids, cache):
+    """IdeficsModel.forward's arguments: input_ids (B, T) in the base + additional vocabulary; one source of
+    images, of B samples with N images each, or none when the cache holds the prefill's; image_attention_mask
+    (B, T, N), which only a call with cached images may omit; position_ids (B, T), (1, T) or (T,). One device
+    sync (the ids' range), none in generate's decode steps."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
+        raise ValueError(f"input_ids: expected an integer (batch, sequence) tensor, got {_describe(input_ids)}")
+    check_token_ids("input_ids", input_ids, c.vocab_size + c.additional_vocab_size,
+                    "vocab_size + additional_vocab_size")        # <image> and co. are additional ids
+    B, T = input_ids.shape
+    given = [n for n, x in (("pixel_values", pixel_values), ("image_encoder_embeddings", image_encoder_embeddings),
+                            ("perceiver_embeddings", perceiver_embeddings)) if x is not None]
+    if len(given) > 1:
+        raise ValueError(f"IDEFICS: pass one of pixel_values, image_encoder_embeddings, perceiver_embeddings; "
+                         f"got {given}")
+    if perceiver_embeddings is not None:
+        p = perceiver_embeddings
+        if not c.use_resampler:
+            raise ValueError("perceiver_embeddings: this model has no resampler (use_resampler is false); "
+                             "pass pixel_values or image_encoder_embeddings")
+        if not isinstance(p, torch.Tensor) or p.dim() != 4 or p.shape[-1] != c.vision_config.hidden_size:
+            raise ValueError(f"perceiver_embeddings: expected a (batch, images, latents, "
+                             f"{c.vision_config.hidden_size}) tensor, got {_describe(p)}")
+        images_batch, N = p.shape[:2]
+    elif given:
+        images_batch, N = _check_image_inputs(c.vision_config, pixel_values, image_encoder_embeddings)
+    elif cache is None or cache.image_states is None:
+        raise ValueError("IDEFICS: the first call needs pixel_values (or image_encoder_embeddings / "
+                         "perceiver_embeddings) and image_attention_mask; later calls may reuse them "
+                         "through the cache")
+    else:
+        images_batch, N = B, cache.image_mask.shape[-1]
+    if images_batch != B:
+        raise ValueError(f"{given[0]}: batch size {images_batch} differs from input_ids' {B}")
+    if image_attention_mask is None:
+        if given or cache is None or cache.image_mask is None:
+            raise ValueError(f"image_attention_mask: required with images, a (batch, sequence, images) = "
+                             f"({B}, {T}, {N}) tensor (1 = the token sees that image)")
+    elif not isinstance(image_attention_mask, torch.Tensor) or tuple(image_attention_mask.shape) != (B, T, N):
+        raise ValueError(f"image_attention_mask: expected (batch, sequence, images) = ({B}, {T}, {N}), "
+                         f"got {_describe(image_attention_mask)}")
+    if position_ids is not None and (position_ids.shape[-1] != T or position_ids.dim() not in (1, 2) or
+                                     (position_ids.dim() == 2 and position_ids.shape[0] not in (1, B))):
+        raise ValueError(f"position_ids: expected ({B}, {T}) or ({T},), got {_describe(position_ids)}")
 
 
 def _describe(x) -> str:

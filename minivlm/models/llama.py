@@ -7,11 +7,11 @@ Mistral 7B (Jiang et al. 2023: sliding-window attention). Reference implementati
 modeling_llama.py / modeling_mistral.py and modeling_rope_utils.py (rope types "default", "linear",
 "llama3"), whose outputs the tests match.
 
-    x = embed_tokens(ids)                                  # (B, T, C)
+    x = embed_tokens(ids)                                  # (B, T, E)
     for each layer:
         x = x + o_proj(attention(rope(q), rope(k), v))     # q, k, v from input_layernorm(x)
-        x = x + down_proj(silu(gate_proj(h)) * up_proj(h)) # h = post_attention_layernorm(x)
-    logits = lm_head(norm(x))                              # (B, T, vocab)
+        x = x + down_proj(silu(gate_proj(h)) * up_proj(h)) # h = post_attention_layernorm(x), (B, T, F) inside
+    logits = lm_head(norm(x))                              # (B, T, V)
 
 What differs from Transformers (same numbers, less machinery):
 - Grouped-query attention is done by the kernel (`ops.attention` reads kv head h // group for query
@@ -26,7 +26,7 @@ What differs from Transformers (same numbers, less machinery):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import torch
@@ -36,6 +36,7 @@ from .. import ops
 from .._checks import check_token_ids, has_padding, rejects_unknown_kwargs
 from .base import GenerativeModel, Model
 from ._common import ModelOutput, activation, causal_lm_loss
+from ._config import divides, known_fields, non_negative_ints, one_of, positive_ints
 from .cache import KVCache, cached_tokens
 
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -47,17 +48,17 @@ MISTRAL_DEFAULTS = dict(intermediate_size=14336, num_key_value_heads=8, max_posi
 @dataclass
 class LlamaConfig:
     model_type: str = "llama"              # "llama" or "mistral" (Mistral = Llama + sliding window, no biases)
-    vocab_size: int = 32000
-    hidden_size: int = 4096                # C, the residual stream width
-    intermediate_size: int = 11008         # SwiGLU hidden width (Mistral: 14336)
+    vocab_size: int = 32000                # V
+    hidden_size: int = 4096                # E, the residual stream width
+    intermediate_size: int = 11008         # F, the SwiGLU middle width (Mistral: 14336)
     num_hidden_layers: int = 32
-    num_attention_heads: int = 32          # query heads
-    num_key_value_heads: Optional[int] = None   # key/value heads (GQA); None = num_attention_heads (Mistral: 8)
-    head_dim: Optional[int] = None         # None = hidden_size // num_attention_heads
+    num_attention_heads: int = 32          # H, query heads
+    num_key_value_heads: Optional[int] = None   # Hkv, key/value heads (GQA); None = H (Mistral: 8)
+    head_dim: Optional[int] = None         # D; None = E // H
     hidden_act: str = "silu"               # the SwiGLU gate's activation
     max_position_embeddings: int = 2048    # only used as llama3 rope's default original context (Mistral: 131072)
     rms_norm_eps: float = 1e-6
-    # Rotary settings as Transformers 5.x writes them; from_dict also reads top-level rope_theta/rope_scaling.
+    # Rotary settings as Transformers writes them; from_dict also reads top-level rope_theta/rope_scaling.
     rope_parameters: dict = field(default_factory=lambda: {"rope_type": "default", "rope_theta": 10000.0})
     attention_bias: bool = False           # bias on q/k/v/o_proj (Llama only)
     mlp_bias: bool = False                 # bias on gate/up/down_proj (Llama only)
@@ -68,65 +69,18 @@ class LlamaConfig:
     pad_token_id: Optional[int] = None
 
     def __post_init__(self):
-        if self.model_type not in ("llama", "mistral"):
-            raise ValueError(f"LlamaConfig: model_type must be 'llama' or 'mistral', got {self.model_type!r}")
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.sliding_window == 0:
             self.sliding_window = None
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "head_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"LlamaConfig: {name} must be a positive int, got {value!r}")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"LlamaConfig: num_key_value_heads={self.num_key_value_heads} must divide "
-                             f"num_attention_heads={self.num_attention_heads}")
-        if self.head_dim % 2:
-            raise ValueError(f"LlamaConfig: head_dim must be even for rotary embeddings, got {self.head_dim}")
-        if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window < 0):
-            raise ValueError(f"LlamaConfig: sliding_window must be None or an int >= 0, got {self.sliding_window!r}")
-        activation(self.hidden_act)   # raises for an activation minivlm does not implement
-        _check_rope(self.rope_parameters)
+        _validate_llama_config(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "LlamaConfig":
         """Read a config.json dict; omitted fields get Transformers' defaults for its model_type."""
-        model_type = d.get("model_type", "llama")
-        kwargs = {f.name: d[f.name] for f in fields(cls) if f.name in d and f.name != "rope_parameters"}
-        if model_type == "mistral":
-            kwargs = {**MISTRAL_DEFAULTS, **kwargs}
-            kwargs.pop("attention_bias", None)      # Transformers' Mistral has no biases, whatever the file says
-            kwargs.pop("mlp_bias", None)
-        else:
-            kwargs.pop("sliding_window", None)      # Llama has no sliding window
-        # Rotary settings: Transformers 5.x writes rope_parameters {rope_type, rope_theta, ...}; hub configs
-        # have top-level rope_theta and rope_scaling {type or rope_type, factor, ...} (which wins if both).
-        rope = dict(d.get("rope_scaling") or d.get("rope_parameters") or {})
-        rope.setdefault("rope_type", rope.pop("type", "default"))
-        rope.setdefault("rope_theta", d["rope_theta"] if d.get("rope_theta") is not None else 10000.0)
-        if rope["rope_type"] == "llama3":
-            rope.setdefault("original_max_position_embeddings",
-                            kwargs.get("max_position_embeddings", cls.max_position_embeddings))
-        return cls(rope_parameters=rope, **kwargs)
-
-
-def _check_rope(rope: dict):
-    rope_type = rope.get("rope_type")
-    if rope_type not in ROPE_TYPES:
-        raise ValueError(f"LlamaConfig: rope_type {rope_type!r} is not supported; minivlm implements {ROPE_TYPES}")
-    needed = {"default": [], "linear": ["factor"],
-              "llama3": ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"]}
-    missing = [k for k in ["rope_theta"] + needed[rope_type] if rope.get(k) is None]
-    if missing:
-        raise ValueError(f"LlamaConfig: rope_parameters of type {rope_type!r} lack {missing}, got {rope}")
-    theta = rope["rope_theta"]
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta <= 0:
-        raise ValueError(f"LlamaConfig: rope_theta must be a positive number, got {theta!r}")
-    if rope.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ValueError(f"LlamaConfig: partial_rotary_factor is not supported, got {rope['partial_rotary_factor']}")
+        return cls(**read_llama_fields(cls, d))
 
 
 def rope_inv_freq(config: LlamaConfig, device=None) -> torch.Tensor:
@@ -187,25 +141,26 @@ class LlamaAttention(nn.Module):
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.head_dim
         self.window = config.sliding_window
-        C, D, bias = config.hidden_size, config.head_dim, config.attention_bias
-        self.q_proj = nn.Linear(C, self.num_heads * D, bias=bias)
-        self.k_proj = nn.Linear(C, self.num_kv_heads * D, bias=bias)
-        self.v_proj = nn.Linear(C, self.num_kv_heads * D, bias=bias)
-        self.o_proj = nn.Linear(self.num_heads * D, C, bias=bias)
+        E, D, bias = config.hidden_size, config.head_dim, config.attention_bias
+        self.q_proj = nn.Linear(E, self.num_heads * D, bias=bias)
+        self.k_proj = nn.Linear(E, self.num_kv_heads * D, bias=bias)
+        self.v_proj = nn.Linear(E, self.num_kv_heads * D, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * D, E, bias=bias)
 
     def forward(self, x, cos, sin, mask=None, cache: Optional[KVCache] = None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)      # (B, nh, T, hd)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)   # (B, nkv, T, hd)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)   # (B, nkv, T, hd)
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)                                # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, Hkv, D).transpose(1, 2)                              # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, Hkv, D).transpose(1, 2)                              # (B, Hkv, T, D)
         q, k = ops.rope(q, cos, sin), ops.rope(k, cos, sin)     # rotate before caching: keys keep their position
         if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)                                      # (B, nkv, past+T, hd)
+            k, v = cache.update(self.layer_idx, k, v)                                      # (B, Hkv, S, D), S = past + T
         if mask is None:   # no padding: the kernel's causal band (and window) is the whole mask
             y = ops.attention(q, k, v, is_causal=True, window=self.window)
-        else:              # padding: the (B, 1, T, past+T) additive mask already holds causality and window
-            y = ops.attention(q, k, v, mask)                                               # (B, nh, T, hd)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+        else:              # padding: the (B, 1, T, S) additive mask already holds causality and window
+            y = ops.attention(q, k, v, mask)                                               # (B, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, H * D))
 
 
 class LlamaMLP(nn.Module):
@@ -213,10 +168,10 @@ class LlamaMLP(nn.Module):
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
-        C, H, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.gate_proj = nn.Linear(C, H, bias=bias)
-        self.up_proj = nn.Linear(C, H, bias=bias)
-        self.down_proj = nn.Linear(H, C, bias=bias)
+        E, F, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(E, F, bias=bias)
+        self.up_proj = nn.Linear(E, F, bias=bias)
+        self.down_proj = nn.Linear(F, E, bias=bias)
         self.act_fn = activation(config.hidden_act)
 
     def forward(self, x):
@@ -260,25 +215,17 @@ class LlamaModel(Model):
 
     def forward(self, input_ids=None, *, inputs_embeds=None, attention_mask=None, position_ids=None,
                 cache: Optional[KVCache] = None) -> torch.Tensor:
-        """Final normed hidden states (B, T, C). attention_mask: (B, past + T), 1 = real token, 0 = pad,
+        """Final normed hidden states (B, T, E). attention_mask: (B, past + T), 1 = real token, 0 = pad,
         over the cached tokens too. position_ids: (B, T) or (T,); default past, ..., past + T - 1."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("LlamaModel: pass exactly one of input_ids and inputs_embeds")
-        check_token_ids("input_ids", input_ids, self.config.vocab_size)
-        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds     # (B, T, C)
-        if x.dim() != 3 or x.shape[-1] != self.config.hidden_size:
-            raise ValueError(f"LlamaModel: expected input_ids (B, T) or inputs_embeds (B, T, "
-                             f"{self.config.hidden_size}), got embeddings of shape {tuple(x.shape)}")
+        _check_llama_inputs(self.config, input_ids, inputs_embeds, position_ids)
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds     # (B, T, E)
         B, T, _ = x.shape
         past = cached_tokens(cache, B, T, x.dtype, attention_mask, "LlamaModel")
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=x.device)                 # (T,)
         elif position_ids.dim() == 2 and position_ids.shape[0] == 1:
             position_ids = position_ids[0]                                               # one row for all
-        if position_ids.shape[-1] != T or position_ids.dim() not in (1, 2) or \
-                (position_ids.dim() == 2 and position_ids.shape[0] != B):
-            raise ValueError(f"LlamaModel: position_ids must be ({B}, {T}) or ({T},), got {tuple(position_ids.shape)}")
-        cos, sin = self.rotary_emb(position_ids, x.dtype)                                # (T, hd) or (B, T, hd)
+        cos, sin = self.rotary_emb(position_ids, x.dtype)                                # (T, D) or (B, T, D)
 
         # One mask for all layers, and only when some token is padding.
         mask = None
@@ -312,13 +259,96 @@ class LlamaForCausalLM(GenerativeModel):
     @rejects_unknown_kwargs
     def forward(self, input_ids=None, *, inputs_embeds=None, attention_mask=None, position_ids=None,
                 cache: Optional[KVCache] = None, labels=None, logits_to_keep: int = 0) -> ModelOutput:
-        """Logits (B, T, vocab), or (B, k, vocab) for the last k positions when logits_to_keep = k > 0;
+        """Logits (B, T, V), or (B, k, V) for the last k positions when logits_to_keep = k > 0;
         `.loss` (shifted cross-entropy, -100 ignored) when labels (B, T) are given; `.hidden_states` the
-        final normed hidden states (B, T, C)."""
-        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
-            raise ValueError(f"LlamaForCausalLM: logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
+        final normed hidden states (B, T, E)."""
+        check_logits_to_keep("LlamaForCausalLM", logits_to_keep)
         hidden = self.model(input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                            position_ids=position_ids, cache=cache)                    # (B, T, C)
+                            position_ids=position_ids, cache=cache)                    # (B, T, E)
         logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return ModelOutput(logits=logits, loss=loss, hidden_states=hidden)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading a config.json, and the checks
+# ----------------------------------------------------------------------------------------------------
+
+def read_llama_fields(cls, d: dict) -> dict:
+    """LlamaConfig's fields from a config.json dict, as Transformers reads them: Mistral's own defaults
+    and no biases, Llama without a sliding window, the rotary settings in either spelling."""
+    kwargs = known_fields(cls, d)
+    kwargs.pop("rope_parameters", None)
+    if d.get("model_type", "llama") == "mistral":
+        kwargs = {**MISTRAL_DEFAULTS, **kwargs}
+        kwargs.pop("attention_bias", None)      # Transformers' Mistral has no biases, whatever the file says
+        kwargs.pop("mlp_bias", None)
+    else:
+        kwargs.pop("sliding_window", None)      # Llama has no sliding window
+    max_positions = kwargs.get("max_position_embeddings", cls.max_position_embeddings)
+    return {**kwargs, "rope_parameters": read_rope_parameters(d, max_positions)}
+
+
+def read_rope_parameters(d: dict, max_position_embeddings: int) -> dict:
+    """The rotary settings of a config.json: Transformers writes rope_parameters {rope_type, rope_theta,
+    ...}; hub configs have top-level rope_theta and rope_scaling {type or rope_type, factor, ...} (which
+    wins if both). llama3 rope's original context defaults to max_position_embeddings."""
+    rope = dict(d.get("rope_scaling") or d.get("rope_parameters") or {})
+    rope.setdefault("rope_type", rope.pop("type", "default"))
+    rope.setdefault("rope_theta", d["rope_theta"] if d.get("rope_theta") is not None else 10000.0)
+    if rope["rope_type"] == "llama3":
+        rope.setdefault("original_max_position_embeddings", max_position_embeddings)
+    return rope
+
+
+def _validate_llama_config(c: LlamaConfig):
+    one_of(c, "model_type", ("llama", "mistral"))
+    positive_ints(c, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim")
+    divides(c, "num_key_value_heads", "num_attention_heads")
+    if c.head_dim % 2:
+        raise ValueError(f"LlamaConfig: head_dim must be even for rotary embeddings, got {c.head_dim}")
+    if c.sliding_window is not None:
+        non_negative_ints(c, "sliding_window")
+    activation(c.hidden_act)   # raises for an activation minivlm does not implement
+    _check_rope(c.rope_parameters)
+
+
+def _check_rope(rope: dict):
+    rope_type = rope.get("rope_type")
+    if rope_type not in ROPE_TYPES:
+        raise ValueError(f"LlamaConfig: rope_type {rope_type!r} is not supported; minivlm implements {ROPE_TYPES}")
+    needed = {"default": [], "linear": ["factor"],
+              "llama3": ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"]}
+    missing = [k for k in ["rope_theta"] + needed[rope_type] if rope.get(k) is None]
+    if missing:
+        raise ValueError(f"LlamaConfig: rope_parameters of type {rope_type!r} lack {missing}, got {rope}")
+    theta = rope["rope_theta"]
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta <= 0:
+        raise ValueError(f"LlamaConfig: rope_theta must be a positive number, got {theta!r}")
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError(f"LlamaConfig: partial_rotary_factor is not supported, got {rope['partial_rotary_factor']}")
+
+
+def _check_llama_inputs(config: LlamaConfig, input_ids, inputs_embeds, position_ids):
+    """LlamaModel.forward's arguments: one of input_ids (B, T) (ids in the vocabulary) and inputs_embeds
+    (B, T, E); position_ids (B, T), (1, T) or (T,)."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("LlamaModel: pass exactly one of input_ids and inputs_embeds")
+    check_token_ids("input_ids", input_ids, config.vocab_size)
+    given = input_ids if inputs_embeds is None else inputs_embeds
+    if given.dim() != (2 if inputs_embeds is None else 3) or (inputs_embeds is not None and
+                                                                given.shape[-1] != config.hidden_size):
+        raise ValueError(f"LlamaModel: expected input_ids (B, T) or inputs_embeds (B, T, {config.hidden_size}), "
+                         f"got {'input_ids' if inputs_embeds is None else 'inputs_embeds'} of shape "
+                         f"{tuple(given.shape)}")
+    B, T = given.shape[:2]
+    if position_ids is not None and (position_ids.dim() not in (1, 2) or position_ids.shape[-1] != T or
+                                     (position_ids.dim() == 2 and position_ids.shape[0] not in (1, B))):
+        raise ValueError(f"LlamaModel: position_ids must be ({B}, {T}) or ({T},), got {tuple(position_ids.shape)}")
+
+
+def check_logits_to_keep(who: str, logits_to_keep):
+    """logits_to_keep is an int >= 0 (0 = the logits of every position)."""
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+        raise ValueError(f"{who}: logits_to_keep must be an int >= 0, got {logits_to_keep!r}")

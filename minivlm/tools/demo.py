@@ -165,7 +165,7 @@ def tiny_llava_next():
 def stage_llava_next() -> StageResult:
     """A tiny random-weight LLaVA-NeXT on a drawn picture, stage by stage with the shapes; its logits on
     the compiled kernels against the same model on the reference math; a few greedy tokens."""
-    from minivlm.models.llava_next import anyres_grid_shape, image_feature_count, num_patches, unpad_bounds
+    from minivlm.models.llava_next import anyres_grid_shape, image_feature_count, num_crops, unpad_bounds
 
     model, processor = tiny_llava_next()
     cfg = model.config
@@ -173,7 +173,7 @@ def stage_llava_next() -> StageResult:
     inputs = processor(image)                                           # pixel_values, image_sizes
     pv, sizes = inputs["pixel_values"], inputs["image_sizes"]
     size = tuple(sizes[0].tolist())
-    P = num_patches(size, cfg.image_grid_pinpoints, cfg.vision_config.image_size)
+    P = num_crops(size, cfg.image_grid_pinpoints, cfg.vision_config.image_size)
     n_image = image_feature_count(size, cfg)
     prompt = torch.tensor([[1, 17, 42, 99] + [cfg.image_token_index] * n_image + [23, 64, 5]])
     with torch.no_grad():

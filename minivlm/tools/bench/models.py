@@ -75,7 +75,7 @@ class LlavaNextBench:
 
     def make_inputs(self, s: dict, folder: str) -> dict:
         """One image and a prompt with its image tokens, as a processor would give them."""
-        from minivlm.models.llava_next import LlavaNextConfig, image_feature_count, num_patches
+        from minivlm.models.llava_next import LlavaNextConfig, image_feature_count, num_crops
 
         with open(os.path.join(folder, "config.json")) as f:
             cfg = LlavaNextConfig.from_dict(json.load(f))
@@ -84,7 +84,7 @@ class LlavaNextBench:
         n_image = image_feature_count(hw, cfg)
         text = torch.randint(3, cfg.image_token_index, (s["text_tokens"],), generator=g)
         ids = torch.cat([torch.tensor([1]), text[:4], torch.full((n_image,), cfg.image_token_index), text[4:]])[None]
-        P = num_patches(hw, cfg.image_grid_pinpoints, s["image_size"])
+        P = num_crops(hw, cfg.image_grid_pinpoints, s["image_size"])
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
                 "pixel_values": torch.randn(1, P, 3, s["image_size"], s["image_size"], generator=g),
                 "image_sizes": torch.tensor([hw])}
