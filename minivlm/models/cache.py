@@ -68,7 +68,7 @@ class CrossAttentionCache(KVCache):
 
 class ImageCache(CrossAttentionCache):
     """IDEFICS's cache: the decoder's keys and values, each gated layer's image keys and values (`cross`),
-    the image states (B, N*Q, E_v) and the last row of image_attention_mask (B, 1, N), which the tokens
+    the image states (B, Ni*Q, E_v) and the last row of image_attention_mask (B, 1, Ni), which the tokens
     after the prefill see."""
 
     def __init__(self, *args, **kwargs):

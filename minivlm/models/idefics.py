@@ -6,9 +6,9 @@ al. 2023, "OBELICS" (IDEFICS, the open reproduction), LLaMA (Touvron et al. 2023
 implementation: Transformers' `models/idefics/` (modeling_idefics.py, perceiver.py, vision.py),
 whose outputs the tests match and whose parameter names this module mirrors.
 
-    pixel_values (B, N, 3, R, R) -> CLIP ViT, last layer WITHOUT post_layernorm  (B*N, 1+P, E_v)
-        -> Perceiver resampler (if use_resampler)                                 (B*N, Q, E_v)
-        = image states, flattened per sample                                      (B, N*Q, E_v)
+    pixel_values (B, Ni, 3, R, R) -> CLIP ViT, last layer WITHOUT post_layernorm  (B*Ni, 1+P, E_v)
+        -> Perceiver resampler (if use_resampler)                                 (B*Ni, Q, E_v)
+        = image states, flattened per sample                                      (B, Ni*Q, E_v)
     x = embed_tokens(ids)  (ids >= vocab_size read the additional table)          (B, T, E)
     for idx, layer in enumerate(decoder layers):
         if idx % cross_layer_interval == 0:    # the gated block runs BEFORE its decoder layer
@@ -17,10 +17,10 @@ whose outputs the tests match and whose parameter names this module mirrors.
         x = LLaMA layer(x)                     # rotary self-attention (text only), SwiGLU MLP
     logits = cat(W norm(x), W_additional norm(x))                                 (B, T, V + extra)
 
-N is the number of image slots per sample, Q the latents of the resampler (without it, the 1 + P vision
+Ni is the number of image slots per sample, Q the latents of the resampler (without it, the 1 + P vision
 states of an image take their place).
 
-Interleaving: image_attention_mask (B, T, N) says which images token t may attend to; the processor makes it
+Interleaving: image_attention_mask (B, T, Ni) says which images token t may attend to; the processor makes it
 one-hot on the most recent image at or before t (all zero before the first image). A token with no visible
 image gets no cross-attention output at all (Transformers computes a uniform softmax over the masked scores
 and then zeroes it; minivlm's kernel returns 0 for such a row, and the gate zeroes it too).
@@ -206,7 +206,7 @@ class IdeficsCrossAttention(nn.Module):
             self.k_layer_norm = IdeficsRMSNorm(self.head_dim, config.rms_norm_eps)
 
     def image_keys_values(self, image_states):
-        """image_states (B, S, E_v), S = N*Q -> k, v (B, H, S, D); computed once per generation."""
+        """image_states (B, S, E_v), S = Ni*Q -> k, v (B, H, S, D); computed once per generation."""
         B, S, _ = image_states.shape
         k = self.k_proj(image_states).view(B, S, self.num_heads, self.head_dim).transpose(1, 2)   # (B, H, S, D)
         v = self.v_proj(image_states).view(B, S, self.num_heads, self.head_dim).transpose(1, 2)
@@ -241,7 +241,7 @@ class IdeficsGatedCrossAttentionLayer(nn.Module):
         self.alpha_dense = nn.Parameter(make(*shape))
 
     def forward(self, x, k, v, image_mask, gate):
-        """x (B, T, E); k, v (B, H, N*Q, D); image_mask (B, 1, T, N*Q) bool; gate (B, T) bool."""
+        """x (B, T, E); k, v (B, H, Ni*Q, D); image_mask (B, 1, T, Ni*Q) bool; gate (B, T) bool."""
         y = self.cross_attn(self.input_layernorm(x), k, v, image_mask)
         # Tokens that see no image get nothing. minivlm's kernel already returns 0 for a row with no visible
         # key; the explicit fill states the rule and keeps it whatever a kernel does with an empty row.
@@ -269,18 +269,18 @@ class IdeficsPerceiverAttention(nn.Module):
         self.output_proj = nn.Linear(heads * head_dim, dim, bias=False)
 
     def forward(self, context, latents):
-        """context (BN, 1+P, E_v), latents (BN, Q, E_v) -> (BN, Q, E_v); BN = B*N images."""
+        """context (B*Ni, 1+P, E_v), latents (B*Ni, Q, E_v) -> (B*Ni, Q, E_v), each image on its own."""
         context, latents = self.context_layer_norm(context), self.latents_layer_norm(latents)
-        both = torch.cat([context, latents], dim=1)                                    # (BN, 1+P + Q, E_v)
-        BN, Q, _ = latents.shape
+        both = torch.cat([context, latents], dim=1)                                    # (B*Ni, 1+P + Q, E_v)
+        images, Q, _ = latents.shape
         H, D = self.heads, self.head_dim
-        q = self.q_proj(latents).view(BN, Q, H, D).transpose(1, 2)                     # (BN, H, Q, D)
-        k = self.k_proj(both).view(BN, -1, H, D).transpose(1, 2)                       # (BN, H, 1+P + Q, D)
-        v = self.v_proj(both).view(BN, -1, H, D).transpose(1, 2)
+        q = self.q_proj(latents).view(images, Q, H, D).transpose(1, 2)                     # (B*Ni, H, Q, D)
+        k = self.k_proj(both).view(images, -1, H, D).transpose(1, 2)                       # (B*Ni, H, 1+P + Q, D)
+        v = self.v_proj(both).view(images, -1, H, D).transpose(1, 2)
         if hasattr(self, "q_layer_norm"):
             q, k = self.q_layer_norm(q), self.k_layer_norm(k)
         y = ops.attention(q, k, v)                        # softmax(q k^T / sqrt(D)) v, no mask
-        return self.output_proj(y.transpose(1, 2).reshape(BN, Q, H * D))
+        return self.output_proj(y.transpose(1, 2).reshape(images, Q, H * D))
 
 
 class IdeficsPerceiverMLP(nn.Module):
@@ -310,8 +310,8 @@ class IdeficsPerceiverResampler(nn.Module):
         self.layer_norm = nn.LayerNorm(E_v)
 
     def forward(self, context):
-        """context (B*N, 1+P, E_v) -> (B*N, Q, E_v)."""
-        latents = self.latents.expand(context.shape[0], -1, -1)                         # (B*N, Q, E_v)
+        """context (B*Ni, 1+P, E_v) -> (B*Ni, Q, E_v)."""
+        latents = self.latents.expand(context.shape[0], -1, -1)                         # (B*Ni, Q, E_v)
         for attn, mlp in self.blocks:
             latents = latents + attn(context, latents)
             latents = latents + mlp(latents)
@@ -340,28 +340,28 @@ class IdeficsModel(nn.Module):
         self.rotary_emb = LlamaRotaryEmbedding(llama)
 
     def encode_images(self, pixel_values=None, image_encoder_embeddings=None):
-        """Image states (B, N, Q, E_v) from pixel_values (B, N, 3, R, R) or from the vision tower's output
-        (B, N, 1+P, E_v): the tower's last layer without post_layernorm, then the resampler if used."""
-        B, N = _check_image_inputs(self.config.vision_config, pixel_values, image_encoder_embeddings)
+        """Image states (B, Ni, Q, E_v) from pixel_values (B, Ni, 3, R, R) or from the vision tower's output
+        (B, Ni, 1+P, E_v): the tower's last layer without post_layernorm, then the resampler if used."""
+        B, Ni = _check_image_inputs(self.config.vision_config, pixel_values, image_encoder_embeddings)
         if pixel_values is not None:
-            states = self.vision_model(pixel_values.flatten(0, 1)).last_hidden_state    # (B*N, 1+P, E_v)
+            states = self.vision_model(pixel_values.flatten(0, 1)).last_hidden_state    # (B*Ni, 1+P, E_v)
         else:
             states = image_encoder_embeddings.flatten(0, 1).to(self.embed_tokens.weight.dtype)
         if self.config.use_resampler:
-            states = self.perceiver_resampler(states)                                    # (B*N, Q, E_v)
-        return states.view(B, N, *states.shape[1:])
+            states = self.perceiver_resampler(states)                                    # (B*Ni, Q, E_v)
+        return states.view(B, Ni, *states.shape[1:])
 
     def forward(self, input_ids, *, pixel_values=None, image_encoder_embeddings=None, perceiver_embeddings=None,
                 image_attention_mask=None, attention_mask=None, position_ids=None,
                 cache: Optional[ImageCache] = None):
-        """Final normed hidden states (B, T, E) and the image states (B, N, Q, E_v)."""
+        """Final normed hidden states (B, T, E) and the image states (B, Ni, Q, E_v)."""
         _check_idefics_inputs(self.config, input_ids, pixel_values, image_encoder_embeddings, perceiver_embeddings,
                               image_attention_mask, position_ids, cache)
         B, T = input_ids.shape
         past = cached_tokens(cache, B, T, self.embed_tokens.weight.dtype, attention_mask, "IDEFICS")
 
         # -- the image states: given now (encoded here), or kept in the cache since the prefill
-        images = None                                                                     # (B, N, Q, E_v)
+        images = None                                                                     # (B, Ni, Q, E_v)
         if perceiver_embeddings is not None:
             images = perceiver_embeddings.to(self.embed_tokens.weight.dtype)
         elif pixel_values is not None or image_encoder_embeddings is not None:
@@ -369,16 +369,16 @@ class IdeficsModel(nn.Module):
         if images is None:     # a later call: the prefill's states and each gated block's keys and values
             states, cross_kv = cache.image_states, cache.cross
         else:                  # each gated block projects them to keys and values once, below
-            states, cross_kv = images.flatten(1, 2), [None] * len(self.gated_cross_attn_layers)   # (B, N*Q, E_v)
+            states, cross_kv = images.flatten(1, 2), [None] * len(self.gated_cross_attn_layers)   # (B, Ni*Q, E_v)
 
-        # -- which images each token sees: (B, T, N) -> bool (B, 1, T, N*Q), and the gate (B, T)
+        # -- which images each token sees: (B, T, Ni) -> bool (B, 1, T, Ni*Q), and the gate (B, T)
         if image_attention_mask is None:
             image_attention_mask = cache.image_mask.expand(B, T, -1)   # new tokens see what the last one saw
-        N = image_attention_mask.shape[-1]
-        Q = states.shape[1] // N
-        sees = image_attention_mask != 0                                                  # (B, T, N)
+        Ni = image_attention_mask.shape[-1]
+        Q = states.shape[1] // Ni
+        sees = image_attention_mask != 0                                                  # (B, T, Ni)
         gate = sees.any(-1)                                                               # (B, T)
-        image_mask = sees[..., None].expand(B, T, N, Q).reshape(B, 1, T, N * Q)
+        image_mask = sees[..., None].expand(B, T, Ni, Q).reshape(B, 1, T, Ni * Q)
 
         # -- text positions and the self-attention mask (as LlamaModel)
         if position_ids is None:
@@ -404,7 +404,7 @@ class IdeficsModel(nn.Module):
                 x = block(x, *cross_kv[i], image_mask, gate)
             x = layer(x, cos, sin, mask, cache)    # the last layer's cache write advances cache.length
         if images is None:
-            images = states.view(B, N, Q, -1)
+            images = states.view(B, Ni, Q, -1)
         return self.norm(x), images
 
 
@@ -446,10 +446,10 @@ class IdeficsForVisionText2Text(GenerativeModel):
     def forward(self, input_ids, pixel_values=None, attention_mask=None, image_attention_mask=None, position_ids=None,
                 cache: Optional[ImageCache] = None, labels=None, logits_to_keep: int = 0, *,
                 image_encoder_embeddings=None, perceiver_embeddings=None) -> ModelOutput:
-        """Logits (B, T, V + additional) for input_ids (B, T) with images pixel_values (B, N, 3, R, R) and
-        image_attention_mask (B, T, N) (1 = token t sees image n). With a cache that already holds images,
+        """Logits (B, T, V + additional) for input_ids (B, T) with images pixel_values (B, Ni, 3, R, R) and
+        image_attention_mask (B, T, Ni) (1 = token t sees image n). With a cache that already holds images,
         both may be omitted: new tokens see the images the last cached token saw. `.loss` when labels are
-        given; `.image_hidden_states` (B, N, Q, E_v); `.hidden_states` the final normed states (B, T, E)."""
+        given; `.image_hidden_states` (B, Ni, Q, E_v); `.hidden_states` the final normed states (B, T, E)."""
         check_logits_to_keep("IdeficsForVisionText2Text", logits_to_keep)
         hidden, images = self.model(input_ids, pixel_values=pixel_values,
                                     image_encoder_embeddings=image_encoder_embeddings,
@@ -500,7 +500,7 @@ def _validate_idefics_config(c: IdeficsConfig):
 
 
 def _check_image_inputs(v: CLIPVisionConfig, pixel_values, image_encoder_embeddings) -> tuple[int, int]:
-    """pixel_values (B, N >= 1, C, R, R), or else image_encoder_embeddings (B, N >= 1, 1+P, E_v); returns (B, N)."""
+    """pixel_values (B, Ni >= 1, C, R, R), or else image_encoder_embeddings (B, Ni >= 1, 1+P, E_v); returns (B, Ni)."""
     if pixel_values is not None:
         shape = (v.num_channels, v.image_size, v.image_size)
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 5 or \
@@ -518,8 +518,8 @@ def _check_image_inputs(v: CLIPVisionConfig, pixel_values, image_encoder_embeddi
 def _check_idefics_inputs(c: IdeficsConfig, input_ids, pixel_values, image_encoder_embeddings, perceiver_embeddings,
                           image_attention_mask, position_ids, cache):
     """IdeficsModel.forward's arguments: input_ids (B, T) in the base + additional vocabulary; one source of
-    images, of B samples with N images each, or none when the cache holds the prefill's; image_attention_mask
-    (B, T, N), which only a call with cached images may omit; position_ids (B, T), (1, T) or (T,). One device
+    images, of B samples with Ni images each, or none when the cache holds the prefill's; image_attention_mask
+    (B, T, Ni), which only a call with cached images may omit; position_ids (B, T), (1, T) or (T,). One device
     sync (the ids' range), none in generate's decode steps."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
         raise ValueError(f"input_ids: expected an integer (batch, sequence) tensor, got {_describe(input_ids)}")
@@ -539,23 +539,23 @@ def _check_idefics_inputs(c: IdeficsConfig, input_ids, pixel_values, image_encod
         if not isinstance(p, torch.Tensor) or p.dim() != 4 or p.shape[-1] != c.vision_config.hidden_size:
             raise ValueError(f"perceiver_embeddings: expected a (batch, images, latents, "
                              f"{c.vision_config.hidden_size}) tensor, got {_describe(p)}")
-        images_batch, N = p.shape[:2]
+        images_batch, Ni = p.shape[:2]
     elif given:
-        images_batch, N = _check_image_inputs(c.vision_config, pixel_values, image_encoder_embeddings)
+        images_batch, Ni = _check_image_inputs(c.vision_config, pixel_values, image_encoder_embeddings)
     elif cache is None or cache.image_states is None:
         raise ValueError("IDEFICS: the first call needs pixel_values (or image_encoder_embeddings / "
                          "perceiver_embeddings) and image_attention_mask; later calls may reuse them "
                          "through the cache")
     else:
-        images_batch, N = B, cache.image_mask.shape[-1]
+        images_batch, Ni = B, cache.image_mask.shape[-1]
     if images_batch != B:
         raise ValueError(f"{given[0]}: batch size {images_batch} differs from input_ids' {B}")
     if image_attention_mask is None:
         if given or cache is None or cache.image_mask is None:
             raise ValueError(f"image_attention_mask: required with images, a (batch, sequence, images) = "
-                             f"({B}, {T}, {N}) tensor (1 = the token sees that image)")
-    elif not isinstance(image_attention_mask, torch.Tensor) or tuple(image_attention_mask.shape) != (B, T, N):
-        raise ValueError(f"image_attention_mask: expected (batch, sequence, images) = ({B}, {T}, {N}), "
+                             f"({B}, {T}, {Ni}) tensor (1 = the token sees that image)")
+    elif not isinstance(image_attention_mask, torch.Tensor) or tuple(image_attention_mask.shape) != (B, T, Ni):
+        raise ValueError(f"image_attention_mask: expected (batch, sequence, images) = ({B}, {T}, {Ni}), "
                          f"got {_describe(image_attention_mask)}")
     if position_ids is not None and (position_ids.shape[-1] != T or position_ids.dim() not in (1, 2) or
                                      (position_ids.dim() == 2 and position_ids.shape[0] not in (1, B))):
