@@ -262,7 +262,7 @@ def test_config_defaults_match_transformers():
 
 @pytest.mark.parametrize("bad,match", [
     ({"model_type": "gpt2"}, "model_type"),
-    ({"hidden_size": 100, "num_attention_heads": 12}, "num_attention_heads=12 must divide hidden_size=100"),
+    ({"hidden_size": 100, "num_attention_heads": 12}, "hidden_size=100 is not a multiple of num_attention_heads=12"),
     ({"activation_function": "swishy"}, "swishy"),
     ({"ffn_dim": 0}, "ffn_dim must be a positive int"),
     ({"word_embed_proj_dim": 12.5}, "word_embed_proj_dim"),

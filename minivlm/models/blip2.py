@@ -7,14 +7,17 @@ cross-attention to the image. Reference implementation: Transformers'
 `models/blip_2/modeling_blip_2.py` (Blip2ForConditionalGeneration), whose parameter names this file
 mirrors and whose outputs the tests match.
 
-    pixels (B, 3, S, S) --EVA ViT (no pre-LN, fused qkv)--> post_layernorm --> image_embeds (B, 1+N, Dv)
-    query_tokens (1, Q, Dq) --LayerNorm--> Q-Former layers:
+    pixels (B, 3, R, R) --EVA ViT (no pre-LN, fused qkv)--> post_layernorm --> image_embeds (B, 1+P, E_v)
+    query_tokens (1, Q, E_q) --LayerNorm--> Q-Former layers:
         h = LN(h + SelfAttn(h))                            every layer
         h = LN(h + CrossAttn(h, image_embeds))             layers 0, f, 2f, ... (f = cross_attention_frequency)
         h = LN(h + FFN_query(h))                           every layer
-    language_projection: (B, Q, Dq) -> (B, Q, C)
+    language_projection: (B, Q, E_q) -> (B, Q, E)
     input_ids hold Q image tokens per row; their embeddings are replaced by the projected queries
-    --> OPT decoder (logits (B, T, vocab)) or T5 encoder input (then the T5 decoder)
+    --> OPT decoder (logits (B, T, V)) or T5 encoder input (then the T5 decoder)
+
+E_v, E_q and E are the widths of the vision tower, the Q-Former and the language model; P = (R / p)^2
+patches (the tower adds a class token); Q = num_query_tokens.
 
 The image goes into input_ids as `num_query_tokens` placeholder tokens (`image_token_index`) whose
 embeddings are overwritten in order (masked_scatter), as in Transformers: the processor puts them first,
@@ -25,10 +28,13 @@ Half precision: in a float16 or bfloat16 model the Q-Former and the query tokens
 float64 model runs in its one dtype throughout. Transformers does this in float16 only (its
 `_keep_in_fp32_modules` applies to float16, not bfloat16); minivlm does it in bfloat16 too, which costs
 little (the Q-Former is ~100M of BLIP-2's billions of parameters) and is closer to float32 (docs/parity.md).
+
+The configs' reading of a config.json (`_read_blip2_config`) and their checks, and the input checks of
+the entry points, are at the bottom of the file.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -38,6 +44,7 @@ from .. import ops
 from .._checks import check_token_ids, rejects_unknown_kwargs
 from .base import GenerativeModel
 from ._common import ModelOutput, activation, causal_lm_loss
+from ._config import divides, known_fields, positive_ints, positive_numbers
 from .clip import CLIPMLP   # fc1 -> act -> fc2, the same MLP (and parameter names) as CLIP's
 
 LANGUAGE_MODELS = {"opt": "decoder-only (OPT)", "t5": "encoder-decoder (T5 / Flan-T5)"}
@@ -47,119 +54,55 @@ LANGUAGE_MODELS = {"opt": "decoder-only (OPT)", "t5": "encoder-decoder (T5 / Fla
 # Configuration
 # --------------------------------------------------------------------------------------------------
 
-def _check_positive_ints(owner: str, config, names):
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
-
-
-def _check_eps(owner: str, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{owner}: layer_norm_eps must be a positive float, got {value!r}")
-
-
-def _from_known_fields(cls, d: dict, owner: str):
-    if d is None:
-        d = {}
-    if not isinstance(d, dict):
-        raise TypeError(f"{owner}.from_dict: expected a dict, got {type(d).__name__}")
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in names})
-
-
 @dataclass
 class Blip2VisionConfig:
     """The EVA ViT's settings ("vision_config"); defaults are Transformers' (EVA-CLIP ViT-g/14)."""
-    hidden_size: int = 1408          # width Dv of every token vector
-    intermediate_size: int = 6144    # hidden width of each layer's MLP
+    hidden_size: int = 1408          # E_v, the width of every token vector
+    intermediate_size: int = 6144    # F, the middle width of each layer's MLP
     num_hidden_layers: int = 39      # encoder layers
-    num_attention_heads: int = 16    # heads per layer; head_dim = hidden_size // num_attention_heads
-    image_size: int = 224            # side S of the square input image, in pixels
-    patch_size: int = 14             # side of one patch; (S // patch_size) ** 2 patches
+    num_attention_heads: int = 16    # H; D = E_v / H
+    image_size: int = 224            # R, the side of the square input image in pixels (or an (R, R) pair)
+    patch_size: int = 14             # p, the side of one patch; P = (R / p)^2 patches
     hidden_act: str = "gelu"         # MLP activation (exact, erf GELU)
     layer_norm_eps: float = 1e-6     # epsilon of every LayerNorm
     qkv_bias: bool = True            # the fused qkv projection has a bias (EVA: q and v biases, k's is 0)
 
     def __post_init__(self):
-        # Transformers allows (height, width) pairs; the position table is a square grid, so only S x S.
-        for name in ("image_size", "patch_size"):
-            value = getattr(self, name)
-            if isinstance(value, (list, tuple)):
-                if len(value) != 2 or value[0] != value[1]:
-                    raise ValueError(f"Blip2VisionConfig: {name} must be an int or a square (n, n) pair, got {value!r}")
-                setattr(self, name, value[0])
         self.validate()
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Blip2VisionConfig":
-        return _from_known_fields(cls, d, "Blip2VisionConfig")
+    def from_dict(cls, d: Optional[dict]) -> "Blip2VisionConfig":
+        return cls(**known_fields(cls, {} if d is None else d))
 
     def validate(self):
-        owner = "Blip2VisionConfig"
-        _check_positive_ints(owner, self, ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                           "num_attention_heads", "image_size", "patch_size"))
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"{owner}: hidden_size {self.hidden_size} is not a multiple of "
-                             f"num_attention_heads {self.num_attention_heads}")
-        if self.patch_size > self.image_size:
-            raise ValueError(f"{owner}: patch_size {self.patch_size} is larger than image_size {self.image_size}")
-        _check_eps(owner, self.layer_norm_eps)
-        activation(self.hidden_act)
+        _validate_vision_config(self)
 
     @property
-    def num_patches(self) -> int:
+    def num_patches(self) -> int:    # P
         return (self.image_size // self.patch_size) ** 2
 
 
 @dataclass
 class Blip2QFormerConfig:
     """The Q-Former's settings ("qformer_config"); defaults are Transformers' (BERT-base)."""
-    hidden_size: int = 768               # width Dq of the queries
+    hidden_size: int = 768               # E_q, the width of the queries
     num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072        # hidden width of the query FFN
+    num_attention_heads: int = 12        # H; D = E_q / H
+    intermediate_size: int = 3072        # F, the middle width of the query FFN
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-12        # BERT's epsilon, in every (post-)LayerNorm
     cross_attention_frequency: int = 2   # layer i cross-attends to the image when i % frequency == 0
-    encoder_hidden_size: int = 1408      # width of the image features; Blip2Config sets it to the vision width
+    encoder_hidden_size: int = 1408      # E_v, the image features' width (Blip2Config.from_dict sets it)
     use_qformer_text_input: bool = False  # text FFNs (for retrieval); their weights are unused here
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Blip2QFormerConfig":
-        config = _from_known_fields(cls, d, "Blip2QFormerConfig")
+    def from_dict(cls, d: Optional[dict]) -> "Blip2QFormerConfig":
+        config = cls(**known_fields(cls, {} if d is None else d))
         config.validate()
         return config
 
     def validate(self):
-        owner = "Blip2QFormerConfig"
-        _check_positive_ints(owner, self, ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                           "intermediate_size", "cross_attention_frequency", "encoder_hidden_size"))
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"{owner}: hidden_size {self.hidden_size} is not a multiple of "
-                             f"num_attention_heads {self.num_attention_heads}")
-        _check_eps(owner, self.layer_norm_eps)
-        activation(self.hidden_act)
-
-
-def _text_config_class(model_type: str):
-    """The config class of BLIP-2's language model, imported only when used."""
-    if model_type == "opt":
-        from .opt import OPTConfig
-        return OPTConfig
-    if model_type == "t5":
-        from .t5 import T5Config
-        return T5Config
-    raise ValueError(f"Blip2Config: text_config.model_type must be one of {sorted(LANGUAGE_MODELS)} "
-                     f"({', '.join(LANGUAGE_MODELS.values())}), got {model_type!r}")
-
-
-def _language_model_class(model_type: str):
-    if model_type == "opt":
-        from .opt import OPTForCausalLM
-        return OPTForCausalLM
-    from .t5 import T5ForConditionalGeneration
-    return T5ForConditionalGeneration
+        _validate_qformer_config(self)
 
 
 @dataclass
@@ -175,42 +118,13 @@ class Blip2Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Blip2Config":
-        if not isinstance(d, dict):
-            raise TypeError(f"Blip2Config.from_dict: expected a dict, got {type(d).__name__}")
-        vision = Blip2VisionConfig.from_dict(d.get("vision_config"))
-        # Transformers overwrites the Q-Former's encoder_hidden_size with the vision width: so do we.
-        qformer = Blip2QFormerConfig.from_dict({**(d.get("qformer_config") or {}),
-                                                "encoder_hidden_size": vision.hidden_size})
-        text_dict = {"model_type": "opt", **(d.get("text_config") or {})}
-        text = _text_config_class(text_dict["model_type"]).from_dict(text_dict)
-        image_token = d.get("image_token_index")
-        if image_token is None:
-            image_token = d.get("image_token_id")          # the attribute_map alias
-        config = cls(vision_config=vision, qformer_config=qformer, text_config=text,
-                     num_query_tokens=d.get("num_query_tokens", 32), image_token_index=image_token,
-                     use_decoder_only_language_model=text_dict["model_type"] == "opt")
-        config.validate()
-        return config
+        """Read a config.json dict: the three sub-configs, as Transformers reads them."""
+        return _read_blip2_config(cls, d)
 
     def validate(self):
-        owner = "Blip2Config"
         if self.text_config is None:
             self.text_config = _text_config_class("opt")()
-        _check_positive_ints(owner, self, ("num_query_tokens",))
-        t = self.image_token_index
-        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
-            raise ValueError(f"{owner}: image_token_index must be None or an int >= 0, got {t!r}")
-        if t is not None and t >= self.text_config.vocab_size:
-            raise ValueError(f"{owner}: image_token_index {t} is outside the language model's vocabulary "
-                             f"(vocab_size {self.text_config.vocab_size})")
-        embed_width = getattr(self.text_config, "word_embed_proj_dim", self.text_config.hidden_size)
-        if embed_width != self.text_config.hidden_size:
-            raise ValueError(f"{owner}: the language model's token embeddings are {embed_width} wide "
-                             f"(word_embed_proj_dim) but language_projection makes hidden_size="
-                             f"{self.text_config.hidden_size} wide queries; BLIP-2 needs them equal")
-        if self.qformer_config.encoder_hidden_size != self.vision_config.hidden_size:
-            raise ValueError(f"{owner}: qformer_config.encoder_hidden_size {self.qformer_config.encoder_hidden_size} "
-                             f"must equal vision_config.hidden_size {self.vision_config.hidden_size}")
+        _validate_blip2_config(self)
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -223,29 +137,29 @@ class Blip2Config:
 
 @dataclass
 class Blip2VisionOutput:
-    """last_hidden_state (B, 1+N, Dv): post_layernorm of the last layer's output (the Q-Former reads it);
-    pooler_output (B, Dv): post_layernorm applied once more to its class token."""
+    """last_hidden_state (B, 1+P, E_v): post_layernorm of the last layer's output (the Q-Former reads it);
+    pooler_output (B, E_v): post_layernorm applied once more to its class token."""
     last_hidden_state: torch.Tensor
     pooler_output: torch.Tensor
 
 
 class Blip2VisionEmbeddings(nn.Module):
     """Patches by a strided convolution (with a bias, unlike CLIP's), a class token, learned positions
-    stored as one (1, 1+N, Dv) parameter."""
+    stored as one (1, 1+P, E_v) parameter."""
 
     def __init__(self, config: Blip2VisionConfig):
         super().__init__()
-        D = config.hidden_size
-        self.class_embedding = nn.Parameter(torch.randn(1, 1, D))                 # random until loaded
-        self.patch_embedding = nn.Conv2d(3, D, kernel_size=config.patch_size, stride=config.patch_size)
-        self.position_embedding = nn.Parameter(torch.randn(1, config.num_patches + 1, D))
+        E = config.hidden_size
+        self.class_embedding = nn.Parameter(torch.randn(1, 1, E))                 # random until loaded
+        self.patch_embedding = nn.Conv2d(3, E, kernel_size=config.patch_size, stride=config.patch_size)
+        self.position_embedding = nn.Parameter(torch.randn(1, config.num_patches + 1, E))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         dtype = self.patch_embedding.weight.dtype
-        x = self.patch_embedding(pixel_values.to(dtype))                             # (B, Dv, S/p, S/p)
-        x = x.flatten(2).transpose(1, 2)                                             # (B, N, Dv)
-        cls = self.class_embedding.expand(x.shape[0], 1, -1).to(dtype)               # (B, 1, Dv)
-        return torch.cat([cls, x], dim=1) + self.position_embedding.to(dtype)       # (B, 1+N, Dv)
+        x = self.patch_embedding(pixel_values.to(dtype))                             # (B, E_v, R/p, R/p)
+        x = x.flatten(2).transpose(1, 2)                                             # (B, P, E_v)
+        cls = self.class_embedding.expand(x.shape[0], 1, -1).to(dtype)               # (B, 1, E_v)
+        return torch.cat([cls, x], dim=1) + self.position_embedding.to(dtype)       # (B, 1+P, E_v)
 
 
 class Blip2Attention(nn.Module):
@@ -253,22 +167,22 @@ class Blip2Attention(nn.Module):
 
     EVA trains a bias for q and v only; the checkpoint stores them fused as qkv.bias = cat(q_bias, 0,
     v_bias) (the zeros are k's), and, like Transformers, this module adds the stored vector as it is.
-    The (3 * Dv) outputs are laid out (3, heads, head_dim): q first, then k, then v.
+    The (3 * E_v) outputs are laid out (3, H, D): q first, then k, then v.
     """
 
     def __init__(self, config: Blip2VisionConfig):
         super().__init__()
-        D = config.hidden_size
+        E = config.hidden_size
         self.num_heads = config.num_attention_heads
-        self.head_dim = D // self.num_heads
-        self.qkv = nn.Linear(D, 3 * D, bias=config.qkv_bias)
-        self.projection = nn.Linear(D, D)
+        self.head_dim = E // self.num_heads
+        self.qkv = nn.Linear(E, 3 * E, bias=config.qkv_bias)
+        self.projection = nn.Linear(E, E)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, D = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hd)
-        y = ops.attention(qkv[0], qkv[1], qkv[2])            # softmax(q k^T / sqrt(hd)) v: (B, nh, T, hd)
-        return self.projection(y.transpose(1, 2).reshape(B, T, D))
+        B, T, E = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
+        y = ops.attention(qkv[0], qkv[1], qkv[2])            # softmax(q k^T / sqrt(D)) v: (B, H, T, D)
+        return self.projection(y.transpose(1, 2).reshape(B, T, E))
 
 
 class Blip2EncoderLayer(nn.Module):
@@ -307,16 +221,11 @@ class Blip2VisionModel(nn.Module):
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, pixel_values: torch.Tensor) -> Blip2VisionOutput:
-        c = self.config
-        expected = (3, c.image_size, c.image_size)
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4 or \
-                tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(f"pixel_values: expected a (batch, 3, {c.image_size}, {c.image_size}) tensor, "
-                             f"got {_describe(pixel_values)}")
-        x = self.embeddings(pixel_values)                    # (B, 1+N, Dv)
+        _check_pixel_values(pixel_values, self.config)
+        x = self.embeddings(pixel_values)                    # (B, 1+P, E_v)
         for layer in self.encoder.layers:
             x = layer(x)
-        x = self.post_layernorm(x)                           # (B, 1+N, Dv)
+        x = self.post_layernorm(x)                           # (B, 1+P, E_v)
         return Blip2VisionOutput(last_hidden_state=x, pooler_output=self.post_layernorm(x[:, 0]))
 
 
@@ -330,22 +239,22 @@ class Blip2QFormerMultiHeadAttention(nn.Module):
 
     def __init__(self, config: Blip2QFormerConfig, is_cross_attention: bool = False):
         super().__init__()
-        D = config.hidden_size
-        kv_width = config.encoder_hidden_size if is_cross_attention else D
+        E = config.hidden_size
+        kv_width = config.encoder_hidden_size if is_cross_attention else E
         self.num_heads = config.num_attention_heads
-        self.head_dim = D // self.num_heads
-        self.query = nn.Linear(D, D)
-        self.key = nn.Linear(kv_width, D)
-        self.value = nn.Linear(kv_width, D)
+        self.head_dim = E // self.num_heads
+        self.query = nn.Linear(E, E)
+        self.key = nn.Linear(kv_width, E)
+        self.value = nn.Linear(kv_width, E)
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         context = x if context is None else context
-        B, Q, D = x.shape
+        B, Q, E = x.shape
         S = context.shape[1]
-        q = self.query(x).view(B, Q, self.num_heads, self.head_dim).transpose(1, 2)           # (B, nh, Q, hd)
-        k = self.key(context).view(B, S, self.num_heads, self.head_dim).transpose(1, 2)       # (B, nh, S, hd)
-        v = self.value(context).view(B, S, self.num_heads, self.head_dim).transpose(1, 2)     # (B, nh, S, hd)
-        return ops.attention(q, k, v).transpose(1, 2).reshape(B, Q, D)                        # (B, Q, Dq)
+        q = self.query(x).view(B, Q, self.num_heads, self.head_dim).transpose(1, 2)           # (B, H, Q, D)
+        k = self.key(context).view(B, S, self.num_heads, self.head_dim).transpose(1, 2)       # (B, H, S, D)
+        v = self.value(context).view(B, S, self.num_heads, self.head_dim).transpose(1, 2)     # (B, H, S, D)
+        return ops.attention(q, k, v).transpose(1, 2).reshape(B, Q, E)                        # (B, Q, E_q)
 
 
 class Blip2QFormerOutput(nn.Module):
@@ -373,7 +282,7 @@ class Blip2QFormerAttention(nn.Module):
 
 
 class Blip2QFormerIntermediate(nn.Module):
-    """The FFN's first half: act(dense(x)), Dq -> intermediate_size."""
+    """The FFN's first half: act(dense(x)), E_q -> F."""
 
     def __init__(self, config: Blip2QFormerConfig):
         super().__init__()
@@ -399,10 +308,10 @@ class Blip2QFormerLayer(nn.Module):
         self.output_query = Blip2QFormerOutput(config.intermediate_size, config)
 
     def forward(self, h: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
-        h = self.attention(h)                                            # (B, Q, Dq)
+        h = self.attention(h)                                            # (B, Q, E_q)
         if self.has_cross_attention:
-            h = self.crossattention(h, image_embeds)                     # (B, Q, Dq)
-        return self.output_query(self.intermediate_query(h), h)         # (B, Q, Dq)
+            h = self.crossattention(h, image_embeds)                     # (B, Q, E_q)
+        return self.output_query(self.intermediate_query(h), h)         # (B, Q, E_q)
 
 
 class Blip2QFormerEncoder(nn.Module):
@@ -424,10 +333,10 @@ class Blip2QFormerModel(nn.Module):
         self.encoder = Blip2QFormerEncoder(config)
 
     def forward(self, query_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
-        """query_embeds (B, Q, Dq), image_embeds (B, 1+N, encoder_hidden_size) -> (B, Q, Dq), computed in
-        the Q-Former's own dtype (float32 in a half-precision BLIP-2) and returned in it."""
+        """query_embeds (B, Q, E_q), image_embeds (B, 1+P, E_v) -> (B, Q, E_q), computed in the Q-Former's
+        own dtype (float32 in a half-precision BLIP-2) and returned in it."""
         dtype = self.layernorm.weight.dtype
-        h = self.layernorm(query_embeds.to(dtype))                       # (B, Q, Dq)
+        h = self.layernorm(query_embeds.to(dtype))                       # (B, Q, E_q)
         image_embeds = image_embeds.to(dtype)                            # up to float32 in a 16-bit model
         for layer in self.encoder.layer:
             h = layer(h, image_embeds)
@@ -441,7 +350,7 @@ class Blip2QFormerModel(nn.Module):
 @dataclass
 class Blip2Output(ModelOutput):
     """ModelOutput plus what BLIP-2 computed on the way: the vision tower's output, the Q-Former's
-    (B, Q, Dq) output, the projected (B, Q, C) `language_model_inputs` that replaced the image tokens."""
+    (B, Q, E_q) output, the projected (B, Q, E) `language_model_inputs` that replaced the image tokens."""
     vision_outputs: Optional[Blip2VisionOutput] = None
     qformer_output: Optional[torch.Tensor] = None
     language_model_inputs: Optional[torch.Tensor] = None
@@ -506,36 +415,26 @@ class Blip2ForConditionalGeneration(GenerativeModel):
     # -- image -> language-model inputs ----------------------------------------------------------------
 
     def image_features(self, pixel_values: torch.Tensor):
-        """pixel_values (B, 3, S, S) -> (vision output, Q-Former output (B, Q, Dq) float32 in a 16-bit
-        model, language_model_inputs (B, Q, C) in the model's dtype)."""
+        """pixel_values (B, 3, R, R) -> (vision output, Q-Former output (B, Q, E_q) float32 in a 16-bit
+        model, language_model_inputs (B, Q, E) in the model's dtype)."""
         vision = self.vision_model(pixel_values)
-        image_embeds = vision.last_hidden_state                                      # (B, 1+N, Dv)
-        queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)            # (B, Q, Dq)
-        qformer_output = self.qformer(queries, image_embeds)                         # (B, Q, Dq)
-        projected = self.language_projection(qformer_output.to(image_embeds.dtype))  # (B, Q, C)
+        image_embeds = vision.last_hidden_state                                      # (B, 1+P, E_v)
+        queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)            # (B, Q, E_q)
+        qformer_output = self.qformer(queries, image_embeds)                         # (B, Q, E_q)
+        projected = self.language_projection(qformer_output.to(image_embeds.dtype))  # (B, Q, E)
         return vision, qformer_output, projected
 
-    def embed_with_image(self, input_ids, pixel_values):
-        """Token embeddings (B, T, C) of input_ids with the image tokens replaced by the projected queries,
-        in row-major order (masked_scatter: image 0's queries fill the first Q image tokens, ...)."""
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
-            raise ValueError(f"input_ids: expected an integer (batch, sequence) tensor, got {_describe(input_ids)}")
-        check_token_ids("input_ids", input_ids, self.config.text_config.vocab_size)   # image tokens included
-        embeds = self.input_embeddings()(input_ids)                                  # (B, T, C)
+    def embed_with_image(self, input_ids, pixel_values, cached: bool = False):
+        """Token embeddings (B, T, E) of input_ids with the image tokens replaced by the projected queries,
+        in row-major order (masked_scatter: image 0's queries fill the first Q image tokens, ...).
+        cached: the image is in the KV cache already (decoder-only decoding), so input_ids need none."""
+        _check_blip2_inputs(self.config, input_ids, pixel_values, cached)
+        embeds = self.input_embeddings()(input_ids)                                  # (B, T, E)
         if pixel_values is None:
             return embeds, None
-        token = self.config.image_token_index
-        if token is None:
-            raise ValueError("Blip2ForConditionalGeneration: config has no image_token_index, so input_ids cannot "
-                             "say where the image goes (this config predates Transformers' image tokens; set it)")
-        vision, qformer_output, projected = self.image_features(pixel_values)
-        is_image = input_ids == token                                                # (B, T)
-        n_tokens, n_features = int(is_image.sum()), projected.shape[0] * projected.shape[1]
-        if n_tokens != n_features:
-            raise ValueError(f"input_ids hold {n_tokens} image tokens (id {token}) but {projected.shape[0]} "
-                             f"image(s) give {n_features} query outputs; put num_query_tokens="
-                             f"{self.config.num_query_tokens} image tokens in each row")
-        embeds = embeds.masked_scatter(is_image[..., None], projected.to(embeds.dtype))
+        vision, qformer_output, projected = self.image_features(pixel_values)       # projected (B_img, Q, E)
+        is_image = (input_ids == self.config.image_token_index)[..., None]          # (B, T, 1)
+        embeds = embeds.masked_scatter(is_image, projected.to(embeds.dtype))
         return embeds, (vision, qformer_output, projected)
 
     # -- forward ---------------------------------------------------------------------------------------
@@ -546,46 +445,33 @@ class Blip2ForConditionalGeneration(GenerativeModel):
                 decoder_attention_mask=None) -> Blip2Output:
         """Logits for input_ids (B, T) holding num_query_tokens image tokens per row (per image).
 
-        OPT: logits (B, T, vocab) of the decoder over the merged embeddings; labels (B, L) with L <= T are
+        OPT: logits (B, T, V) of the decoder over the merged embeddings; labels (B, L) with L <= T are
         compared with the last L positions (as Transformers: logits[:, -L:], then the shifted loss; the
         logits returned stay whole, where Transformers returns the slice).
-        T5: input_ids go to the encoder; logits (B, T_dec, vocab) for decoder_input_ids (made from labels
+        T5: input_ids go to the encoder; logits (B, T_dec, V) for decoder_input_ids (made from labels
         by shifting right when only labels are given); the loss is T5's.
-        pixel_values (B, 3, S, S) may be left out only when input_ids hold no image tokens, or during
+        pixel_values (B, 3, R, R) may be left out only when input_ids hold no image tokens, or during
         cached decoding (the image is in the cache already).
         """
-        if self.is_encoder_decoder:
-            self._check_image_tokens(input_ids, pixel_values, cached=False)
-            embeds, extras = self.embed_with_image(input_ids, pixel_values)
+        if self.is_encoder_decoder:     # the merged embeddings are the T5 encoder's input
+            embeds, extras = self.embed_with_image(input_ids, pixel_values)         # (B, T, E)
             out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
                                       decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
                                       labels=labels, cache=cache, logits_to_keep=logits_to_keep)
             return self._output(out.logits, out.loss, extras)
 
-        self._check_image_tokens(input_ids, pixel_values, cached=cache is not None and cache.length > 0)
-        embeds, extras = self.embed_with_image(input_ids, pixel_values)
+        cached = cache is not None and cache.length > 0
+        embeds, extras = self.embed_with_image(input_ids, pixel_values, cached)     # (B, T, E)
         out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                   cache=cache, logits_to_keep=logits_to_keep)
-        loss = None
-        if labels is not None:
-            if labels.dim() != 2 or labels.shape[0] != out.logits.shape[0] or labels.shape[1] > out.logits.shape[1]:
-                raise ValueError(f"labels: expected (batch, L) with L <= {out.logits.shape[1]} (the last L positions), "
-                                 f"got {_describe(labels)}")
-            loss = causal_lm_loss(out.logits[:, -labels.shape[1]:], labels)
+        loss = None if labels is None else _last_positions_loss(out.logits, labels)
         return self._output(out.logits, loss, extras)
-
-    def _check_image_tokens(self, input_ids, pixel_values, cached: bool):
-        token = self.config.image_token_index
-        if pixel_values is None and not cached and token is not None and isinstance(input_ids, torch.Tensor) \
-                and bool((input_ids == token).any()):
-            raise ValueError(f"input_ids hold image tokens (id {token}) but no pixel_values were given")
 
     # -- T5: encoder and decoder, for minivlm.generation's encoder-decoder loop ---------------------------
 
     @rejects_unknown_kwargs
     def encode(self, input_ids, attention_mask=None, pixel_values=None) -> torch.Tensor:
-        """T5 encoder states (B, S, C) of input_ids (B, S) with the image's queries in its image tokens."""
-        self._check_image_tokens(input_ids, pixel_values, cached=False)
+        """T5 encoder states (B, S, E) of input_ids (B, S) with the image's queries in its image tokens."""
         embeds, _ = self.embed_with_image(input_ids, pixel_values)
         return self.language_model.encode(inputs_embeds=embeds, attention_mask=attention_mask)
 
@@ -601,16 +487,11 @@ class Blip2ForConditionalGeneration(GenerativeModel):
         input_ids: the prompt with num_query_tokens image tokens per row, as Transformers' Blip2Processor
         makes it; None = a caption from scratch: the image tokens then the language model's BOS, as
         Transformers' generate builds it (T5 has no BOS: the image tokens alone). pixel_values
-        (B, 3, S, S) go to the prefill (T5: the encoder) only. OPT returns the prompt followed by the new
+        (B, 3, R, R) go to the prefill (T5: the encoder) only. OPT returns the prompt followed by the new
         tokens, (B, T + N); T5 the decoder tokens, (B, 1 + N), decoder_start_token_id first.
         """
-        if isinstance(input_ids, torch.Tensor) and input_ids.is_floating_point():
-            raise TypeError(f"generate: input_ids is a floating-point tensor of shape {tuple(input_ids.shape)}; "
-                            f"pass the image as generate(pixel_values=...)")
+        _check_generate_inputs(input_ids, pixel_values)
         if input_ids is None:
-            if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
-                raise ValueError(f"generate: without input_ids, pixel_values (batch, 3, S, S) are needed, "
-                                 f"got {_describe(pixel_values)}")
             bos = self.config.text_config.bos_token_id
             start = [self.config.image_token_index] * self.config.num_query_tokens + ([bos] if bos is not None else [])
             input_ids = torch.tensor([start], device=pixel_values.device).repeat(pixel_values.shape[0], 1)
@@ -621,6 +502,146 @@ class Blip2ForConditionalGeneration(GenerativeModel):
         vision, qformer_output, projected = extras if extras is not None else (None, None, None)
         return Blip2Output(logits=logits, loss=loss, vision_outputs=vision, qformer_output=qformer_output,
                            language_model_inputs=projected, image_hidden_states=projected)
+
+
+def _last_positions_loss(logits, labels):
+    """The shifted causal-LM loss of labels (B, L) against the last L positions of logits (B, T, V), as
+    Transformers' BLIP-2 computes it (labels may cover the text alone)."""
+    if labels.dim() != 2 or labels.shape[0] != logits.shape[0] or labels.shape[1] > logits.shape[1]:
+        raise ValueError(f"labels: expected (batch, L) with L <= {logits.shape[1]} (the last L positions), "
+                         f"got {_describe(labels)}")
+    return causal_lm_loss(logits[:, -labels.shape[1]:], labels)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading a config.json, and the checks
+# --------------------------------------------------------------------------------------------------
+
+def _read_blip2_config(cls, d: dict) -> Blip2Config:
+    """Blip2Config from a config.json dict, the way Transformers reads it: each sub-config from its own
+    dict (absent: the defaults); the Q-Former's encoder_hidden_size is the vision width whatever the file
+    says; text_config by its model_type (absent: OPT); image_token_id is an alias of image_token_index;
+    use_decoder_only_language_model follows the language model."""
+    if not isinstance(d, dict):
+        raise TypeError(f"Blip2Config.from_dict: expected a dict, got {type(d).__name__}")
+    vision = Blip2VisionConfig.from_dict(d.get("vision_config"))
+    qformer = Blip2QFormerConfig.from_dict({**(d.get("qformer_config") or {}),
+                                            "encoder_hidden_size": vision.hidden_size})
+    text_dict = {"model_type": "opt", **(d.get("text_config") or {})}
+    text = _text_config_class(text_dict["model_type"]).from_dict(text_dict)
+    image_token = d.get("image_token_index")
+    if image_token is None:
+        image_token = d.get("image_token_id")
+    config = cls(vision_config=vision, qformer_config=qformer, text_config=text,
+                 num_query_tokens=d.get("num_query_tokens", 32), image_token_index=image_token,
+                 use_decoder_only_language_model=text_dict["model_type"] == "opt")
+    config.validate()
+    return config
+
+
+def _text_config_class(model_type: str):
+    """The config class of BLIP-2's language model, imported only when used."""
+    if model_type == "opt":
+        from .opt import OPTConfig
+        return OPTConfig
+    if model_type == "t5":
+        from .t5 import T5Config
+        return T5Config
+    raise ValueError(f"Blip2Config: text_config.model_type must be one of {sorted(LANGUAGE_MODELS)} "
+                     f"({', '.join(LANGUAGE_MODELS.values())}), got {model_type!r}")
+
+
+def _language_model_class(model_type: str):
+    if model_type == "opt":
+        from .opt import OPTForCausalLM
+        return OPTForCausalLM
+    from .t5 import T5ForConditionalGeneration
+    return T5ForConditionalGeneration
+
+
+def _validate_vision_config(c: Blip2VisionConfig):
+    """The checks, after taking a square (R, R) image_size or patch_size pair (Transformers allows
+    (height, width); the position table is a square grid) as R."""
+    for name in ("image_size", "patch_size"):
+        value = getattr(c, name)
+        if isinstance(value, (list, tuple)):
+            if len(value) != 2 or value[0] != value[1]:
+                raise ValueError(f"Blip2VisionConfig: {name} must be an int or a square (n, n) pair, got {value!r}")
+            setattr(c, name, value[0])
+    positive_ints(c, "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "image_size", "patch_size")
+    divides(c, "num_attention_heads", "hidden_size")
+    if c.patch_size > c.image_size:
+        raise ValueError(f"Blip2VisionConfig: patch_size {c.patch_size} is larger than image_size {c.image_size}")
+    positive_numbers(c, "layer_norm_eps")
+    activation(c.hidden_act)
+
+
+def _validate_qformer_config(c: Blip2QFormerConfig):
+    positive_ints(c, "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                  "cross_attention_frequency", "encoder_hidden_size")
+    divides(c, "num_attention_heads", "hidden_size")
+    positive_numbers(c, "layer_norm_eps")
+    activation(c.hidden_act)
+
+
+def _validate_blip2_config(c: Blip2Config):
+    owner, text = "Blip2Config", c.text_config
+    positive_ints(c, "num_query_tokens")
+    t = c.image_token_index
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
+        raise ValueError(f"{owner}: image_token_index must be None or an int >= 0, got {t!r}")
+    if t is not None and t >= text.vocab_size:
+        raise ValueError(f"{owner}: image_token_index {t} is outside the language model's vocabulary "
+                         f"(vocab_size {text.vocab_size})")
+    embed_width = getattr(text, "word_embed_proj_dim", text.hidden_size)
+    if embed_width != text.hidden_size:
+        raise ValueError(f"{owner}: the language model's token embeddings are {embed_width} wide "
+                         f"(word_embed_proj_dim) but language_projection makes hidden_size="
+                         f"{text.hidden_size} wide queries; BLIP-2 needs them equal")
+    if c.qformer_config.encoder_hidden_size != c.vision_config.hidden_size:
+        raise ValueError(f"{owner}: qformer_config.encoder_hidden_size {c.qformer_config.encoder_hidden_size} "
+                         f"must equal vision_config.hidden_size {c.vision_config.hidden_size}")
+
+
+def _check_pixel_values(pixel_values, c: Blip2VisionConfig):
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4 or \
+            tuple(pixel_values.shape[1:]) != (3, c.image_size, c.image_size):
+        raise ValueError(f"pixel_values: expected a (batch, 3, {c.image_size}, {c.image_size}) tensor, "
+                         f"got {_describe(pixel_values)}")
+
+
+def _check_blip2_inputs(config: Blip2Config, input_ids, pixel_values, cached: bool):
+    """input_ids (B, T): integer ids in the vocabulary, image tokens included. With pixel_values
+    (B_img, 3, R, R): exactly Q image tokens per image. Without: no image token, unless cached (the image
+    is in the KV cache already). Each count costs a device sync: none when cached (decode steps)."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
+        raise ValueError(f"input_ids: expected an integer (batch, sequence) tensor, got {_describe(input_ids)}")
+    check_token_ids("input_ids", input_ids, config.text_config.vocab_size)
+    token = config.image_token_index
+    if pixel_values is None:
+        if not cached and token is not None and bool((input_ids == token).any()):
+            raise ValueError(f"input_ids hold image tokens (id {token}) but no pixel_values were given")
+        return
+    if token is None:
+        raise ValueError("Blip2ForConditionalGeneration: config has no image_token_index, so input_ids cannot "
+                         "say where the image goes (this config predates Transformers' image tokens; set it)")
+    _check_pixel_values(pixel_values, config.vision_config)
+    images = pixel_values.shape[0]
+    n_tokens, n_features = int((input_ids == token).sum()), images * config.num_query_tokens
+    if n_tokens != n_features:
+        raise ValueError(f"input_ids hold {n_tokens} image tokens (id {token}) but {images} "
+                         f"image(s) give {n_features} query outputs; put num_query_tokens="
+                         f"{config.num_query_tokens} image tokens in each row")
+
+
+def _check_generate_inputs(input_ids, pixel_values):
+    if isinstance(input_ids, torch.Tensor) and input_ids.is_floating_point():
+        raise TypeError(f"generate: input_ids is a floating-point tensor of shape {tuple(input_ids.shape)}; "
+                        f"pass the image as generate(pixel_values=...)")
+    if input_ids is None and (not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4):
+        raise ValueError(f"generate: without input_ids, pixel_values (batch, 3, R, R) are needed, "
+                         f"got {_describe(pixel_values)}")
 
 
 def _describe(x) -> str:
