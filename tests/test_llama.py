@@ -219,6 +219,9 @@ def test_bad_config_values_raise():
         LlamaConfig.from_dict({"hidden_act": "swishy"})
     with pytest.raises(ValueError, match="head_dim"):
         LlamaConfig.from_dict({"head_dim": 7})
+    for name in ("num_attention_heads", "hidden_size"):     # not a ZeroDivisionError deriving head_dim
+        with pytest.raises(ValueError, match=f"{name} must be a positive int, got 0"):
+            LlamaConfig.from_dict({name: 0})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ class LlamaConfig:
     pad_token_id: Optional[int] = None
 
     def __post_init__(self):
+        positive_ints(self, "hidden_size", "num_attention_heads")     # the defaults below divide by them
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:

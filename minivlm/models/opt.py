@@ -281,16 +281,15 @@ def _check_opt_inputs(name, c: OPTConfig, input_ids, inputs_embeds):
 
 def _check_position_ids(name, position_ids, B, T, past, max_pos):
     """Given positions: (B, T), (1, T) or (T,) integers inside the table. Their values cost a device sync,
-    spent on a call that starts a sequence, and later only once S = past + T exceeds the table: with a
-    filled cache or in generate's decode steps they continue checked ones (generate's are
-    cumsum(mask) - 1, at most S - 1)."""
+    spent on every call from the user; in generate's decode steps only once S = past + T exceeds the
+    table (generate's positions are cumsum(mask) - 1, at most S - 1)."""
     if position_ids.shape[-1] != T or position_ids.dim() not in (1, 2) or \
             (position_ids.dim() == 2 and position_ids.shape[0] not in (1, B)):
         raise ValueError(f"{name}: position_ids must be ({B}, {T}), (1, {T}) or ({T},), got "
                          f"{tuple(position_ids.shape)}")
     if position_ids.is_floating_point() or position_ids.dtype == torch.bool:
         raise TypeError(f"{name}: position_ids must be an integer tensor, got {position_ids.dtype}")
-    if (past == 0 and not in_decode_step()) or past + T > max_pos:
+    if not in_decode_step() or past + T > max_pos:
         _check_position_range(name, position_ids, max_pos)
 
 

@@ -482,17 +482,16 @@ def _check_stack_inputs(fn, input_ids, inputs_embeds, config, ids_name="input_id
     return inputs_embeds
 
 
-def _padding(fn, name, mask, shape, filled_cache=False):
+def _padding(fn, name, mask, shape):
     """A 1/0 padding mask of the given (B, L) shape, or None where there is none or it has no pad. Its
     values cost one device sync, not spent in generate's decode steps (generate checked the mask at the
-    prefill and passes it only when it has a pad) nor with a filled cache (checked when the cache was
-    filled): the mask then goes on as it is."""
+    prefill and passes it only when it has a pad): the mask then goes on as it is."""
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{fn}: {name} must be a tensor of shape {tuple(shape)} (batch, length), "
                          f"got {_describe(mask)}")
-    if filled_cache or in_decode_step():
+    if in_decode_step():
         return mask
     binary, no_pad = torch.stack([((mask == 0) | (mask == 1)).all(), mask.all()]).tolist()
     if not binary:
@@ -519,8 +518,8 @@ def _check_decode_inputs(config, decoder_input_ids, encoder_hidden_states, encod
                          f"{_describe(encoder_hidden_states)}")
     past = cache.length if cache is not None else 0
     enc_mask = _padding("decode", "encoder_attention_mask", encoder_attention_mask,
-                        encoder_hidden_states.shape[:2], past > 0)
-    dec_mask = _padding("decode", "decoder_attention_mask", decoder_attention_mask, (B, past + T), past > 0)
+                        encoder_hidden_states.shape[:2])
+    dec_mask = _padding("decode", "decoder_attention_mask", decoder_attention_mask, (B, past + T))
     return enc_mask, dec_mask
 
 
