@@ -45,9 +45,10 @@ def _optional_int(fn, name, value, minimum):
         raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
 
 
-# csrc/cuda/attention.cu: kMaxHeadDim, the largest head the CUDA kernels hold in registers.
+# csrc/cuda/attention.cuh: kMaxHeadDim, the largest head the CUDA kernels hold in registers.
 CUDA_MAX_HEAD_DIM = 256
-# csrc/cuda/attention*.cu launch one grid row (gridDim.y, at most 65535) per (batch, query head).
+# csrc/cuda/attention.cuh: kMaxGridRows. The CUDA launchers give one grid row (gridDim.y, at most 65535) to
+# each (batch, query head), and check it again themselves (check_grid_rows).
 CUDA_MAX_BATCH_HEADS = 65535
 
 
@@ -61,30 +62,30 @@ def check_attention(q, k, v, attn_mask, is_causal, scale, window):
         if t.dtype != q.dtype:
             raise TypeError(f"{fn}: {name} has dtype {t.dtype} but q has {q.dtype}; q, k and v must share one dtype")
         _same_device(fn, "q", q, name, t)
-    B, Hq, Lq, D = q.shape
+    B, H, T, D = q.shape
     if k.shape != v.shape:
         raise ValueError(f"{fn}: k and v must have the same shape, got k {tuple(k.shape)} and v {tuple(v.shape)}")
-    Bk, Hkv, Lk, Dk = k.shape
+    Bk, Hkv, S, Dk = k.shape
     if Bk != B:
         raise ValueError(f"{fn}: k has batch size {Bk} but q has {B}")
     if Dk != D:
         raise ValueError(f"{fn}: k has head_dim {Dk} but q has {D}")
     if D == 0:
         raise ValueError(f"{fn}: head_dim must be >= 1, got q of shape {tuple(q.shape)}")
-    if Hkv == 0 or Hq % Hkv != 0:
-        raise ValueError(f"{fn}: k has {Hkv} heads, which does not divide q's {Hq} heads")
+    if Hkv == 0 or H % Hkv != 0:
+        raise ValueError(f"{fn}: k has {Hkv} heads, which does not divide q's {H} heads")
     if q.device.type == "cuda" and D > CUDA_MAX_HEAD_DIM:
         raise ValueError(f"{fn}: the CUDA kernels take head_dim up to {CUDA_MAX_HEAD_DIM} (32 lanes x 8 values "
                          f"per lane), got q of shape {tuple(q.shape)}; the CPU kernels take any head_dim")
-    if q.device.type == "cuda" and B * Hq > CUDA_MAX_BATCH_HEADS:
+    if q.device.type == "cuda" and B * H > CUDA_MAX_BATCH_HEADS:
         raise ValueError(f"{fn}: the CUDA kernels take batch x query heads up to {CUDA_MAX_BATCH_HEADS} (one "
-                         f"grid row per (batch, head)), got {B} x {Hq} = {B * Hq}; split the batch")
+                         f"grid row per (batch, head)), got {B} x {H} = {B * H}; split the batch")
     if not isinstance(is_causal, bool):
         raise TypeError(f"{fn}: is_causal must be a bool, got {type(is_causal).__name__}")
-    if is_causal and Lq > Lk:
+    if is_causal and T > S:
         raise ValueError(
-            f"{fn}: with is_causal the queries are the last Lq of the Lk key positions, so Lq <= Lk is "
-            f"required; got Lq={Lq}, Lk={Lk}")
+            f"{fn}: with is_causal the queries are the last T of the S key positions, so T <= S is "
+            f"required; got T={T}, S={S}")
     _optional_int(fn, "window", window, 1)
     if window is not None and not is_causal:
         raise ValueError(f"{fn}: window={window} needs is_causal=True (a sliding window is a causal band)")
@@ -100,13 +101,13 @@ def check_attention(q, k, v, attn_mask, is_causal, scale, window):
                 f"{fn}: attn_mask must be bool (True = may attend) or a floating tensor added to the "
                 f"scores, got {attn_mask.dtype}")
         _same_device(fn, "q", q, "attn_mask", attn_mask)
-        full = (B, Hq, Lq, Lk)
+        full = (B, H, T, S)
         ok = attn_mask.dim() <= 4 and all(
             m in (1, f) for m, f in zip(reversed(attn_mask.shape), reversed(full)))
         if not ok:
             raise ValueError(
                 f"{fn}: attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to "
-                f"(batch, q_heads, Lq, Lk) = {full}")
+                f"(B, H, T, S) = {full}")
 
 
 def check_rope(x, cos, sin):
@@ -114,7 +115,7 @@ def check_rope(x, cos, sin):
     _tensor(fn, "x", x)
     _float_dtype(fn, "x", x)
     _ndim(fn, "x", x, (4,), "4-D (batch, heads, length, head_dim)")
-    B, H, L, D = x.shape
+    B, H, T, D = x.shape
     if D % 2 != 0:
         raise ValueError(f"{fn}: head_dim must be even to rotate its two halves, got x of shape {tuple(x.shape)}")
     for name, t in (("cos", cos), ("sin", sin)):
@@ -122,7 +123,7 @@ def check_rope(x, cos, sin):
         _float_dtype(fn, name, t)
         _same_device(fn, "x", x, name, t)
         _ndim(fn, name, t, (2, 3), "(length, head_dim) or (batch, length, head_dim)")
-        want = (L, D) if t.dim() == 2 else (B, L, D)
+        want = (T, D) if t.dim() == 2 else (B, T, D)
         if tuple(t.shape) != want:
             raise ValueError(f"{fn}: {name} must have shape {want} to match x {tuple(x.shape)}, got {tuple(t.shape)}")
     if cos.shape != sin.shape:
@@ -137,9 +138,9 @@ def check_causal_mask(padding_mask, q_len, dtype, window):
         raise TypeError(f"{fn}: padding_mask must be bool or an integer tensor of 0/1, got {padding_mask.dtype}")
     if isinstance(q_len, bool) or not isinstance(q_len, int):
         raise TypeError(f"{fn}: q_len must be an int, got {type(q_len).__name__}")
-    Lk = padding_mask.shape[1]
-    if not 1 <= q_len <= Lk:
-        raise ValueError(f"{fn}: q_len must satisfy 1 <= q_len <= key_length={Lk}, got {q_len}")
+    S = padding_mask.shape[1]
+    if not 1 <= q_len <= S:
+        raise ValueError(f"{fn}: q_len must satisfy 1 <= q_len <= key_length={S}, got {q_len}")
     if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
         raise TypeError(f"{fn}: dtype must be float64, float32, bfloat16 or float16, got {dtype}")
     _optional_int(fn, "window", window, 1)

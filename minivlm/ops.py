@@ -50,11 +50,11 @@ def use_reference(enabled: bool = True):
 def attention(q, k, v, attn_mask=None, *, is_causal=False, scale=None, window=None):
     """softmax(scale * q k^T + mask) v over the visible keys; see `minivlm.reference.attention`.
 
-    q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D) with Hkv dividing Hq (grouped-query attention).
+    q: (B, H, T, D); k, v: (B, Hkv, S, D) with Hkv dividing H (grouped-query attention).
     attn_mask: None, bool (True = may attend) or float (added to the scores), broadcastable to
-    (B, Hq, Lq, Lk). is_causal: query i is at position i + Lk - Lq and sees keys up to it. window: with
+    (B, H, T, S). is_causal: query i is at position i + S - T and sees keys up to it. window: with
     is_causal, each query sees at most `window` keys ending at itself. scale defaults to D ** -0.5.
-    Returns (B, Hq, Lq, D) in q's dtype; a query with no visible key gives 0.
+    Returns (B, H, T, D) in q's dtype; a query with no visible key gives 0.
     """
     if reference_enabled():   # the reference checks its arguments itself
         return reference.attention(q, k, v, attn_mask, is_causal=is_causal, scale=scale, window=window)
@@ -69,7 +69,7 @@ def attention(q, k, v, attn_mask=None, *, is_causal=False, scale=None, window=No
 def rope(x, cos, sin):
     """Rotary embedding x * cos + rotate_half(x) * sin; see `minivlm.reference.rope`.
 
-    x: (B, H, L, D) with D even; cos, sin: (L, D) or (B, L, D), shared by all heads.
+    x: (B, H, T, D) with D even; cos, sin: (T, D) or (B, T, D), shared by all heads.
     """
     if reference_enabled():
         return reference.rope(x, cos, sin)
@@ -79,7 +79,7 @@ def rope(x, cos, sin):
 
 
 def causal_mask(padding_mask, q_len, *, dtype=torch.float32, window=None):
-    """The additive (B, 1, q_len, Lk) mask of a causal decoder; see `minivlm.reference.causal_mask`."""
+    """The additive (B, 1, q_len, S) mask of a causal decoder; see `minivlm.reference.causal_mask`."""
     if reference_enabled():
         return reference.causal_mask(padding_mask, q_len, dtype=dtype, window=window)
     check_causal_mask(padding_mask, q_len, dtype, window)
@@ -95,12 +95,12 @@ def causal_mask(padding_mask, q_len, *, dtype=torch.float32, window=None):
 # --------------------------------------------------------------------------------------------------
 
 _library = torch.library.Library("minivlm", "DEF")    # kept alive: deleting it would remove the ops
-# attention returns (out, stats): stats is (2, B, Hq, Lq) in float32 (float64 for float64 input), stats[0]
+# attention returns (out, stats): stats is (2, B, H, T) in float32 (float64 for float64 input), stats[0]
 # the row maximum m of the scores (-inf for a row that sees no key) and stats[1] log of the softmax
 # denominator, so the log-sum-exp is m + log(l). The backward recomputes the probabilities from them.
 _library.define("attention(Tensor q, Tensor k, Tensor v, Tensor? attn_mask, bool is_causal, float scale, "
                 "int? window) -> (Tensor, Tensor)")
-# Returns (dq, dk, dv, dscores). dscores = dL/d(scores) on the full (B, Hq, Lq, Lk) grid, in the
+# Returns (dq, dk, dv, dscores). dscores = dL/d(scores) on the full (B, H, T, S) grid, in the
 # accumulation dtype, when mask_grad is true (attention's autograd below sums it down to the mask's
 # shape); empty otherwise.
 _library.define("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? attn_mask, "
@@ -120,17 +120,17 @@ _extension.load()   # the kernels, where minivlm._C is built
 
 @torch.library.register_fake("minivlm::attention")
 def _attention_fake(q, k, v, attn_mask, is_causal, scale, window):
-    B, Hq, Lq, D = q.shape
-    out = q.new_empty((B, Hq, Lq, D))
-    stats = q.new_empty((2, B, Hq, Lq), dtype=reference.accumulation_dtype(q.dtype))  # row max, log(sum)
+    B, H, T, D = q.shape
+    out = q.new_empty((B, H, T, D))
+    stats = q.new_empty((2, B, H, T), dtype=reference.accumulation_dtype(q.dtype))  # row max, log(sum)
     return out, stats
 
 
 @torch.library.register_fake("minivlm::attention_backward")
 def _attention_backward_fake(grad_out, q, k, v, attn_mask, out, stats, is_causal, scale, window, mask_grad):
-    B, Hq, Lq, _ = q.shape
-    Lk = k.shape[2]
-    shape = (B, Hq, Lq, Lk) if mask_grad else (0,)
+    B, H, T, _ = q.shape
+    S = k.shape[2]
+    shape = (B, H, T, S) if mask_grad else (0,)
     dmask = q.new_empty(shape, dtype=reference.accumulation_dtype(q.dtype))
     # The kernels return fresh contiguous tensors, whatever the inputs' strides.
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask
@@ -169,7 +169,7 @@ def _attention_backward(ctx, grad_out, _grad_stats):
     dq, dk, dv, dmask = torch.ops.minivlm.attention_backward(
         grad_out, q, k, v, attn_mask, out, stats, ctx.is_causal, ctx.scale, ctx.window, mask_grad)
     if mask_grad:
-        # The kernel returns dL/dscores for the full (B, Hq, Lq, Lk) grid; a broadcast mask receives
+        # The kernel returns dL/dscores for the full (B, H, T, S) grid; a broadcast mask receives
         # the sum over the dimensions it was broadcast along.
         dmask = dmask.sum_to_size(attn_mask.shape).to(attn_mask.dtype)
     else:

@@ -2,7 +2,7 @@
 
 Each function here has exactly the contract of its compiled twin in `minivlm.ops` (same arguments, same
 checks, same result up to rounding), but is written for clarity, not speed: attention builds the whole
-(Lq x Lk) score matrix, rope concatenates the rotated halves, causal_mask compares index grids. The tests
+(T x S) score matrix, rope concatenates the rotated halves, causal_mask compares index grids. The tests
 hold the compiled kernels to these functions, and `minivlm.use_reference()` (or MINIVLM_REFERENCE=1) runs
 every model on them instead of the kernels, so a debugger can step through the math.
 """
@@ -17,17 +17,17 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def visible_band(Lq: int, Lk: int, is_causal: bool, window, device) -> torch.Tensor:
-    """(Lq, Lk) bool: may query i see key j, judging by position alone?
+def visible_band(T: int, S: int, is_causal: bool, window, device) -> torch.Tensor:
+    """(T, S) bool: may query i see key j, judging by position alone?
 
-    The queries are the LAST Lq of the Lk positions (bottom-right alignment, the KV-cache convention):
-    query i sits at absolute position p = i + (Lk - Lq). Causal: j <= p. Window w: also j > p - w, so a
+    The queries are the LAST T of the S positions (bottom-right alignment, the KV-cache convention):
+    query i sits at absolute position p = i + (S - T). Causal: j <= p. Window w: also j > p - w, so a
     query sees at most w keys, ending at itself.
     """
-    i = torch.arange(Lq, device=device)[:, None]
-    j = torch.arange(Lk, device=device)[None, :]
-    p = i + (Lk - Lq)
-    visible = torch.ones(Lq, Lk, dtype=torch.bool, device=device)
+    i = torch.arange(T, device=device)[:, None]
+    j = torch.arange(S, device=device)[None, :]
+    p = i + (S - T)
+    visible = torch.ones(T, S, dtype=torch.bool, device=device)
     if is_causal:
         visible &= j <= p
     if window is not None:
@@ -38,27 +38,27 @@ def visible_band(Lq: int, Lk: int, is_causal: bool, window, device) -> torch.Ten
 def attention(q, k, v, attn_mask=None, *, is_causal=False, scale=None, window=None):
     """softmax(scale * q k^T + mask) v, with rows that see no key giving 0.
 
-    q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D) with Hkv dividing Hq; attn_mask: bool (True = may attend)
-    or float (added to the scores), broadcastable to (B, Hq, Lq, Lk). Returns (B, Hq, Lq, D) in q's dtype.
+    q: (B, H, T, D); k, v: (B, Hkv, S, D) with Hkv dividing H; attn_mask: bool (True = may attend)
+    or float (added to the scores), broadcastable to (B, H, T, S). Returns (B, H, T, D) in q's dtype.
     """
     check_attention(q, k, v, attn_mask, is_causal, scale, window)
-    B, Hq, Lq, D = q.shape
-    Hkv, Lk = k.shape[1], k.shape[2]
+    B, H, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
     if scale is None:
         scale = D ** -0.5
     acc = accumulation_dtype(q.dtype)
 
-    # Grouped-query attention: query head h reads key/value head h // (Hq // Hkv). The reference simply
-    # copies each k/v head Hq // Hkv times; the kernel does the same by index arithmetic.
-    group = Hq // Hkv
-    k = k.to(acc).repeat_interleave(group, dim=1)                  # (B, Hq, Lk, D)
-    v = v.to(acc).repeat_interleave(group, dim=1)                  # (B, Hq, Lk, D)
+    # Grouped-query attention: query head h reads key/value head h // (H // Hkv). The reference simply
+    # copies each k/v head H // Hkv times; the kernel does the same by index arithmetic.
+    group = H // Hkv
+    k = k.to(acc).repeat_interleave(group, dim=1)                  # (B, H, S, D)
+    v = v.to(acc).repeat_interleave(group, dim=1)                  # (B, H, S, D)
 
-    scores = scale * (q.to(acc) @ k.transpose(-1, -2))            # (B, Hq, Lq, Lk)
+    scores = scale * (q.to(acc) @ k.transpose(-1, -2))            # (B, H, T, S)
 
-    visible = visible_band(Lq, Lk, is_causal, window, q.device)    # (Lq, Lk)
+    visible = visible_band(T, S, is_causal, window, q.device)      # (T, S)
     if attn_mask is not None and attn_mask.dtype == torch.bool:
-        visible = visible & attn_mask                               # broadcasts to (B, Hq, Lq, Lk)
+        visible = visible & attn_mask                               # broadcasts to (B, H, T, S)
     elif attn_mask is not None:
         scores = scores + attn_mask.to(acc)                         # -inf entries mask, finite ones bias
     scores = scores.masked_fill(~visible, float("-inf"))
@@ -71,7 +71,7 @@ def attention(q, k, v, attn_mask=None, *, is_causal=False, scale=None, window=No
     p = torch.exp(scores - row_max)
     row_sum = p.sum(dim=-1, keepdim=True)
     p = p / torch.where(row_sum == 0, torch.ones_like(row_sum), row_sum)
-    return (p @ v).to(q.dtype)                                       # (B, Hq, Lq, D)
+    return (p @ v).to(q.dtype)                                       # (B, H, T, D)
 
 
 def rotate_half(x):
@@ -83,27 +83,27 @@ def rotate_half(x):
 def rope(x, cos, sin):
     """Rotary position embedding: x * cos + rotate_half(x) * sin.
 
-    x: (B, H, L, D); cos, sin: (L, D) or (B, L, D), the same for every head. Computed in float32 (float64
+    x: (B, H, T, D); cos, sin: (T, D) or (B, T, D), the same for every head. Computed in float32 (float64
     for float64 x) and rounded once to x's dtype.
     """
     check_rope(x, cos, sin)
     acc = accumulation_dtype(x.dtype)
-    if cos.dim() == 3:                       # (B, L, D) -> (B, 1, L, D): broadcast over heads
+    if cos.dim() == 3:                       # (B, T, D) -> (B, 1, T, D): broadcast over heads
         cos, sin = cos[:, None], sin[:, None]
     xa = x.to(acc)
     return (xa * cos.to(acc) + rotate_half(xa) * sin.to(acc)).to(x.dtype)
 
 
 def causal_mask(padding_mask, q_len, *, dtype=torch.float32, window=None):
-    """The additive mask of a causal decoder: (B, 1, q_len, Lk), 0 = may attend, finfo(dtype).min = not.
+    """The additive mask of a causal decoder: (B, 1, q_len, S), 0 = may attend, finfo(dtype).min = not.
 
-    padding_mask: (B, Lk), nonzero (True) for real tokens. The queries are the last q_len positions.
+    padding_mask: (B, S), nonzero (True) for real tokens. The queries are the last q_len positions.
     A key is visible when it is a real token, not in the future, and (with a window) among the last
     `window` positions up to the query.
     """
     check_causal_mask(padding_mask, q_len, dtype, window)
-    Lk = padding_mask.shape[1]
-    visible = visible_band(q_len, Lk, True, window, padding_mask.device)   # (q_len, Lk)
-    visible = visible[None, None] & (padding_mask != 0)[:, None, None, :]  # (B, 1, q_len, Lk)
+    S = padding_mask.shape[1]
+    visible = visible_band(q_len, S, True, window, padding_mask.device)    # (q_len, S)
+    visible = visible[None, None] & (padding_mask != 0)[:, None, None, :]  # (B, 1, q_len, S)
     zero = torch.zeros((), dtype=dtype, device=padding_mask.device)
     return torch.where(visible, zero, torch.finfo(dtype).min)

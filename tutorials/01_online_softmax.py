@@ -5,7 +5,7 @@ Run it:  python tutorials/01_online_softmax.py
 It builds attention three ways on one small example and shows they agree:
   1. the textbook formula, with the whole (L x L) score matrix;
   2. the online softmax of FlashAttention in plain Python, one block of keys at a time, which is what
-     csrc/cpu/attention.cpp does in C++ (read docs/kernels.md beside it);
+     csrc/cpu/attention_forward.cpp does in C++ (read docs/kernels.md beside it);
   3. minivlm.attention, the compiled kernel.
 """
 

@@ -1,5 +1,5 @@
 // The table of this library's kernels (see kernels.h). Compiled once per instruction set, with that
-// set's flags, together with attention.cpp, rope.cpp and causal_mask.cpp.
+// set's flags, together with attention_forward.cpp, attention_backward.cpp, rope.cpp and causal_mask.cpp.
 
 #include "cpu/kernels.h"
 

@@ -18,10 +18,10 @@ namespace {
 template <typename scalar_t, typename acc_t>
 void rope_rows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, at::Tensor& out, bool inverse) {
   using Vec = Vectorized<acc_t>;
-  const int64_t B = x.size(0), H = x.size(1), L = x.size(2), D = x.size(3), half = D / 2;
-  const int64_t xs_b = x.stride(0), xs_h = x.stride(1), xs_l = x.stride(2);
-  // cos and sin arrive as contiguous (B or 1, L, D) tensors of acc_t; cs_b is 0 when shared by the batch.
-  const int64_t cs_b = cos.size(0) == 1 ? 0 : L * D;
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3), half = D / 2;
+  const int64_t xs_b = x.stride(0), xs_h = x.stride(1), xs_t = x.stride(2);
+  // cos and sin arrive as contiguous (B or 1, T, D) tensors of acc_t; cs_b is 0 when shared by the batch.
+  const int64_t cs_b = cos.size(0) == 1 ? 0 : T * D;
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   const acc_t* cp = cos.const_data_ptr<acc_t>();
   const acc_t* sp = sin.const_data_ptr<acc_t>();
@@ -32,15 +32,15 @@ void rope_rows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin
   const int64_t s_first = inverse ? half : 0, s_second = inverse ? 0 : half;
 
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
-  at::parallel_for(0, B * H * L, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * H * T, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> xbuf, ybuf;  // rows converted to acc_t (only for bfloat16/float16 input)
     if constexpr (!std::is_same_v<scalar_t, acc_t>) { xbuf.resize(D); ybuf.resize(D); }
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t l = row % L, h = (row / L) % H, b = row / (L * H);
-      const scalar_t* xr_in = xp + b * xs_b + h * xs_h + l * xs_l;
+      const int64_t t = row % T, h = (row / T) % H, b = row / (T * H);
+      const scalar_t* xr_in = xp + b * xs_b + h * xs_h + t * xs_t;
       scalar_t* yr_out = op + row * D;
-      const acc_t* c = cp + b * cs_b + l * D;
-      const acc_t* s = sp + b * cs_b + l * D;
+      const acc_t* c = cp + b * cs_b + t * D;
+      const acc_t* s = sp + b * cs_b + t * D;
       const acc_t* xr;
       acc_t* yr;
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
@@ -69,13 +69,13 @@ void rope_rows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin
 }
 
 at::Tensor rope_impl(const at::Tensor& x_in, const at::Tensor& cos_in, const at::Tensor& sin_in, bool inverse) {
-  TORCH_CHECK(x_in.dim() == 4 && x_in.size(3) % 2 == 0, "rope: x must be (B, H, L, D) with D even, got ",
+  TORCH_CHECK(x_in.dim() == 4 && x_in.size(3) % 2 == 0, "rope: x must be (B, H, T, D) with D even, got ",
               x_in.sizes());
   TORCH_CHECK(cos_in.sizes() == sin_in.sizes(), "rope: cos and sin must have the same shape");
   const at::ScalarType acc = acc_type(x_in.scalar_type());
   // The last dimension must be unit-stride for vector loads; a view with another layout is copied once.
   at::Tensor x = x_in.stride(3) == 1 ? x_in : x_in.contiguous();
-  // cos/sin are small (L x D per batch row): bring them to acc_t, contiguous, as (B or 1, L, D).
+  // cos/sin are small (T x D per batch row): bring them to acc_t, contiguous, as (B or 1, T, D).
   at::Tensor cos = cos_in.to(acc).contiguous(), sin = sin_in.to(acc).contiguous();
   if (cos.dim() == 2) { cos = cos.unsqueeze(0); sin = sin.unsqueeze(0); }
   TORCH_CHECK(cos.size(1) == x.size(2) && cos.size(2) == x.size(3) &&

@@ -1,7 +1,8 @@
-// The attention forward pass on the tensor cores, for bfloat16 and float16 (FlashAttention-2, Dao 2023).
+// The attention forward pass on the tensor cores, for bfloat16 and float16: Algorithm 1 of FlashAttention-2
+// (Dao, 2023, arXiv 2307.08691).
 //
-// The algorithm is the online softmax of attention.cu; what changes is who does the two matrix
-// products. Both S = Q K_j^T and O += P V_j run as `mma.sync.m16n8k16` instructions: one warp multiplies a
+// The algorithm is the online softmax of attention_forward.cu; what changes is who does the two matrix
+// products. Both S_ij = Q_i K_j^T and O += P_ij V_j run as `mma.sync.m16n8k16` instructions: one warp multiplies a
 // 16 x 16 tile of A by a 16 x 8 tile of B into a 16 x 8 float32 accumulator, each thread holding a few
 // elements of each in registers, in a layout the PTX manual fixes (lane = 4 * g + t, "g" the group of
 // four lanes, "t" the thread in it):
@@ -24,7 +25,7 @@
 //     transposed layout V needs). Rows are 256 bytes, so the 16-byte pieces of a row are stored in an
 //     XOR-swizzled order (piece c of row r at c ^ (r % 8)): the 8 rows an ldmatrix reads then fall in 8
 //     different bank groups instead of one;
-//   * S, P, m, l and O stay in registers for the whole walk over the keys (Q's fragments are re-read
+//   * S_ij, P_ij, m, l and O stay in registers for the whole walk over the keys (Q's fragments are re-read
 //     from shared memory for each key tile, which leaves the registers to O).
 // Causal key tiles past every row's diagonal and window tiles before the band are never visited; the
 // per-element masking runs only on the tiles that cross an edge (or when a mask tensor is given).
@@ -42,8 +43,8 @@
 namespace minivlm::cuda {
 namespace {
 
-constexpr int kBr = 64;       // query rows per block (16 per warp)
-constexpr int kBc = 64;       // keys per tile
+constexpr int kBr = 64;       // Br = 64 query rows per thread block (16 per warp)
+constexpr int kBc = 64;       // Bc = 64 keys per tile
 constexpr int kWarps = 4;
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -133,11 +134,12 @@ __global__ void __launch_bounds__(kWarps * 32) attention_forward_mma_kernel(cons
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;  // the mma layout's group and thread in group
-  // Causal: the last query tiles see the most keys; launching them first evens out the finish.
-  const int n_qtiles = (p.Lq + kBr - 1) / kBr;
-  const int q0 = (p.causal ? n_qtiles - 1 - int(blockIdx.x) : int(blockIdx.x)) * kBr;
-  const int b = blockIdx.y / p.Hq, h = blockIdx.y % p.Hq, kvh = h / p.group;
-  const int rows = min(kBr, p.Lq - q0);
+  // Line 3: this thread block's query block i of head (b, h) = blockIdx.y, one of Tr = ceil(T / Br). Causal:
+  // the last query blocks see the most keys; launching them first evens out the finish.
+  const int Tr = (p.T + kBr - 1) / kBr;
+  const int q0 = (p.causal ? Tr - 1 - int(blockIdx.x) : int(blockIdx.x)) * kBr;
+  const int b = blockIdx.y / p.H, h = blockIdx.y % p.H, kvh = h / p.group;
+  const int rows = min(kBr, p.T - q0);
   const scalar_t* Q = p.q + b * p.qs_b + h * p.qs_h;
   const scalar_t* K = p.k + b * p.ks_b + kvh * p.ks_h;
   const scalar_t* V = p.v + b * p.vs_b + kvh * p.vs_h;
@@ -154,31 +156,34 @@ __global__ void __launch_bounds__(kWarps * 32) attention_forward_mma_kernel(cons
 
   // The key tiles some row of the block may see.
   const int k_begin = p.first_key(q0);
-  const int k_end = max(k_begin, min(p.Lk, p.last_key(q0 + rows - 1) + 1));
+  const int k_end = max(k_begin, min(p.S, p.last_key(q0 + rows - 1) + 1));
   const int kt_begin = k_begin / kBc, kt_end = (k_end + kBc - 1) / kBc;
 
-  load_tile(Qs, Q, p.qs_l, q0, p.Lq);
-  load_tile(Ks, K, p.ks_l, kt_begin * kBc, p.Lk);
+  // Line 4: Q_i (and line 7 for the first K_j).
+  load_tile(Qs, Q, p.qs_t, q0, p.T);
+  load_tile(Ks, K, p.ks_s, kt_begin * kBc, p.S);
   cp_async_commit();
 
-  // Per thread: rows g and g + 8 of the warp's 16; O as kD / 8 accumulator tiles of 16 x 8.
+  // Line 5: m = -inf, l = 0, O = 0. Per thread: rows g and g + 8 of the warp's 16; O as kD / 8
+  // accumulator tiles of 16 x 8.
   const int row_a = q0 + warp * 16 + g, row_b = row_a + 8;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   float O[kD / 8][4];
 #pragma unroll
   for (int n = 0; n < kD / 8; ++n) O[n][0] = O[n][1] = O[n][2] = O[n][3] = 0.f;
 
+  // Line 6: the key tiles j.
   for (int kt = kt_begin; kt < kt_end; ++kt) {
     const int k0 = kt * kBc;
     cp_async_wait_all();
     __syncthreads();  // K_j (and Q) have landed; every warp is done with V_{j-1}
-    load_tile(Vs, V, p.vs_l, k0, p.Lk);  // V_j arrives while S = Q K_j^T is computed
+    load_tile(Vs, V, p.vs_s, k0, p.S);  // line 7: V_j arrives while S_ij = Q_i K_j^T is computed
     cp_async_commit();
 
-    // S = Q K_j^T: 8 accumulator tiles of 16 x 8 per warp (its 16 rows x the 64 keys).
-    float S[kBc / 8][4];
+    // Line 8: S_ij = Q_i K_j^T: 8 accumulator tiles of 16 x 8 per warp (its 16 rows x the 64 keys).
+    float Sij[kBc / 8][4];
 #pragma unroll
-    for (int n = 0; n < kBc / 8; ++n) S[n][0] = S[n][1] = S[n][2] = S[n][3] = 0.f;
+    for (int n = 0; n < kBc / 8; ++n) Sij[n][0] = Sij[n][1] = Sij[n][2] = Sij[n][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
       // Q_i's 16 x 16 A fragment for dims kk*16.. (re-read from shared memory: registers are scarcer)
@@ -189,49 +194,49 @@ __global__ void __launch_bounds__(kWarps * 32) attention_forward_mma_kernel(cons
         uint32_t kf[4];
         const int key = np * 16 + (lane % 8) + (lane / 16) * 8, col = kk * 16 + ((lane / 8) % 2) * 8;
         ldmatrix_x4(kf, smem_addr(Ks + swizzle<kD>(key, col)));
-        mma_16816<scalar_t>(S[2 * np], qf, kf[0], kf[1]);
-        mma_16816<scalar_t>(S[2 * np + 1], qf, kf[2], kf[3]);
+        mma_16816<scalar_t>(Sij[2 * np], qf, kf[0], kf[1]);
+        mma_16816<scalar_t>(Sij[2 * np + 1], qf, kf[2], kf[3]);
       }
     }
 
-    // S = scale * S (+ mask), -inf outside each row's band; only tiles crossing an edge need the test.
-    const bool whole_tile = p.mask == nullptr && k0 + kBc <= p.Lk && k0 + kBc - 1 <= p.last_key(q0) &&
+    // S_ij = scale * S_ij (+ mask), -inf outside each row's band; only tiles crossing an edge need the test.
+    const bool whole_tile = p.mask == nullptr && k0 + kBc <= p.S && k0 + kBc - 1 <= p.last_key(q0) &&
                             k0 >= p.first_key(q0 + kBr - 1);
 #pragma unroll
     for (int n = 0; n < kBc / 8; ++n) {
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        float x = S[n][c] * float(p.scale);
+        float x = Sij[n][c] * float(p.scale);
         if (!whole_tile) {
           const int i = c < 2 ? row_a : row_b, j = k0 + n * 8 + 2 * t + (c % 2);
-          if (i < p.Lq && j < p.Lk && j >= p.first_key(i) && j <= p.last_key(i)) {
+          if (i < p.T && j < p.S && j >= p.first_key(i) && j <= p.last_key(i)) {
             if (p.mask != nullptr) x += p.mask_at(b, h, i, j);
           } else {
             x = -INFINITY;
           }
         }
-        S[n][c] = x;
+        Sij[n][c] = x;
       }
     }
 
-    // Online softmax for rows g (c = 0, 1) and g + 8 (c = 2, 3): m_new = max(m, rowmax(S)),
-    // P = exp(S - m_new), l = exp(m - m_new) l + rowsum(P), O = exp(m - m_new) O.
+    // Lines 9-10, the online softmax for rows g (c = 0, 1) and g + 8 (c = 2, 3): m_new = max(m, rowmax(S_ij)),
+    // P_ij = exp(S_ij - m_new), l = exp(m - m_new) l + rowsum(P_ij), O = exp(m - m_new) O.
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       float mx = m[half];
 #pragma unroll
-      for (int n = 0; n < kBc / 8; ++n) mx = fmaxf(mx, fmaxf(S[n][2 * half], S[n][2 * half + 1]));
+      for (int n = 0; n < kBc / 8; ++n) mx = fmaxf(mx, fmaxf(Sij[n][2 * half], Sij[n][2 * half + 1]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the four threads of the group share a row
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float base = mx == -INFINITY ? 0.f : mx;      // a row with nothing visible yet: P = 0
+      const float base = mx == -INFINITY ? 0.f : mx;      // a row with nothing visible yet: P_ij = 0
       const float alpha = exp2f((m[half] - base) * kLog2e);
       float sum = 0.f;
 #pragma unroll
       for (int n = 0; n < kBc / 8; ++n) {
 #pragma unroll
         for (int c = 2 * half; c < 2 * half + 2; ++c) {
-          S[n][c] = exp2f((S[n][c] - base) * kLog2e);  // exp(x) = 2^(x log2 e)
-          sum += S[n][c];
+          Sij[n][c] = exp2f((Sij[n][c] - base) * kLog2e);  // exp(x) = 2^(x log2 e)
+          sum += Sij[n][c];
         }
       }
       l[half] = alpha * l[half] + sum;  // this thread's part of the row sum; summed over the group at the end
@@ -246,18 +251,18 @@ __global__ void __launch_bounds__(kWarps * 32) attention_forward_mma_kernel(cons
     cp_async_wait_all();
     __syncthreads();  // V_j has landed; every warp is done with K_j
     if (kt + 1 < kt_end) {
-      load_tile(Ks, K, p.ks_l, k0 + kBc, p.Lk);  // K_{j+1} arrives while O += P V_j is computed
+      load_tile(Ks, K, p.ks_s, k0 + kBc, p.S);  // K_{j+1} arrives while O += P_ij V_j is computed
       cp_async_commit();
     }
 
-    // O += P V_j, 16 keys at a time: the C layout of score tiles 2kk, 2kk+1 is the A layout of P.
+    // Line 10: O += P_ij V_j, 16 keys at a time: the C layout of score tiles 2kk, 2kk+1 is the A layout of P_ij.
 #pragma unroll
     for (int kk = 0; kk < kBc / 16; ++kk) {
       uint32_t hi[4], lo[4];
       float r0, r1;
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float* s = &S[2 * kk + e / 2][(e % 2) * 2];  // e: a0 a1 a2 a3 = (g, k) (g+8, k) (g, k+8) (g+8, k+8)
+        const float* s = &Sij[2 * kk + e / 2][(e % 2) * 2];  // e: a0 a1 a2 a3 = (g, k) (g+8, k) (g, k+8) (g+8, k+8)
         hi[e] = pack2<scalar_t>(s[0], s[1], r0, r1);
         float unused0, unused1;
         lo[e] = pack2<scalar_t>(s[0] - r0, s[1] - r1, unused0, unused1);
@@ -276,17 +281,18 @@ __global__ void __launch_bounds__(kWarps * 32) attention_forward_mma_kernel(cons
   }
   cp_async_wait_all();
 
-  // out = O / l; m and log(l) saved for the backward pass; a row that saw nothing gives 0.
+  // Lines 12-15: out = O / l; m and log(l) (the log-sum-exp L = m + log(l) in two terms) saved for the
+  // backward pass; a row that saw nothing gives 0.
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     float sum = l[half];
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
     const int i = half == 0 ? row_a : row_b;
-    if (i >= p.Lq) continue;
+    if (i >= p.T) continue;
     const bool dead = sum == 0.f;
     const float inv = dead ? 0.f : 1.f / sum;
-    const int64_t row = (int64_t(b) * p.Hq + h) * p.Lq + i;
+    const int64_t row = (int64_t(b) * p.H + h) * p.T + i;
     scalar_t* out = p.out + row * p.D;
 #pragma unroll
     for (int n = 0; n < kD / 8; ++n) {
@@ -306,8 +312,9 @@ __global__ void __launch_bounds__(kWarps * 32) attention_forward_mma_kernel(cons
 
 template <typename scalar_t, int kD>
 void launch(const AttentionParams<scalar_t>& p) {
+  check_grid_rows(p.B, p.H, "attention (tensor-core forward)");
   const size_t smem = size_t(kBr + 2 * kBc) * kD * sizeof(scalar_t);  // 48 KB at kD = 128: no opt-in needed
-  const dim3 grid((p.Lq + kBr - 1) / kBr, p.B * p.Hq);
+  const dim3 grid((p.T + kBr - 1) / kBr, p.B * p.H);  // (Tr, B x H)
   attention_forward_mma_kernel<scalar_t, kD><<<grid, kWarps * 32, smem, c10::cuda::getCurrentCUDAStream()>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

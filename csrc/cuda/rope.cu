@@ -21,19 +21,19 @@ namespace {
 template <typename scalar_t, int V>
 __global__ void rope_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ out,
                             const acc_type<scalar_t>* __restrict__ cos, const acc_type<scalar_t>* __restrict__ sin,
-                            int64_t B, int64_t H, int64_t L, int64_t D, int64_t xs_b, int64_t xs_h, int64_t xs_l,
+                            int64_t B, int64_t H, int64_t T, int64_t D, int64_t xs_b, int64_t xs_h, int64_t xs_t,
                             int64_t cs_b, bool inverse) {
   using acc_t = acc_type<scalar_t>;
   using P = Pack<scalar_t, V>;
   const int64_t half = D / 2, n_vec = half / V;
-  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // one (b, l, vector) per thread
-  if (idx >= B * L * n_vec) return;
-  const int64_t d = (idx % n_vec) * V, l = (idx / n_vec) % L, b = idx / (n_vec * L);
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // one (b, t, vector) per thread
+  if (idx >= B * T * n_vec) return;
+  const int64_t d = (idx % n_vec) * V, t = (idx / n_vec) % T, b = idx / (n_vec * T);
 
   // This thread's slice of the tables: c1, c2 (the cos halves) and the two sin halves. Forward: y1
   // uses s1 with a minus, y2 uses s2 with a plus; inverse: y1 uses s2 with a plus, y2 s1 with a minus.
-  const acc_t* c = cos + b * cs_b + l * D;
-  const acc_t* s = sin + b * cs_b + l * D;
+  const acc_t* c = cos + b * cs_b + t * D;
+  const acc_t* s = sin + b * cs_b + t * D;
   const acc_t sign = inverse ? acc_t(-1) : acc_t(1);
   const int64_t s_first = inverse ? half : 0, s_second = inverse ? 0 : half;
   acc_t c1[V], c2[V], sa[V], sb[V];
@@ -47,8 +47,8 @@ __global__ void rope_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict
 
 #pragma unroll 4
   for (int64_t h = 0; h < H; ++h) {
-    const scalar_t* xr = x + b * xs_b + h * xs_h + l * xs_l;
-    scalar_t* yr = out + ((b * H + h) * L + l) * D;
+    const scalar_t* xr = x + b * xs_b + h * xs_h + t * xs_t;
+    scalar_t* yr = out + ((b * H + h) * T + t) * D;
     const P x1 = *reinterpret_cast<const P*>(xr + d);         // 16-byte loads of both halves
     const P x2 = *reinterpret_cast<const P*>(xr + half + d);
     P y1, y2;
@@ -66,19 +66,19 @@ __global__ void rope_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict
 template <typename scalar_t, int V>
 void launch_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, at::Tensor& out, bool inverse) {
   using acc_t = acc_type<scalar_t>;
-  const int64_t B = x.size(0), H = x.size(1), L = x.size(2), D = x.size(3);
-  const int64_t items = B * L * (D / 2 / V);
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3);
+  const int64_t items = B * T * (D / 2 / V);
   const int threads = 256;
   const int64_t blocks = ceil_div(items, threads);
   rope_kernel<scalar_t, V><<<blocks, threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), cos.const_data_ptr<acc_t>(),
-      sin.const_data_ptr<acc_t>(), B, H, L, D, x.stride(0), x.stride(1), x.stride(2),
-      cos.size(0) == 1 ? 0 : L * D, inverse);
+      sin.const_data_ptr<acc_t>(), B, H, T, D, x.stride(0), x.stride(1), x.stride(2),
+      cos.size(0) == 1 ? 0 : T * D, inverse);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 at::Tensor rope_impl(const at::Tensor& x_in, const at::Tensor& cos_in, const at::Tensor& sin_in, bool inverse) {
-  TORCH_CHECK(x_in.dim() == 4 && x_in.size(3) % 2 == 0, "rope: x must be (B, H, L, D) with D even, got ",
+  TORCH_CHECK(x_in.dim() == 4 && x_in.size(3) % 2 == 0, "rope: x must be (B, H, T, D) with D even, got ",
               x_in.sizes());
   TORCH_CHECK(cos_in.sizes() == sin_in.sizes(), "rope: cos and sin must have the same shape");
   TORCH_CHECK(cos_in.device() == x_in.device() && sin_in.device() == x_in.device(),
@@ -86,7 +86,7 @@ at::Tensor rope_impl(const at::Tensor& x_in, const at::Tensor& cos_in, const at:
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::ScalarType acc = acc_dtype(x_in.scalar_type());
   at::Tensor x = x_in.stride(3) == 1 ? x_in : x_in.contiguous();
-  // cos/sin are small (L x D per batch row): bring them to the accumulation type, as (B or 1, L, D).
+  // cos/sin are small (T x D per batch row): bring them to the accumulation type, as (B or 1, T, D).
   at::Tensor cos = cos_in.to(acc).contiguous(), sin = sin_in.to(acc).contiguous();
   if (cos.dim() == 2) { cos = cos.unsqueeze(0); sin = sin.unsqueeze(0); }
   TORCH_CHECK(cos.size(1) == x.size(2) && cos.size(2) == x.size(3) && (cos.size(0) == 1 || cos.size(0) == x.size(0)),
