@@ -19,6 +19,27 @@ with open(os.path.join(ROOT, "setup.py")) as f:
     SCRIPT_MODULE, SCRIPT_FUNCTION = re.search(r'"minivlm=([\w.]+):(\w+)"', f.read()).groups()
 
 
+# A rate cell of the bench tables: "41.2 GFLOP/s 25%", the rate and its fraction of the ceiling.
+RATE_CELL = re.compile(r"(\S+) (GFLOP/s|GB/s) (\S+)%")
+
+
+def check_ceilings_and_rates(stdout, data, rates):
+    """The run printed its ceilings and wrote them to the JSON, and every rate it printed and wrote is a
+    positive, finite number (never a timing: those depend on the machine)."""
+    assert set(data["ceilings"]) == {"matmul_float32", "copy"}, data["ceilings"]
+    for name, c in data["ceilings"].items():
+        assert 0 < c["rate"] < float("inf"), (name, c)
+        assert re.search(rf"^ceiling {name}: [0-9.]+ {re.escape(c['unit'])}, ", stdout, re.M), stdout
+    assert rates, "no rates in the JSON"
+    for r in rates:
+        assert 0 < r["rate"] < float("inf") and 0 < r["fraction"] < float("inf"), r
+        assert r["ceiling"] in data["ceilings"], r
+    cells = RATE_CELL.findall(stdout)
+    assert len(cells) == len(rates), (len(cells), len(rates), stdout)
+    for rate, _unit, percent in cells:
+        assert 0 < float(rate) < float("inf") and 0 < float(percent) < float("inf"), (rate, percent)
+
+
 def run(*args):
     return subprocess.run([sys.executable, "-m", "minivlm", *args], capture_output=True, text=True, timeout=300,
                           env=ENV)
@@ -37,6 +58,12 @@ def test_bench_quick_writes_json(tmp_path):
     data = json.loads(path.read_text())
     assert data["environment"]["extension_isa"] in ("avx512", "avx2", "default")
     assert {case["op"] for case in data["cases"]} == {"attention", "rope", "causal_mask"}
+    # Every implementation timed has a rate against the ceiling of its case's work, printed in its row.
+    for case in data["cases"]:
+        assert set(case["rates"]) == set(case["times"]), case["shape"]
+        assert case["work"]["amount"] > 0
+    assert "minivlm rate" in result.stdout
+    check_ceilings_and_rates(result.stdout, data, [r for case in data["cases"] for r in case["rates"].values()])
     # The peak-memory probe ran in its own process and reported back.
     probes = [m for row in data["memory"] for m in row["impls"].values() if m is not None]
     assert probes and all(m["extra_kib"] >= 0 for m in probes), data["memory"]
@@ -57,6 +84,13 @@ def test_bench_model_quick_writes_json(tmp_path, name):
     # Same weights in both libraries: the float32 logits agree to float32 rounding (the parity tests).
     assert data["max_abs_logit_diff"] < 1e-4 * max(1.0, data["max_abs_logit"])
     assert set(data["results"]) == ({"forward"} if name == "altclip" else {"prefill", "decode / token"})
+    # The work counted on minivlm's model: FLOPs of the first call, weights and cache read per decode step.
+    first = "forward" if name == "altclip" else "prefill"
+    assert data["work"][first]["matmul_flops"] > 0 and data["work"][first]["attention_flops"] > 0
+    if name != "altclip":
+        assert data["work"]["decode / token"]["weight_bytes"] > 0 and data["work"]["decode / token"]["kv_bytes"] > 0
+    check_ceilings_and_rates(result.stdout, data,
+                             [r for what in data["results"].values() for r in what["rates"].values()])
     for impl in ("minivlm", "transformers"):
         assert data["memory"][impl]["peak_kib"] >= data["memory"][impl]["after_load_kib"] > 0
 

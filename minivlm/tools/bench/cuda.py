@@ -10,9 +10,12 @@ The same idea as the CPU table (minivlm.tools.bench.kernels), with GPU timing:
 
 Timing: CUDA events around each call on the current stream, after warm-up; the implementations take turns
 within every repetition, and the table gives the median (and min-max) over the repetitions. Next to the
-time: TFLOP/s for attention (the matrix products' flops: 4·B·H·Lq·Lk·D forward, half that when causal,
+time: TFLOP/s for attention (the matrix products' flops: 4·B·H·T·S·D forward, half that when causal,
 2.5x the forward for the backward, FlashAttention-2's convention) and GB/s for the memory-bound ops (bytes
-that must be read and written at least once).
+that must be read and written at least once); the counting functions are in minivlm.tools.bench.ceiling.
+Each rate is also given as a fraction of the device's ceiling: TFLOP/s of the matmul ceiling of the
+case's dtype (a large torch.mm, measured at the start of the run), GB/s of the copy row's bandwidth (the
+copy runs first).
 
 Targets (on an H100-class GPU): attention forward bf16 at least 50% of SDPA's throughput; decode
 and rope at least 70% of the bandwidth the device-to-device copy reaches in the same run.
@@ -28,6 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from minivlm import ops, reference
+
+from .ceiling import (attention_bytes, attention_flops, causal_mask_bytes, ceiling_lines, fmt_percent, matmul_ceiling,
+                      rope_bytes)
 
 ATTN_VS_SDPA = 0.5       # attention forward throughput at least 50% of SDPA's (flash backend)
 BANDWIDTH_FRACTION = 0.7  # decode and rope reach at least 70% of the device-to-device copy's bandwidth
@@ -74,6 +80,7 @@ class GpuCase:
     work: float                   # flops (unit "TFLOP/s") or bytes (unit "GB/s") of one call
     unit: str
     check: Optional[Callable] = None   # returns max |minivlm - other| over the outputs, or None
+    dtype: Optional[torch.dtype] = None   # for a TFLOP/s case: whose matmul ceiling it is rated against
 
 
 def _rand(*shape, dtype, device, requires_grad=False):
@@ -84,7 +91,7 @@ def attention_cases(dtype, device, B, H, L, D, causal: bool, backward: bool) -> 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     q, k, v = (_rand(B, H, L, D, dtype=dtype, device=device, requires_grad=backward) for _ in range(3))
-    flops = 4 * B * H * L * L * D * (0.5 if causal else 1.0)
+    flops = attention_flops(B, H, L, L, D, causal)
 
     def sdpa():
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
@@ -95,20 +102,21 @@ def attention_cases(dtype, device, B, H, L, D, causal: bool, backward: bool) -> 
         fwd["reference"] = lambda: reference.attention(q, k, v, is_causal=causal)
     label = f"attention {'causal' if causal else 'full'} {str(dtype)[6:]} B{B} H{H} L{L} D{D}"
     cases = [GpuCase(label + " fwd", fwd, flops, "TFLOP/s",
-                     lambda: (ops.attention(q, k, v, is_causal=causal) - sdpa()).abs().max().item())]
+                     lambda: (ops.attention(q, k, v, is_causal=causal) - sdpa()).abs().max().item(), dtype)]
     if backward:
         go = torch.randn_like(q)
         outs = {name: fn() for name, fn in fwd.items() if name != "reference"}
         bwd = {name: (lambda out=out: torch.autograd.grad(out, (q, k, v), go, retain_graph=True))
                for name, out in outs.items()}
-        cases.append(GpuCase(label + " bwd", bwd, 2.5 * flops, "TFLOP/s"))
+        cases.append(GpuCase(label + " bwd", bwd, attention_flops(B, H, L, L, D, causal, backward=True), "TFLOP/s",
+                             dtype=dtype))
     return cases
 
 
 def decode_case(dtype, device, B, Hq, Hkv, Lk, D) -> GpuCase:
     q = _rand(B, Hq, 1, D, dtype=dtype, device=device)
     k, v = (_rand(B, Hkv, Lk, D, dtype=dtype, device=device) for _ in range(2))
-    nbytes = (2 * k.numel() + 2 * q.numel()) * k.element_size()        # K and V read once; q read, out written
+    nbytes = attention_bytes(B, Hq, Hkv, 1, Lk, D, k.element_size())
     fns = {"minivlm": lambda: ops.attention(q, k, v),
            "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)}
     return GpuCase(f"decode {str(dtype)[6:]} B{B} Hq{Hq} Hkv{Hkv} Lq1 Lk{Lk} D{D} fwd", fns, nbytes, "GB/s",
@@ -120,7 +128,7 @@ def rope_case(dtype, device, B, H, L, D) -> GpuCase:
     angles = torch.arange(L, device=device, dtype=torch.float32)[:, None] * torch.rand(D // 2, device=device)
     angles = torch.cat((angles, angles), -1)
     cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
-    nbytes = (2 * x.numel() + 2 * cos.numel()) * x.element_size()      # x read, out written, cos/sin read
+    nbytes = rope_bytes(B, H, L, D, x.element_size())
     fns = {"minivlm": lambda: ops.rope(x, cos, sin), "reference": lambda: reference.rope(x, cos, sin)}
     return GpuCase(f"rope {str(dtype)[6:]} B{B} H{H} L{L} D{D} fwd", fns, nbytes, "GB/s",
                    lambda: (fns["minivlm"]() - fns["reference"]()).abs().max().item())
@@ -129,7 +137,7 @@ def rope_case(dtype, device, B, H, L, D) -> GpuCase:
 def causal_mask_case(device, B, L) -> GpuCase:
     lengths = torch.randint(L // 2, L + 1, (B,), device=device)
     pad = torch.arange(L, device=device)[None] >= (L - lengths)[:, None]     # left padding
-    nbytes = B * L * L * 4                                                  # the float32 mask written
+    nbytes = causal_mask_bytes(B, L, L, itemsize=4)
     fns = {"minivlm": lambda: ops.causal_mask(pad, L),
            "reference": lambda: reference.causal_mask(pad, L),
            "torch.full": lambda: torch.full((B, 1, L, L), float("-inf"), device=device)}
@@ -144,19 +152,20 @@ def copy_case(device, mib: int) -> GpuCase:
 
 
 def suite(device, quick: bool) -> list:
+    """The cases in order; the copy first, since the memory-bound cases are rated against its bandwidth."""
     bf16 = torch.bfloat16
     if quick:
-        return [*attention_cases(bf16, device, 1, 4, 512, 64, causal=True, backward=True),
+        return [copy_case(device, 64), *attention_cases(bf16, device, 1, 4, 512, 64, causal=True, backward=True),
                 decode_case(bf16, device, 2, 8, 2, 1024, 64), rope_case(bf16, device, 1, 8, 512, 64),
-                causal_mask_case(device, 2, 512), copy_case(device, 64)]
-    return [*attention_cases(bf16, device, 4, 16, 4096, 128, causal=True, backward=True),
+                causal_mask_case(device, 2, 512)]
+    return [copy_case(device, 1024),
+            *attention_cases(bf16, device, 4, 16, 4096, 128, causal=True, backward=True),
             *attention_cases(bf16, device, 4, 16, 4096, 128, causal=False, backward=False),
             *attention_cases(torch.float16, device, 4, 16, 4096, 128, causal=True, backward=False),
             *attention_cases(torch.float32, device, 1, 16, 2048, 64, causal=True, backward=False),
             decode_case(bf16, device, 8, 32, 8, 8192, 128),
             rope_case(bf16, device, 8, 32, 4096, 128),
-            causal_mask_case(device, 8, 4096),
-            copy_case(device, 1024)]
+            causal_mask_case(device, 8, 4096)]
 
 
 def run(json_path: Optional[str] = None, quick: bool = False, reps: Optional[int] = None) -> int:
@@ -167,18 +176,26 @@ def run(json_path: Optional[str] = None, quick: bool = False, reps: Optional[int
     print(f"minivlm bench kernels --device cuda: {props.name}, {props.total_memory / 2**30:.0f} GiB, "
           f"torch {torch.__version__} (CUDA {torch.version.cuda}); median [min-max] of {reps} repetitions, "
           f"CUDA events, implementations alternating")
-    results = []
-    for case in suite(device, quick):
+    cases = suite(device, quick)
+    ceilings = {case.dtype: matmul_ceiling(case.dtype, device) for case in cases if case.unit == "TFLOP/s"}
+    for line in ceiling_lines({c.name: c for c in ceilings.values()}):
+        print(line)
+    print("each rate's % is of its ceiling: TFLOP/s of its dtype's matmul, GB/s of the device-to-device copy")
+    results, copy = [], None
+    for case in cases:
         diff = case.check() if case.check else None
         times = time_cuda(case.fns, reps, warmup=3)
         row = {"case": case.name, "unit": case.unit, "max_diff": diff, "impls": {}}
         for impl, ms in times.items():
             med = statistics.median(ms)
             rate = case.work / (med * 1e-3) / (1e12 if case.unit == "TFLOP/s" else 1e9)
-            row["impls"][impl] = {"ms": med, "min": min(ms), "max": max(ms), "rate": rate}
+            copy = rate if impl == "copy" else copy
+            ceiling = 1e-3 * ceilings[case.dtype].rate if case.unit == "TFLOP/s" else copy   # TFLOP/s or GB/s
+            row["impls"][impl] = {"ms": med, "min": min(ms), "max": max(ms), "rate": rate,
+                                  "fraction": rate / ceiling}
         results.append(row)
-        cells = "  ".join(f"{impl} {r['ms']:.3g} ms [{r['min']:.3g}-{r['max']:.3g}] {r['rate']:.1f} {case.unit}"
-                          for impl, r in row["impls"].items())
+        cells = "  ".join(f"{impl} {r['ms']:.3g} ms [{r['min']:.3g}-{r['max']:.3g}] {r['rate']:.1f} {case.unit} "
+                          f"{fmt_percent(r['fraction'])}" for impl, r in row["impls"].items())
         print(f"{case.name:<52} {cells}" + (f"  max|diff| {diff:.1e}" if diff is not None else ""))
     targets = check_targets(results)
     print("\ntargets:")
@@ -186,8 +203,9 @@ def run(json_path: Optional[str] = None, quick: bool = False, reps: Optional[int
         print(f"  {t['what']}: {t['value']:.2f} (target {t['target']}) {t['result']}")
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"device": props.name, "torch": torch.__version__, "cuda": torch.version.cuda,
-                       "reps": reps, "results": results, "targets": targets}, f, indent=2)
+            json.dump({"device": props.name, "torch": torch.__version__, "cuda": torch.version.cuda, "reps": reps,
+                       "ceilings": {c.name: c.to_json() for c in ceilings.values()}, "results": results,
+                       "targets": targets}, f, indent=2)
         print(f"wrote {json_path}")
     return 0
 

@@ -17,6 +17,11 @@ its spread (min-max over the repetitions) and the median of the per-repetition r
 A backward time is the time of the backward pass alone: the forward output is computed once, outside
 the timer, and each repetition calls torch.autograd.grad(out, inputs, grad_out, retain_graph=True).
 
+Beside the times, each implementation's rate against this machine's ceiling (`minivlm.tools.bench.ceiling`,
+measured at the start of the run in this process): attention prefill and backward in GFLOP/s against the
+float32 matmul ceiling (sgemm), decode attention, rope and the causal mask in GB/s against the copy
+ceiling, each from the work the op must do at least (the counting functions in ceiling.py).
+
 Peak memory of one attention forward is measured in a fresh process per implementation
 (`minivlm.tools.bench.memory`), because a process's peak resident size only ever grows.
 """
@@ -39,6 +44,8 @@ import minivlm
 from minivlm import ops, reference
 from minivlm._extension import load_extension
 
+from .ceiling import (Work, attention_bytes, attention_flops, causal_mask_bytes, ceiling_lines, fmt_fraction,
+                      fraction, measure_ceilings, rope_bytes)
 from .memory import child_main, current_rss_kib, finish_probe, peak_rss_kib, start_probe
 
 #: The reference is skipped where its (B, H, Lq, Lk) float32 score matrix would exceed this.
@@ -178,12 +185,14 @@ class Case:
     implementation left out, such as a reference too big to run, shows as "-"); check is
     (max |minivlm - other|, other's name) or None.
     Building happens only when the case runs, so big inputs live only as long as their row.
+    `work` is what one call must do at least, the measure of each implementation's rate.
     """
 
     op: str
     label: str
     direction: str
     build: Callable
+    work: Work
     comparisons: list = field(default_factory=list)
 
 
@@ -218,6 +227,13 @@ class AttentionShape:
     def output_bytes(self) -> int:
         """Bytes of one float32 (B, Hq, Lq, D) tensor: the O(L*D) a fused kernel needs."""
         return 4 * self.B * self.Hq * self.Lq * self.D
+
+    def work(self, backward: bool = False) -> Work:
+        """Prefill: the FLOPs of attention's matrix products (the backward's too); decode: the bytes it must
+        move, nearly all of them the keys and values read."""
+        if self.kind == "decode":
+            return Work(attention_bytes(self.B, self.Hq, self.Hkv, self.Lq, self.Lk, self.D, itemsize=4), "B")
+        return Work(attention_flops(self.B, self.Hq, self.Lq, self.Lk, self.D, self.causal, backward), "FLOP")
 
     def tiny(self) -> "AttentionShape":
         """The same heads and head size at length 64 (at most), for warming an implementation up."""
@@ -277,7 +293,7 @@ def attention_forward_case(shape: AttentionShape, comparisons: list) -> Case:
             outputs = {name: fn(q, k, v) for name, fn in fns.items()}
         impls = {name: (lambda fn=fn: fn(q, k, v)) for name, fn in fns.items()}
         return impls, _check_against(outputs)
-    return Case("attention", shape.describe(), "fwd", build, comparisons)
+    return Case("attention", shape.describe(), "fwd", build, shape.work(), comparisons)
 
 
 def attention_backward_case(shape: AttentionShape, comparisons: list) -> Case:
@@ -291,7 +307,7 @@ def attention_backward_case(shape: AttentionShape, comparisons: list) -> Case:
             impls[name] = lambda out=out, inputs=inputs: torch.autograd.grad(
                 out, inputs, grad_out, retain_graph=True)
         return impls, _check_against(grads)
-    return Case("attention", shape.describe(), "bwd", build, comparisons)
+    return Case("attention", shape.describe(), "bwd", build, shape.work(backward=True), comparisons)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -317,7 +333,7 @@ def rope_forward_case(dims, comparisons) -> Case:
         outputs = {name: fn(x, cos, sin) for name, fn in ROPE_IMPLS.items()}
         impls = {name: (lambda fn=fn: fn(x, cos, sin)) for name, fn in ROPE_IMPLS.items()}
         return impls, _check_against(outputs)
-    return Case("rope", "B{} H{} L{} D{}".format(*dims), "fwd", build, comparisons)
+    return Case("rope", "B{} H{} L{} D{}".format(*dims), "fwd", build, Work(rope_bytes(*dims, 4), "B"), comparisons)
 
 
 def rope_backward_case(dims, comparisons) -> Case:
@@ -330,7 +346,7 @@ def rope_backward_case(dims, comparisons) -> Case:
             grads[name] = torch.autograd.grad(out, x, grad_out, retain_graph=True)
             impls[name] = lambda out=out, x=x: torch.autograd.grad(out, x, grad_out, retain_graph=True)
         return impls, _check_against(grads)
-    return Case("rope", "B{} H{} L{} D{}".format(*dims), "bwd", build, comparisons)
+    return Case("rope", "B{} H{} L{} D{}".format(*dims), "bwd", build, Work(rope_bytes(*dims, 4), "B"), comparisons)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -366,7 +382,7 @@ def causal_mask_case(B: int, L: int, comparisons: list) -> Case:
             fns["eager_mask"] = lambda: eager_mask(batch_size=B, q_length=L, kv_length=L, attention_mask=padding)
         check = _max_diff(fns["minivlm"](), fns["reference"]()), "reference"
         return fns, check
-    return Case("causal_mask", f"B{B} L{L}", "fwd", build, comparisons)
+    return Case("causal_mask", f"B{B} L{L}", "fwd", build, Work(causal_mask_bytes(B, L, L, 4), "B"), comparisons)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -455,8 +471,9 @@ def build_cases(suite: Suite) -> list:
     return cases
 
 
-def run_case(case: Case, suite: Suite) -> dict:
-    """Build one case's inputs, time its implementations side by side, evaluate its targets."""
+def run_case(case: Case, suite: Suite, ceilings: dict) -> dict:
+    """Build one case's inputs, time its implementations side by side, evaluate its targets, and rate each
+    implementation's median time against the ceiling of the case's work."""
     gc.collect()
     impls, check = case.build()
     skipped = [name for name in SECTION_IMPLS[case.op] if name not in impls]
@@ -470,6 +487,8 @@ def run_case(case: Case, suite: Suite) -> dict:
         "max_abs_diff": None if check is None else check[0],
         "diff_against": None if check is None else check[1],
         "comparisons": comparisons,
+        "work": case.work.to_json(),
+        "rates": {name: fraction(case.work, 1e-3 * t.median, ceilings) for name, t in timings.items()},
     }
 
 
@@ -566,20 +585,24 @@ def print_table(rows: list, widths: list) -> None:
 
 
 def print_section(op: str, results: list) -> None:
-    """One table per op: a line per case (and one per further comparison), times in ms."""
+    """One table per op: a line per case (and one per further comparison), times in ms, then each
+    implementation's rate and its fraction of the ceiling."""
     impls = SECTION_IMPLS[op]
-    header = ["shape", "dir"] + [f"{name} ms" for name in impls] + ["max|diff|", "ratio [min-max]", "target", ""]
+    header = (["shape", "dir"] + [f"{name} ms" for name in impls] + [f"{name} rate" for name in impls]
+              + ["max|diff|", "ratio [min-max]", "target", ""])
     rows = [header]
     for r in results:
         times = [fmt_timing(r["times"].get(name)) for name in impls]
+        rates = [fmt_fraction(r["rates"].get(name)) for name in impls]
         diff = "-" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}"
         comps = r["comparisons"] or [None]
         for i, c in enumerate(comps):
-            lead = ([r["shape"], r["direction"]] + times + [diff]) if i == 0 else [""] * (len(impls) + 3)
+            lead = ([r["shape"], r["direction"]] + times + rates + [diff]) if i == 0 else [""] * (2 * len(impls) + 3)
             tail = ["-", "", ""] if c is None else [fmt_ratio(c), c["target"], c["result"] or ""]
             rows.append(lead + tail)
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
-    print(f"\n{SECTION_TITLES[op]}; median [min-max] of the repetitions")
+    print(f"\n{SECTION_TITLES[op]}; median [min-max] of the repetitions; rate = the work / the median time, "
+          f"% = of the ceiling")
     print_table(rows, widths)
     print_page_faults(results)
 
@@ -657,23 +680,28 @@ def rope_isa_timing(dims) -> float:
     return 1e3 * statistics.median(_time_call(lambda: ops.rope(x, cos, sin), 3)[0] for _ in range(5))
 
 
-def print_header(env: dict, rope_dims, rope_ms: float, suite: Suite, quick: bool) -> None:
+def print_header(env: dict, rope_dims, rope_ms: float, suite: Suite, quick: bool, ceilings: dict) -> None:
     print(f"minivlm {env['minivlm']} kernel benchmark{' (--quick: small shapes)' if quick else ''}")
     print(f"torch {env['torch']}, transformers {env['transformers'] or '-'}, threads {env['threads']}")
     print(f"extension vector ISA: {env['extension_isa']} (torch's CPU capability: {env['cpu_capability']})")
     print("ops.rope B{} H{} L{} D{} float32 on the {} path: {} ms".format(
         *rope_dims, env["extension_isa"], fmt_ms(rope_ms)))
     print(f"{suite.reps} repetitions after {suite.warmup} warm-up, implementations alternating within each")
+    for line in ceiling_lines(ceilings):
+        print(line)
+    print("rates: attention prefill and backward in GFLOP/s of its matrix products (causal: half; backward: 2.5x "
+          "the forward) against matmul_float32; decode attention, rope and causal_mask in GB/s of the bytes "
+          "they must read and write against copy")
     if quick:
         print("the targets are set for the full shapes; on --quick's small ones PASS/MISS mean little")
 
 
-def to_json(env, rope_ms, suite, results, memory) -> dict:
+def to_json(env, rope_ms, suite, results, memory, ceilings) -> dict:
     cases = []
     for r in results:
         cases.append({**r, "times": {name: t.to_json() for name, t in r["times"].items()}})
     return {"environment": env, "rope_isa_ms": rope_ms, "reps": suite.reps, "warmup": suite.warmup,
-            "cases": cases, "memory": memory}
+            "ceilings": {name: c.to_json() for name, c in ceilings.items()}, "cases": cases, "memory": memory}
 
 
 def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[int] = None,
@@ -685,12 +713,13 @@ def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[
     if reps is not None:
         suite.reps = reps
     env = environment()
+    ceilings = measure_ceilings(dtypes=(torch.float32,))     # every case runs in float32
     rope_ms = rope_isa_timing(suite.rope)
-    print_header(env, suite.rope, rope_ms, suite, quick)
+    print_header(env, suite.rope, rope_ms, suite, quick, ceilings)
 
     cases, results = build_cases(suite), []
     for op in SECTION_IMPLS:
-        section = [run_case(case, suite) for case in cases if case.op == op]
+        section = [run_case(case, suite, ceilings) for case in cases if case.op == op]
         print_section(op, section)
         sys.stdout.flush()
         results += section
@@ -701,7 +730,7 @@ def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[
 
     if json_path:
         with open(json_path, "w") as f:
-            json.dump(to_json(env, rope_ms, suite, results, memory), f, indent=2)
+            json.dump(to_json(env, rope_ms, suite, results, memory, ceilings), f, indent=2)
         print(f"\nwrote {json_path}")
     return 0
 

@@ -13,6 +13,18 @@ it to a temporary folder, and loads that folder into both libraries, so both run
 
 Timings alternate between the two libraries within every repetition (see minivlm.tools.bench.kernels),
 and the ratios are taken per repetition. Everything runs in float32 on the CPU.
+
+Beside each time, its rate against this machine's ceilings (minivlm.tools.bench.ceiling, measured at the
+start of the run): the prefill (or forward) in GFLOP/s against the float32 matmul ceiling, decode in GB/s
+per token against the copy ceiling. The work is counted once, op by op, on an untimed call of minivlm's
+model (ceiling.WorkCounter); that count, the work these numbers take, rates both libraries (one that does
+more, such as recomputing what minivlm caches, shows as a lower rate).
+
+    prefill FLOPs   every matrix product and convolution (2 * output elements * inner length: for a plain
+                    decoder that is the usual 2 * parameters * tokens, here with the vision tower over its
+                    patches and the head over the one position kept) plus attention's two products
+    decode bytes    per step, every weight the step reads (once; an embedding by the row looked up) plus
+                    the keys and values attention reads from the cache, the mean over the timed steps
 """
 from __future__ import annotations
 
@@ -26,6 +38,7 @@ from typing import Optional
 
 import torch
 
+from .ceiling import Work, WorkCounter, ceiling_lines, fmt_fraction, fraction, mean_segment, measure_ceilings
 from .kernels import Timing, environment, fmt_timing, print_table, time_side_by_side
 from .memory import child_main, current_rss_kib, peak_rss_kib, run_probe
 
@@ -423,9 +436,32 @@ class StepClock:
         return 1e3 * (self.stamps[-1] - self.stamps[1]) / (len(self.stamps) - 2)
 
 
+def decode_calls(steps: int) -> int:
+    """How many tokens a timed generate makes: the prefill + (steps + 1) decode calls = `steps` intervals."""
+    return steps + 2
+
+
+def count_decode_work(spec, model, inputs: dict, steps: int):
+    """The work of minivlm's decode step, the mean over the steps StepClock times, counted on one untimed
+    generate of the same length: a pre-hook on the step module starts a new WorkCounter segment at every
+    call, so segment i + 1 runs from call i to call i + 1 (segment 0: whatever runs before the first call,
+    such as a vision tower). Returns the mean Segment of those steps."""
+    n = decode_calls(steps)
+    counter = WorkCounter(model)
+    handle = spec.step_module("minivlm", model).register_forward_pre_hook(lambda mod, args: counter.new_segment())
+    try:
+        with counter:
+            generate_fn("minivlm", model, inputs, n)()
+    finally:
+        handle.remove()
+    if len(counter.segments) != n + 1:
+        raise RuntimeError(f"expected {n} calls of the step module, saw {len(counter.segments) - 1}")
+    return mean_segment(counter.segments[2:-1])      # calls 1 .. n-2: the intervals StepClock divides by
+
+
 def time_decode(spec, models: dict, inputs: dict, steps: int, reps: int, warmup: int) -> dict:
     """Per-token decode time of each library, alternating within every repetition (see StepClock)."""
-    n = steps + 2                                    # prefill + (steps + 1) decode calls = steps intervals
+    n = decode_calls(steps)
     clocks = {impl: StepClock(spec.step_module(impl, m)) for impl, m in models.items()}
     calls = {impl: generate_fn(impl, m, inputs, n) for impl, m in models.items()}
     timings = {impl: Timing([]) for impl in models}
@@ -462,6 +498,17 @@ def _memory_child(child: dict) -> dict:
     return {"start_kib": start, "after_load_kib": loaded, "peak_kib": peak_rss_kib()}
 
 
+def print_work(work: dict) -> None:
+    """The counted work of the first call (prefill or forward) and of a decode step."""
+    for what, w in work.items():
+        if what == "decode / token":
+            print(f"work of a decode step (the mean of the timed steps): {w.bytes / 1e6:.3g} MB read = weights "
+                  f"{w.weight_bytes / 1e6:.3g} + keys and values {w.kv_bytes / 1e6:.3g}")
+        else:
+            print(f"work of the {what}: {w.flops / 1e9:.3g} GFLOP = matrix products {w.matmul_flops / 1e9:.3g} "
+                  f"+ attention {w.attention_flops / 1e9:.3g}")
+
+
 def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[int] = None,
         reps: Optional[int] = None, name: str = "llava_next") -> int:
     if name not in SPECS:
@@ -475,6 +522,9 @@ def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[
     env = environment()
     print(f"minivlm {env['minivlm']} model benchmark: {name}{' (--quick: tiny model)' if quick else ''}")
     print(f"torch {env['torch']}, transformers {env['transformers']}, threads {env['threads']}, float32 CPU")
+    ceilings = measure_ceilings(dtypes=(torch.float32,))     # before the models take memory
+    for line in ceiling_lines(ceilings):
+        print(line)
     with tempfile.TemporaryDirectory() as folder:
         save_checkpoint(spec, s, folder)
         inputs = spec.make_inputs(s, folder)
@@ -486,9 +536,12 @@ def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[
         first = "prefill" if generates else "forward"
         fns = {impl: (prefill_fn(spec, impl, m, inputs) if generates else spec.forward_fn(impl, m, inputs))
                for impl, m in models.items()}
-        # Same weights, same numbers: a check that the comparison is fair.
+        # Same weights, same numbers: a check that the comparison is fair. minivlm's call also counts the work.
         with torch.inference_mode():
-            a, b = fns["minivlm"](), fns["transformers"]()
+            with WorkCounter(models["minivlm"]) as counter:
+                a = fns["minivlm"]()
+            b = fns["transformers"]()
+        work = {first: counter.segments[0]}
         diff = (a - b).abs().max().item()
         scale = b.abs().max().item()
         where = "at the last prompt position" if generates else f"in {spec.compared}"
@@ -499,21 +552,28 @@ def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[
 
         prefill = time_side_by_side(fns, s["reps"], s["warmup"], 0.0)
         decode = time_decode(spec, models, inputs, s["new_tokens"], s["reps"], s["warmup"]) if generates else None
+        if decode:
+            work["decode / token"] = count_decode_work(spec, models["minivlm"], inputs, s["new_tokens"])
         del models
         memory = {impl: measure_memory(spec, impl, folder, s) for impl in ("minivlm", "transformers")}
 
-    rows = [["", "minivlm ms", "transformers ms", "ratio [min-max]", "target", ""]]
+    print_work(work)
+    rows = [["", "minivlm ms", "transformers ms", "minivlm rate", "transformers rate", "ratio [min-max]", "target", ""]]
     results = {}
     timed = [(first, prefill, PREFILL_TARGET)] + ([("decode / token", decode, DECODE_TARGET)] if decode else [])
     for what, times, target in timed:
         r = _ratios(times["minivlm"], times["transformers"])
         med = statistics.median(r)
+        per_call = Work(work[what].flops, "FLOP") if what == first else Work(work[what].bytes, "B")
+        rates = {impl: fraction(per_call, 1e-3 * times[impl].median, ceilings) for impl in times}
         results[what] = {"minivlm": times["minivlm"].to_json(), "transformers": times["transformers"].to_json(),
                          "ratio": med, "ratio_min": min(r), "ratio_max": max(r), "target": target,
-                         "result": "PASS" if med <= target else "MISS"}
+                         "result": "PASS" if med <= target else "MISS", "work": per_call.to_json(), "rates": rates}
         rows.append([what, fmt_timing(times["minivlm"]), fmt_timing(times["transformers"]),
+                     fmt_fraction(rates["minivlm"]), fmt_fraction(rates["transformers"]),
                      f"{med:.2f}x [{min(r):.2f}-{max(r):.2f}]", f"<= {target}x", results[what]["result"]])
-    print("\nmedian [min-max] of the repetitions; ratio = minivlm / transformers, per repetition")
+    print("\nmedian [min-max] of the repetitions; ratio = minivlm / transformers, per repetition; "
+          "rate = the work / the median time, % = of the ceiling")
     print_table(rows, [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))])
     tps = {impl: 1e3 / decode[impl].median for impl in decode} if decode else None
     if tps:
@@ -531,6 +591,8 @@ def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[
     if json_path:
         with open(json_path, "w") as f:
             json.dump({"environment": env, "model": name, "setup": s, "prompt_tokens": T, "max_abs_logit_diff": diff, "max_abs_logit": scale,
+                       "ceilings": {key: c.to_json() for key, c in ceilings.items()},
+                       "work": {what: w.to_json() for what, w in work.items()},
                        "results": results, "tokens_per_s": tps, "memory": memory}, f, indent=2)
         print(f"\nwrote {json_path}")
     return 0
