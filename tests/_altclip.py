@@ -1,5 +1,6 @@
-"""Tiny AltCLIP checkpoints for the tests: random weights, built and saved by Transformers, so that
-minivlm's loader reads what a user's folder holds; and a tiny word-level tokenizer.json built offline.
+"""Tiny AltCLIP checkpoints for the tests: Transformers models of minivlm.tools.tiny.altclip's config with
+random weights, which tests save with save_pretrained so that minivlm's loader reads what a user's folder
+holds; their inputs; and a tiny word-level tokenizer.json built offline.
 
 Vision: 16 px images in 4 px patches (16 patches + the class token), width 32, 2 layers, 4 heads.
 Text: XLM-R of width 32, 2 layers, 4 heads, MLP 64, a 128-token vocabulary, 64 positions, project_dim 24
@@ -8,24 +9,19 @@ Token ids are XLM-R's: 0 <s>, 1 <pad>, 2 </s>; prompt text is drawn from [3, 128
 """
 import torch
 
-from conftest import save  # noqa: F401  (the tests import it from here)
+from helpers import pad_rows, transformers_config
+from minivlm.tools import tiny
 
-IMAGE = 16
-BOS, PAD, EOS = 0, 1, 2
-VOCAB = 128
+CONFIG = tiny.altclip()
+IMAGE = CONFIG["vision_config"]["image_size"]
+BOS, PAD, EOS = (CONFIG["text_config"][f"{t}_token_id"] for t in ("bos", "pad", "eos"))
+VOCAB = CONFIG["text_config"]["vocab_size"]
 WORDS = ["a", "photo", "of", "cat", "dog", "bird", "car", "tree", "boat", "house", "red", "small"]
 
 
-def hf_config(**overrides):
-    """A Transformers AltCLIPConfig of tiny proportions."""
-    from transformers import AltCLIPConfig
-
-    text = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                vocab_size=VOCAB, max_position_embeddings=64, project_dim=24, pad_token_id=PAD,
-                bos_token_id=BOS, eos_token_id=EOS)
-    vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                  image_size=IMAGE, patch_size=4)
-    return AltCLIPConfig(text_config=text, vision_config=vision, projection_dim=16, **overrides)
+def hf_config(*args, **options):
+    """Transformers' AltCLIPConfig of tiny.altclip(*args, **options)."""
+    return transformers_config(tiny.altclip(*args, **options))
 
 
 def hf_model(config, seed=0):
@@ -59,14 +55,7 @@ def texts(lengths, seed=0, padding_side="right"):
     (mask 0) on the given side to the longest row."""
     g = torch.Generator().manual_seed(seed)
     rows = [[BOS] + torch.randint(3, VOCAB, (n,), generator=g).tolist() + [EOS] for n in lengths]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        start = width - len(row) if padding_side == "left" else 0
-        ids[i, start:start + len(row)] = torch.tensor(row)
-        mask[i, start:start + len(row)] = 1
-    return ids, mask
+    return pad_rows(rows, PAD, side=padding_side)
 
 
 def build_tokenizer(path):
@@ -83,5 +72,5 @@ def build_tokenizer(path):
     return path
 
 
-__all__ = ["hf_config", "hf_model", "save", "pixel_values", "texts", "build_tokenizer", "IMAGE", "BOS", "PAD",
+__all__ = ["hf_config", "hf_model", "pixel_values", "texts", "build_tokenizer", "IMAGE", "BOS", "PAD",
            "EOS", "VOCAB", "WORDS"]

@@ -1,5 +1,6 @@
-"""Tiny IDEFICS checkpoints for the tests: random weights, built and saved by Transformers, so that
-minivlm's loader reads what a user's folder holds.
+"""Tiny IDEFICS checkpoints for the tests: Transformers models of minivlm.tools.tiny.idefics's config with
+random weights, which tests save with save_pretrained so that minivlm's loader reads what a user's folder
+holds; and their inputs.
 
 Vision tower: 16 px images in 4 px patches (17 tokens per image), hidden 32, 2 layers. Decoder: hidden 64,
 4 layers, 4 heads, a gated cross-attention block before layers 0 and 2, vocab 128 + 2 additional ids
@@ -8,24 +9,20 @@ vocabulary). Resampler: 4 latents, depth 1. Token ids: 0 pad, 1 bos, 2 eos.
 """
 import torch
 
-VOCAB, EXTRA = 128, 2
+from helpers import transformers_config
+from minivlm.tools import tiny
+
+CONFIG = tiny.idefics()
+VOCAB, EXTRA = CONFIG["vocab_size"], CONFIG["additional_vocab_size"]
 FAKE, IMAGE = VOCAB, VOCAB + 1
-PAD, BOS, EOS = 0, 1, 2
-SIZE = 16
+PAD, BOS, EOS = (CONFIG[f"{t}_token_id"] for t in ("pad", "bos", "eos"))
+SIZE = CONFIG["vision_config"]["image_size"]
 
 
-def hf_config(use_resampler=True, qk_layer_norms=True, alpha_type="vector", qk_perceiver=True, tie=False, extra=EXTRA):
-    from transformers import IdeficsConfig
-
-    return IdeficsConfig(
-        vocab_size=VOCAB, additional_vocab_size=extra, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, cross_layer_interval=2, use_resampler=use_resampler, qk_layer_norms=qk_layer_norms,
-        alpha_type=alpha_type, alpha_initializer="ones", tie_word_embeddings=tie,
-        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
-        vision_config=dict(embed_dim=32, image_size=SIZE, patch_size=4, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=64),
-        perceiver_config=dict(resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2, resampler_head_dim=8,
-                              qk_layer_norms_perceiver=qk_perceiver))
+def hf_config(*args, **options):
+    """Transformers' IdeficsConfig of tiny.idefics(*args, **options): use_resampler, qk_layer_norms,
+    alpha_type, qk_perceiver, tie, additional_vocab_size."""
+    return transformers_config(tiny.idefics(*args, **options))
 
 
 def hf_model(config, seed=0):

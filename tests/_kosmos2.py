@@ -1,5 +1,6 @@
-"""Tiny Kosmos-2 checkpoints for the tests: random weights, built and saved by Transformers, so that
-minivlm's loader reads what a user's folder holds.
+"""Tiny Kosmos-2 checkpoints for the tests: Transformers models of minivlm.tools.tiny.kosmos2's config
+with random weights, which tests save with save_pretrained so that minivlm's loader reads what a user's
+folder holds; and their inputs.
 
 Vision: 16 px images in 4 px patches (16 patches + the class token), width 32, 2 layers, 4 heads.
 Projection: 4 latent queries. Text: width 64, 2 layers, 4 heads, FFN 128, a 128-token vocabulary.
@@ -8,25 +9,21 @@ ids 100..103, as Kosmos2Processor writes consecutive ids from its first_image_to
 """
 import torch
 
-from conftest import save  # noqa: F401  (the tests import it from here)
+from helpers import pad_rows, transformers_config
+from minivlm.tools import tiny
 
-IMAGE = 16
-NUM_QUERIES = 4
-BOS, PAD, EOS = 0, 1, 2
+CONFIG = tiny.kosmos2()
+IMAGE = CONFIG["vision_config"]["image_size"]
+NUM_QUERIES = CONFIG["latent_query_num"]
+BOS, PAD, EOS = (CONFIG["text_config"][f"{t}_token_id"] for t in ("bos", "pad", "eos"))
 BOI, EOI = 126, 127
 FIRST_IMAGE_ID = 100
 TEXT_IDS = (3, 100)     # prompt text is drawn from [3, 100): never pad, eos or an image/marker id
 
 
-def hf_config(**text_overrides):
-    """A Transformers Kosmos2Config of tiny proportions."""
-    from transformers import Kosmos2Config
-
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=IMAGE, patch_size=4)
-    text = dict(embed_dim=64, layers=2, attention_heads=4, ffn_dim=128, vocab_size=128,
-                max_position_embeddings=64, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, **text_overrides)
-    return Kosmos2Config(vision_config=vision, text_config=text, latent_query_num=NUM_QUERIES)
+def hf_config(*args, **options):
+    """Transformers' Kosmos2Config of tiny.kosmos2(*args, **options) (tie)."""
+    return transformers_config(tiny.kosmos2(*args, **options))
 
 
 def hf_model(config, seed=0):
@@ -67,13 +64,9 @@ def prompts(text_lengths, seed=0, padding_side="left"):
     g = torch.Generator().manual_seed(seed)
     image = [BOS, BOI] + list(range(FIRST_IMAGE_ID, FIRST_IMAGE_ID + NUM_QUERIES)) + [EOI]
     rows = [image + torch.randint(*TEXT_IDS, (n,), generator=g).tolist() for n in text_lengths]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    image_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    ids, mask = pad_rows(rows, PAD, side=padding_side)
+    image_mask = torch.zeros_like(mask)
     for i, row in enumerate(rows):
-        start = width - len(row) if padding_side == "left" else 0
-        ids[i, start:start + len(row)] = torch.tensor(row)
-        mask[i, start:start + len(row)] = 1
+        start = ids.shape[1] - len(row) if padding_side == "left" else 0
         image_mask[i, start + 2:start + 2 + NUM_QUERIES] = 1
     return ids, mask, image_mask

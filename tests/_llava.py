@@ -1,5 +1,6 @@
-"""Tiny LLaVA-NeXT checkpoints for the tests: random weights, built and saved by Transformers, so that
-minivlm's loader reads what a user's folder holds.
+"""Tiny LLaVA-NeXT checkpoints for the tests: Transformers models of minivlm.tools.tiny.llava_next's
+config with random weights, which tests save with save_pretrained so that minivlm's loader reads what a
+user's folder holds; and their inputs.
 
 The vision tower sees 16 px crops in 4 px patches (a 4x4 grid, 16 features per crop); the pinpoints
 include a 1x1 grid (a single crop) and grids of up to 3 crops per side, so unpadding cuts rows or
@@ -7,33 +8,21 @@ columns. Token ids: 0 pad, 1 bos, 2 eos, 127 the image placeholder.
 """
 import torch
 
-from conftest import save  # noqa: F401  (the tests import it from here)
-
+from helpers import pad_rows, transformers_config
 from minivlm.models.llava_next import image_feature_count, num_crops
+from minivlm.tools import tiny
 
-CROP = 16
-PINPOINTS = [[16, 16], [16, 32], [32, 16], [32, 32], [16, 48], [48, 16], [48, 48]]
-IMAGE_TOKEN = 127
-PAD, BOS, EOS = 0, 1, 2
+CONFIG = tiny.llava_next()
+CROP = CONFIG["vision_config"]["image_size"]
+PINPOINTS = CONFIG["image_grid_pinpoints"]
+IMAGE_TOKEN = CONFIG["image_token_index"]
+PAD, BOS, EOS = (CONFIG["text_config"][f"{t}_token_id"] for t in ("pad", "bos", "eos"))
 
 
-def hf_config(text="mistral", sliding_window=16, feature_layer=-2, strategy="default", tie=False):
-    """A Transformers LlavaNextConfig of tiny proportions; text is "llama" (MHA) or "mistral" (GQA)."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, MistralConfig
-
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                              image_size=CROP, patch_size=4, projection_dim=16)
-    common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  vocab_size=128, max_position_embeddings=512, pad_token_id=PAD, bos_token_id=BOS,
-                  eos_token_id=EOS)
-    if text == "llama":
-        text_config = LlamaConfig(num_key_value_heads=4, **common)
-    else:
-        text_config = MistralConfig(num_key_value_heads=2, sliding_window=sliding_window, **common)
-    return LlavaNextConfig(vision_config=vision.to_dict(), text_config=text_config.to_dict(),
-                           image_grid_pinpoints=PINPOINTS, image_token_index=IMAGE_TOKEN,
-                           vision_feature_layer=feature_layer, vision_feature_select_strategy=strategy,
-                           tie_word_embeddings=tie)
+def hf_config(*args, **options):
+    """Transformers' LlavaNextConfig of tiny.llava_next(*args, **options): text "mistral" (GQA) or "llama" (MHA),
+    sliding_window, feature_layer, strategy, tie."""
+    return transformers_config(tiny.llava_next(*args, **options))
 
 
 def hf_model(config, seed=0):
@@ -72,13 +61,7 @@ def prompts(image_sizes, text_lengths, config, pad_to=None, seed=0):
         text = torch.randint(3, IMAGE_TOKEN, (n_text,), generator=g).tolist()
         cut = min(3, n_text)
         rows.append([BOS] + text[:cut] + [IMAGE_TOKEN] * image_feature_count(size, cfg) + text[cut:])
-    T = max(max(len(r) for r in rows), pad_to or 0)
-    ids = torch.full((len(rows), T), PAD, dtype=torch.long)
-    mask = torch.zeros(len(rows), T, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, T - len(r):] = torch.tensor(r)
-        mask[i, T - len(r):] = 1
-    return ids, mask
+    return pad_rows(rows, PAD, pad_to)
 
 
 def crops_of(size):
@@ -86,5 +69,5 @@ def crops_of(size):
     return num_crops(size, PINPOINTS, CROP) - 1
 
 
-__all__ = ["hf_config", "hf_model", "save", "pixel_values", "prompts", "crops_of", "IMAGE_TOKEN", "PAD", "BOS",
-           "EOS", "CROP", "PINPOINTS"]
+__all__ = ["hf_config", "hf_model", "pixel_values", "prompts", "crops_of", "IMAGE_TOKEN", "PAD", "BOS", "EOS",
+           "CROP", "PINPOINTS"]

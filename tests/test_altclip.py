@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import CLIPImageProcessorPil
 
 import minivlm
@@ -19,8 +19,8 @@ from minivlm.loading import CheckpointError
 from minivlm.models.altclip import AltCLIPConfig, AltCLIPModel, tokenize_labels
 from minivlm.models.xlm_roberta import position_ids_from_input_ids
 from minivlm.processing import CLIPImageProcessor
-from _altclip import BOS, EOS, IMAGE, PAD, VOCAB, WORDS, build_tokenizer, hf_config, hf_model, pixel_values, save, texts
-from conftest import assert_same_weights
+from _altclip import BOS, EOS, IMAGE, PAD, VOCAB, WORDS, build_tokenizer, hf_config, hf_model, pixel_values, texts
+from helpers import assert_close_rel, assert_same_weights, save, write_checkpoint
 
 # float32 tolerance, relative to the largest value of each compared output. Both sides run the same
 # float32 math in a different order (minivlm's blocked attention kernel against SDPA, other GEMM
@@ -34,13 +34,6 @@ F32_REL = 1e-5
 F64_REL = 1e-12
 
 OUTPUTS = ("logits_per_image", "logits_per_text", "text_embeds", "image_embeds")
-
-
-def assert_close(ours, theirs, rel, what):
-    assert ours.shape == theirs.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(theirs.shape)}"
-    scale = theirs.abs().max().item()
-    err = (ours.double() - theirs.double()).abs().max().item()
-    assert err <= rel * scale, f"{what}: max error {err:.3e} > {rel:g} x scale {scale:.3e}"
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +50,12 @@ def model(checkpoint):
 
 def compare_all(ours, ref, mask, rel):
     for name in OUTPUTS:
-        assert_close(getattr(ours, name), getattr(ref, name), rel, name)
+        assert_close_rel(getattr(ours, name), getattr(ref, name), name, rel)
     keep = mask.bool()   # the projected text states at real tokens only (a pad's own output is never read)
-    assert_close(ours.text_model_output.last_hidden_state[keep], ref.text_model_output.last_hidden_state[keep],
-                 rel, "text_model_output.last_hidden_state")
-    assert_close(ours.vision_model_output.pooler_output, ref.vision_model_output.pooler_output, rel,
-                 "vision_model_output.pooler_output")
+    assert_close_rel(ours.text_model_output.last_hidden_state[keep], ref.text_model_output.last_hidden_state[keep],
+                     "text_model_output.last_hidden_state", rel)
+    assert_close_rel(ours.vision_model_output.pooler_output, ref.vision_model_output.pooler_output,
+                     "vision_model_output.pooler_output", rel)
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
@@ -103,7 +96,7 @@ def test_padding_changes_nothing_for_real_tokens(model):
         alone = model.get_text_features(ids[:1, :6], mask[:1, :6])
         batched = model.get_text_features(ids, mask)[:1]
         unmasked = model.get_text_features(ids[:1])
-    assert_close(batched, alone, F32_REL, "padded vs alone")
+    assert_close_rel(batched, alone, "padded vs alone", F32_REL)
     assert (unmasked - alone).abs().max() > 1e-3
     assert position_ids_from_input_ids(torch.tensor([[PAD, PAD, BOS, 7, EOS]]), PAD).tolist() == [[1, 1, 2, 3, 4]]
 
@@ -129,7 +122,7 @@ def test_xlm_roberta_encoder_matches_transformers():
         ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
         out = ours(ids, mask, token_type_ids=types)
     keep = mask.bool()
-    assert_close(out[keep], ref[keep], F32_REL, "XLM-R last_hidden_state")
+    assert_close_rel(out[keep], ref[keep], "XLM-R last_hidden_state", F32_REL)
     with pytest.raises(ValueError, match="token_type_ids"):
         ours(ids, mask, token_type_ids=types + 2)
 
@@ -141,9 +134,9 @@ def test_features_match_transformers(checkpoint, model):
     with torch.no_grad():
         text = model.get_text_features(ids, mask)
         image = model.get_image_features(pv)
-        assert_close(text, hf.get_text_features(input_ids=ids, attention_mask=mask).pooler_output, F32_REL,
-                     "get_text_features")
-        assert_close(image, hf.get_image_features(pixel_values=pv).pooler_output, F32_REL, "get_image_features")
+        assert_close_rel(text, hf.get_text_features(input_ids=ids, attention_mask=mask).pooler_output,
+                         "get_text_features", F32_REL)
+        assert_close_rel(image, hf.get_image_features(pixel_values=pv).pooler_output, "get_image_features", F32_REL)
     assert text.shape == (3, 16) and image.shape == (4, 16)
 
 
@@ -189,7 +182,7 @@ def test_zero_shot_ranking_equals_transformers(checkpoint, model, tmp_path):
     assert probs.shape == (3, len(labels))
     assert torch.allclose(probs.sum(-1), torch.ones(3))
     assert torch.equal(probs.argsort(dim=-1, descending=True), ref.argsort(dim=-1, descending=True))
-    assert_close(probs, ref.softmax(-1), F32_REL, "zero-shot probabilities")
+    assert_close_rel(probs, ref.softmax(-1), "zero-shot probabilities", F32_REL)
 
 
 def test_tokenize_labels(tmp_path):
@@ -223,14 +216,6 @@ def test_both_key_spellings_load(checkpoint, model, tmp_path):
     saved = load_file(str(folder / "model.safetensors"))
     assert any(".encoder.layer.0." in k for k in saved if k.startswith("vision_model."))
     assert not any(".encoder.layers." in k for k in saved)
-    config = (folder / "config.json").read_text()
-
-    def write(name, tensors):
-        sub = tmp_path / name
-        sub.mkdir()
-        (sub / "config.json").write_text(config)
-        save_file(tensors, str(sub / "model.safetensors"))
-        return sub
 
     hub = {k.replace("vision_model.encoder.layer.", "vision_model.encoder.layers."): v for k, v in saved.items()}
     hub["text_model.roberta.embeddings.position_ids"] = torch.arange(64)[None]   # buffers old files carry
@@ -243,17 +228,17 @@ def test_both_key_spellings_load(checkpoint, model, tmp_path):
     with torch.no_grad():
         expected = model(ids, pv, attention_mask=mask).logits_per_text
         for name, tensors in (("hub", hub), ("memory", memory)):
-            other = minivlm.from_pretrained(write(name, tensors))
+            other = minivlm.from_pretrained(write_checkpoint(tmp_path / name, tensors, folder))
             assert_same_weights(other, model, name)
-            assert_close(other(ids, pv, attention_mask=mask).logits_per_text, expected, F32_REL, name)
+            assert_close_rel(other(ids, pv, attention_mask=mask).logits_per_text, expected, name, F32_REL)
 
     twice = dict(saved)
     twice["vision_model.encoder.layers.0.mlp.fc1.bias"] = saved["vision_model.encoder.layer.0.mlp.fc1.bias"].clone()
     with pytest.raises(CheckpointError, match="stored twice"):
-        minivlm.from_pretrained(write("twice", twice))
+        minivlm.from_pretrained(write_checkpoint(tmp_path / "twice", twice, folder))
     missing = {k: v for k, v in saved.items() if k != "text_model.transformation.weight"}
     with pytest.raises(CheckpointError, match="text_model.transformation.weight"):
-        minivlm.from_pretrained(write("missing", missing))
+        minivlm.from_pretrained(write_checkpoint(tmp_path / "missing", missing, folder))
 
 
 def test_config_defaults_and_overrides(checkpoint):

@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 
 import minivlm
 from minivlm import reference
-from conftest import DEVICES, DTYPES, acc_dtype, assert_within, randn, rounding_error, to_device, unit_roundoff
+from helpers import DEVICES, DTYPES, acc_dtype, assert_within, randn, rounding_error, to_device, unit_roundoff
 
 HEAD_DIMS = (1, 3, 8, 16, 40, 64, 80, 128)
 # c in bound term 2 (see the module docstring).

@@ -11,7 +11,7 @@ import torch
 from torch.autograd import gradcheck
 
 import minivlm
-from conftest import DEVICES, seed_torch
+from helpers import DEVICES, seed_torch
 
 
 def f64(*shape, grad=True, device="cpu"):

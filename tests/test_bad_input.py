@@ -9,7 +9,7 @@ import torch
 
 import minivlm
 from minivlm import reference
-from conftest import CUDA_DEVICES, DEVICES
+from helpers import CUDA_DEVICES
 
 
 def t(*shape, dtype=torch.float32):

@@ -7,20 +7,18 @@ cache against full recomputation, every key spelling, half precision (Q-Former k
 image preprocessing.
 """
 import copy
-import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import minivlm
 from minivlm.models.blip2 import Blip2Config, Blip2ForConditionalGeneration
 from minivlm.processing import BlipImageProcessor
-from _blip2 import (IMAGE_TOKEN, NUM_QUERIES, OPT_BOS, T5_PAD, hf_config, hf_model, opt_prompts, pixel_values, save,
-                    t5_prompts)
-from conftest import assert_close_rel, assert_same_weights
+from _blip2 import IMAGE_TOKEN, NUM_QUERIES, OPT_BOS, T5_PAD, hf_config, hf_model, opt_prompts, pixel_values, t5_prompts
+from helpers import assert_close_rel, assert_same_weights, write_checkpoint
 
 # float32 tolerance, relative to the largest value compared. Both sides run the same float32 math in a
 # different order (minivlm's blocked attention kernel against SDPA, other GEMM blockings), so values
@@ -32,23 +30,9 @@ from conftest import assert_close_rel, assert_same_weights
 F32_REL = 1e-5
 
 
-def assert_close(ours, theirs, what, mask=None, rel=F32_REL):
-    assert_close_rel(ours, theirs, what, rel, mask)
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """Transformers models and their saved folders, built once per configuration."""
-    cache = {}
-
-    def get(text="opt", cross_attention_frequency=2):
-        key = (text, cross_attention_frequency)
-        if key not in cache:
-            hf = hf_model(hf_config(text, cross_attention_frequency))
-            cache[key] = hf, save(hf, tmp_path_factory.mktemp(f"blip2-{text}"))
-        return cache[key]
-
-    return get
+def build_checkpoint(text="opt", cross_attention_frequency=2):
+    """The Transformers model the checkpoints fixture (conftest.py) saves for one configuration."""
+    return hf_model(hf_config(text, cross_attention_frequency))
 
 
 # -- vision tower and Q-Former --------------------------------------------------------------------------
@@ -63,10 +47,11 @@ def test_vision_and_qformer_match_transformers(checkpoints, frequency):
     with torch.no_grad():
         ref = hf.get_image_features(pv, return_dict=True)
         vision, qformer_output, projected = model.image_features(pv)
-    assert_close(vision.last_hidden_state, ref.vision_outputs.last_hidden_state, "vision last_hidden_state")
-    assert_close(vision.pooler_output, ref.vision_outputs.pooler_output, "vision pooler_output")
-    assert_close(qformer_output, ref.qformer_outputs.last_hidden_state, "Q-Former output")
-    assert_close(projected, ref.pooler_output, "language_model_inputs")
+    assert_close_rel(vision.last_hidden_state, ref.vision_outputs.last_hidden_state, "vision last_hidden_state",
+                     F32_REL)
+    assert_close_rel(vision.pooler_output, ref.vision_outputs.pooler_output, "vision pooler_output", F32_REL)
+    assert_close_rel(qformer_output, ref.qformer_outputs.last_hidden_state, "Q-Former output", F32_REL)
+    assert_close_rel(projected, ref.pooler_output, "language_model_inputs", F32_REL)
     assert projected.shape == (3, NUM_QUERIES, 64)
 
 
@@ -84,9 +69,9 @@ def test_opt_logits_match_transformers(checkpoints, frequency):
         ref = hf(input_ids=ids, attention_mask=mask, pixel_values=pv)
         out = model(ids, pixel_values=pv, attention_mask=mask)
     assert out.logits.shape == ref.logits.shape
-    assert_close(out.logits, ref.logits, "logits", mask)
-    assert_close(out.qformer_output, ref.qformer_outputs.last_hidden_state, "Q-Former output")
-    assert_close(out.vision_outputs.last_hidden_state, ref.vision_outputs.last_hidden_state, "vision")
+    assert_close_rel(out.logits, ref.logits, "logits", F32_REL, mask)
+    assert_close_rel(out.qformer_output, ref.qformer_outputs.last_hidden_state, "Q-Former output", F32_REL)
+    assert_close_rel(out.vision_outputs.last_hidden_state, ref.vision_outputs.last_hidden_state, "vision", F32_REL)
 
 
 def test_opt_loss_matches_transformers(checkpoints):
@@ -148,7 +133,7 @@ def test_opt_kv_cache_decoding_equals_full_recomputation(checkpoints):
         steps = [model(ids, pixel_values=pv, attention_mask=mask, cache=cache).logits]
         for t in range(T, full_ids.shape[1]):
             steps.append(model(full_ids[:, t:t + 1], attention_mask=full_mask[:, :t + 1], cache=cache).logits)
-    assert_close(torch.cat(steps, 1), full, "cached logits", full_mask)
+    assert_close_rel(torch.cat(steps, 1), full, "cached logits", F32_REL, full_mask)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
@@ -214,8 +199,8 @@ def test_t5_logits_and_loss_match_transformers(checkpoints):
         ref_loss = hf(input_ids=ids, attention_mask=mask, pixel_values=pv, labels=labels).loss
         loss = model(ids, pixel_values=pv, attention_mask=mask, labels=labels).loss
     assert out.logits.shape == ref.logits.shape == (3, 6, 128)
-    assert_close(out.logits, ref.logits, "T5 logits")
-    assert_close(out.qformer_output, ref.qformer_outputs.last_hidden_state, "Q-Former output")
+    assert_close_rel(out.logits, ref.logits, "T5 logits", F32_REL)
+    assert_close_rel(out.qformer_output, ref.qformer_outputs.last_hidden_state, "Q-Former output", F32_REL)
     assert abs(loss.item() - ref_loss.item()) <= F32_REL * abs(ref_loss.item())
 
 
@@ -250,7 +235,7 @@ def test_t5_kv_cache_decoding_equals_full_recomputation(checkpoints):
         states = model.encode(ids, attention_mask=mask, pixel_values=pv)
         cache = model.new_cache(2, dec.shape[1])
         steps = [model.decode(dec[:, t:t + 1], states, mask, cache=cache).logits for t in range(dec.shape[1])]
-    assert_close(torch.cat(steps, 1), full, "cached T5 logits")
+    assert_close_rel(torch.cat(steps, 1), full, "cached T5 logits", F32_REL)
 
 
 def test_t5_key_spellings_load(checkpoints, tmp_path):
@@ -263,21 +248,16 @@ def test_t5_key_spellings_load(checkpoints, tmp_path):
     assert "language_model.lm_head.weight" in written
     ids, mask = t5_prompts([4, 2])
     pv, dec = pixel_values(2), _decoder_inputs(2, 3)
-    saved, memory = (minivlm.from_pretrained(p) for p in (folder, _write(tmp_path / "in_memory", in_memory, folder)))
+    saved, memory = (minivlm.from_pretrained(p)
+                     for p in (folder, write_checkpoint(tmp_path / "in_memory", in_memory, folder)))
     assert_same_weights(memory, saved, "in_memory")
     with torch.no_grad():
-        assert_close(memory(ids, pixel_values=pv, attention_mask=mask, decoder_input_ids=dec).logits,
-                     saved(ids, pixel_values=pv, attention_mask=mask, decoder_input_ids=dec).logits, "in_memory")
+        assert_close_rel(memory(ids, pixel_values=pv, attention_mask=mask, decoder_input_ids=dec).logits,
+                         saved(ids, pixel_values=pv, attention_mask=mask, decoder_input_ids=dec).logits, "in_memory",
+                         F32_REL)
 
 
 # -- loading --------------------------------------------------------------------------------------------
-
-def _write(folder, tensors, config_folder):
-    folder.mkdir()
-    shutil.copy(config_folder / "config.json", folder / "config.json")
-    save_file({k: v.clone().contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"))
-    return folder
-
 
 def test_every_key_spelling_loads(checkpoints, tmp_path):
     """What save_pretrained writes (the tied lm_head left out), Transformers' in-memory state dict (the
@@ -296,8 +276,8 @@ def test_every_key_spelling_loads(checkpoints, tmp_path):
     sharded = tmp_path / "sharded"
     hf.save_pretrained(sharded, max_shard_size="50KB")
     assert (sharded / "model.safetensors.index.json").is_file()
-    folders = {"save_pretrained": folder, "in_memory": _write(tmp_path / "in_memory", in_memory, folder),
-               "text_ffn": _write(tmp_path / "text_ffn", with_text_ffn, folder), "sharded": sharded}
+    folders = {"save_pretrained": folder, "in_memory": write_checkpoint(tmp_path / "in_memory", in_memory, folder),
+               "text_ffn": write_checkpoint(tmp_path / "text_ffn", with_text_ffn, folder), "sharded": sharded}
     ids, mask = opt_prompts([4, 2])
     pv = pixel_values(2)
     models = {name: minivlm.from_pretrained(path) for name, path in folders.items()}
@@ -306,7 +286,7 @@ def test_every_key_spelling_loads(checkpoints, tmp_path):
         for name, model in models.items():
             assert model.language_model.lm_head.weight is model.language_model.model.decoder.embed_tokens.weight
             assert_same_weights(model, models["save_pretrained"], name)
-            assert_close(model(ids, pixel_values=pv, attention_mask=mask).logits, expected, name, mask)
+            assert_close_rel(model(ids, pixel_values=pv, attention_mask=mask).logits, expected, name, F32_REL, mask)
 
 
 def test_config_reads_transformers_fields(checkpoints):

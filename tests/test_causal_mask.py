@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import minivlm
 from minivlm import reference
-from conftest import DEVICES, DTYPES, to_device
+from helpers import DEVICES, DTYPES, to_device
 
 PAD_DTYPES = (torch.bool, torch.int64, torch.int32, torch.uint8, torch.int8)
 

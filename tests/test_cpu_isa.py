@@ -1,6 +1,6 @@
 """The CPU kernels are built once per instruction set and chosen at run time: every build is there, the
 choice follows the CPU or MINIVLM_CPU_ISA, a switch takes effect at once, and a bad choice is refused
-by name. (Every kernel test runs on each build this CPU runs: see DEVICES in conftest.py.)"""
+by name. (Every kernel test runs on each build this CPU runs: see DEVICES in helpers.py.)"""
 
 import glob
 import os
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import minivlm
-from conftest import CPU_ISAS, RUNNABLE_ISAS
+from helpers import CPU_ISAS, RUNNABLE_ISAS
 
 ops = torch.ops.minivlm
 

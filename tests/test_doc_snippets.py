@@ -21,7 +21,7 @@ import _blip2
 import _idefics
 import _kosmos2
 import _llava
-from conftest import save
+from helpers import save
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

@@ -19,11 +19,11 @@ import _altclip
 import _blip2
 import _idefics
 import _kosmos2
+import _llama
 import _llava
-from conftest import assert_close_rel, left_padded_mask
-from test_llama import VOCAB as LLAMA_VOCAB, hf_model as llama_model
-from test_opt import PAD as OPT_PAD, VOCAB as OPT_VOCAB, hf_model as opt_model
-from test_t5 import VOCAB as T5_VOCAB, hf_model as t5_model, right_padded
+import _opt
+import _t5
+from helpers import assert_close_rel, left_padded_mask
 
 # float64 tolerance, relative to the largest value compared. Both sides run the same float64 math in
 # different orders (minivlm's attention kernel against SDPA, other GEMM blockings). A dot product of n
@@ -70,18 +70,18 @@ def _llava_case(text, **kwargs):
 
 
 @case("llama")
-def _llama():
-    return _decoder_case(llama_model("llama"), LLAMA_VOCAB)
+def _llama_case():
+    return _decoder_case(_llama.hf_model("llama"), _llama.VOCAB)
 
 
 @case("mistral-window8")
 def _mistral():
-    return _decoder_case(llama_model("mistral", num_key_value_heads=2, sliding_window=8), LLAMA_VOCAB)
+    return _decoder_case(_llama.hf_model("mistral", num_key_value_heads=2, sliding_window=8), _llama.VOCAB)
 
 
 @case("opt")
-def _opt():
-    return _decoder_case(opt_model(), OPT_VOCAB, pad=OPT_PAD)
+def _opt_case():
+    return _decoder_case(_opt.hf_model(), _opt.VOCAB, pad=_opt.PAD)
 
 
 def _decoder_case(hf, vocab, pad=0):
@@ -91,11 +91,11 @@ def _decoder_case(hf, vocab, pad=0):
 
 
 @case("t5")
-def _t5():
-    ids, mask = right_padded([40, 29, 35], 40)
-    dec = torch.randint(2, T5_VOCAB, (3, 38), generator=torch.Generator().manual_seed(5))
+def _t5_case():
+    ids, mask = _t5.right_padded([40, 29, 35], 40)
+    dec = torch.randint(2, _t5.VOCAB, (3, 38), generator=torch.Generator().manual_seed(5))
     dec[:, 0] = 0                                                          # the decoder start token
-    return t5_model(), dict(input_ids=ids, attention_mask=mask, decoder_input_ids=dec), None, ("logits",)
+    return _t5.hf_model(), dict(input_ids=ids, attention_mask=mask, decoder_input_ids=dec), None, ("logits",)
 
 
 @case("blip2-opt")

@@ -14,8 +14,8 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 
 import minivlm
 from minivlm.generation import GenerationConfig, filter_scores
-from conftest import left_padded_mask
-from test_llama import VOCAB, hf_model
+from _llama import VOCAB, hf_model
+from helpers import left_padded_mask
 
 NEW = 12    # new tokens per greedy comparison (>= 10)
 

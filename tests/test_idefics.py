@@ -14,7 +14,7 @@ import minivlm
 from minivlm.models.idefics import IdeficsConfig, IdeficsForVisionText2Text, IdeficsRMSNorm
 from minivlm.models.llama import LlamaRMSNorm
 from _idefics import BOS, EOS, EXTRA, FAKE, IMAGE, VOCAB, hf_config, hf_model, pixel_values, prompts
-from conftest import assert_close_rel
+from helpers import assert_close_rel
 
 # float32 tolerance, relative to the largest logit. Both sides run the same float32 math in a different
 # order (minivlm's blocked attention kernel against SDPA and an einsum softmax in the resampler, other GEMM
@@ -38,25 +38,9 @@ CASES = {
 }
 
 
-def assert_close_logits(ours, theirs, mask=None, rel=F32_REL, what="logits"):
-    assert_close_rel(ours, theirs, what, rel, mask)
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """Transformers models and their saved folders, built once per configuration."""
-    cache = {}
-
-    def get(**kwargs):
-        key = tuple(sorted((k, str(v)) for k, v in kwargs.items()))
-        if key not in cache:
-            hf = hf_model(hf_config(**kwargs))
-            folder = tmp_path_factory.mktemp("idefics")
-            hf.save_pretrained(folder)
-            cache[key] = hf, folder
-        return cache[key]
-
-    return get
+def build_checkpoint(**options):
+    """The Transformers model the checkpoints fixture (conftest.py) saves for one configuration."""
+    return hf_model(hf_config(**options))
 
 
 def run_hf(hf, ids, mask, image_mask, pv, **kwargs):
@@ -77,8 +61,8 @@ def test_logits_match_transformers(checkpoints, case):
     with torch.no_grad():
         out = model(ids, pixel_values=pv, attention_mask=mask, image_attention_mask=image_mask)
     assert out.logits.shape == ref.logits.shape == (2, ids.shape[1], VOCAB + EXTRA)
-    assert_close_logits(out.logits, ref.logits, mask)
-    assert_close_logits(out.image_hidden_states, ref.image_hidden_states, what="image states")
+    assert_close_rel(out.logits, ref.logits, "logits", F32_REL, mask)
+    assert_close_rel(out.image_hidden_states, ref.image_hidden_states, "image states", F32_REL)
     if case.get("tie"):
         assert model.lm_head.weight is model.model.embed_tokens.weight
         assert model.lm_head.additional_fc.weight is model.model.embed_tokens.additional_embedding.weight
@@ -93,13 +77,13 @@ def test_many_images_and_rows(checkpoints):
     ref = run_hf(hf, ids, mask, image_mask, pv)
     with torch.no_grad():
         out = model(ids, pixel_values=pv, attention_mask=mask, image_attention_mask=image_mask)
-    assert_close_logits(out.logits, ref.logits, mask)
+    assert_close_rel(out.logits, ref.logits, "logits", F32_REL, mask)
     # Without padding (a single row) no self-attention mask is built: the kernel's causal band is used.
     one = slice(0, 1)
     ref = run_hf(hf, ids[one, -18:], None, image_mask[one, -18:], pv[one])
     with torch.no_grad():
         out = model(ids[one, -18:], pixel_values=pv[one], image_attention_mask=image_mask[one, -18:])
-    assert_close_logits(out.logits, ref.logits)
+    assert_close_rel(out.logits, ref.logits, "logits", F32_REL)
 
 
 def test_gated_blocks_and_image_mask_matter(checkpoints):
@@ -150,7 +134,7 @@ def test_loss(checkpoints):
     pv = pixel_values(2, 2)
     # Position t predicts labels[t + 1]: bos gets no label, so no logit at a pad position enters the loss.
     labels = ids.masked_fill((mask == 0) | (ids == BOS), -100)
-    hf, folder = checkpoints(**CASES["resampler-float"], extra=0)
+    hf, folder = checkpoints(**CASES["resampler-float"], additional_vocab_size=0)
     model = minivlm.from_pretrained(folder)
     ids0 = ids.masked_fill(ids >= VOCAB, 5)                                # no additional vocabulary here
     ref = run_hf(hf, ids0, mask, image_mask, pv, labels=labels.masked_fill(labels >= VOCAB, 5)).loss
@@ -216,7 +200,7 @@ def test_kv_cache_decoding_equals_full_recomputation(checkpoints):
             steps.append(model(full_ids[:, t:t + 1], attention_mask=full_mask[:, :t + 1],
                                position_ids=positions[:, t:t + 1], cache=cache).logits)
     assert cache.length == full_ids.shape[1]
-    assert_close_logits(torch.cat(steps, 1), full, full_mask, what="cached logits")
+    assert_close_rel(torch.cat(steps, 1), full, "cached logits", F32_REL, full_mask)
 
 
 def test_rms_norm_casting_matches_transformers():

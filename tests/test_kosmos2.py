@@ -10,17 +10,16 @@ Transformers' Kosmos-2 does not run in float64, so greedy generation is compared
 asserts that the reference's smallest top-2 logit margin along the way is far above float32 noise, so that
 equal tokens are a real check and not luck.
 """
-import shutil
-
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import minivlm
 from minivlm.loading import CheckpointError
 from minivlm.models.kosmos2 import Kosmos2Config, sinusoidal_positions
-from conftest import assert_close_rel, assert_kept_rows_match, assert_same_weights, check_cache_errors
-from _kosmos2 import EOS, NUM_QUERIES, PAD, hf_config, hf_model, pixel_values, prompts, save
+from _kosmos2 import EOS, NUM_QUERIES, PAD, hf_config, hf_model, pixel_values, prompts
+from helpers import (assert_close_rel, assert_kept_rows_match, assert_same_weights, check_cache_errors, save,
+                     write_checkpoint)
 
 # float32 tolerance, relative to the largest value compared. Both sides run the same float32 math, in a
 # possibly different order (minivlm's attention kernel against SDPA, other GEMM blockings), so values may
@@ -33,10 +32,6 @@ F32_REL = 1e-5
 # The reference's top-2 logit margin must exceed this at every greedy step (logits are ~3 here): 1e-3 is
 # over 1000x the float32 error above, so a token can only differ through a real difference.
 MIN_MARGIN = 1e-3
-
-
-def assert_close(ours, theirs, what, mask=None, rel=F32_REL):
-    assert_close_rel(ours, theirs, what, rel, mask)
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +55,10 @@ def test_vision_and_image_embeds_match_transformers(checkpoint, model):
     with torch.no_grad():
         ref = hf(pixel_values=pv, input_ids=ids, attention_mask=mask, image_embeds_position_mask=image_mask)
         out = model(ids, pv, mask, image_mask)
-    assert_close(out.vision_model_output.last_hidden_state, ref.vision_model_output.last_hidden_state,
-                 "vision last_hidden_state")
+    assert_close_rel(out.vision_model_output.last_hidden_state, ref.vision_model_output.last_hidden_state,
+                     "vision last_hidden_state", F32_REL)
     assert out.image_hidden_states.shape == (3, NUM_QUERIES, 64)
-    assert_close(out.image_hidden_states, ref.image_embeds, "image embeds")
+    assert_close_rel(out.image_hidden_states, ref.image_embeds, "image embeds", F32_REL)
 
 
 def test_logits_match_transformers_right_padded(checkpoint, model):
@@ -82,8 +77,8 @@ def test_logits_match_transformers_right_padded(checkpoint, model):
                          position_ids=rows)
         out_embeds = model(ids, attention_mask=mask, image_embeds_position_mask=image_mask,
                            image_embeds=out.image_hidden_states)
-    assert_close(out.logits, ref.logits, "logits", mask)
-    assert_close(out_rows.logits, ref_rows.logits, "logits with position_ids", mask)
+    assert_close_rel(out.logits, ref.logits, "logits", F32_REL, mask)
+    assert_close_rel(out_rows.logits, ref_rows.logits, "logits with position_ids", F32_REL, mask)
     assert (out_rows.logits - out.logits)[mask.bool()].abs().max() > 1e-2    # the positions do matter
     assert torch.equal(out_embeds.logits, out.logits)
     assert_kept_rows_match(
@@ -100,7 +95,7 @@ def test_text_only_logits_match_transformers(checkpoint, model):
     with torch.no_grad():
         ref = hf.text_model(input_ids=ids, attention_mask=mask).logits
         out = model(ids, attention_mask=mask)
-    assert_close(out.logits, ref, "text-only logits", mask)
+    assert_close_rel(out.logits, ref, "text-only logits", F32_REL, mask)
     assert not out.logits.isnan().any()      # pad rows too: a pad query that sees no key gives no NaN
     assert out.image_hidden_states is None and out.vision_model_output is None
 
@@ -114,7 +109,7 @@ def test_loss_matches_transformers(checkpoint, model):
         ref = hf(pixel_values=pv, input_ids=ids, attention_mask=mask, image_embeds_position_mask=image_mask,
                  labels=labels).loss
         ours = model(ids, pv, mask, image_mask, labels=labels).loss
-    assert_close(ours, ref, "loss")
+    assert_close_rel(ours, ref, "loss", F32_REL)
 
 
 # -- generation and the KV cache -------------------------------------------------------------------------
@@ -191,7 +186,7 @@ def test_kv_cache_decoding_equals_full_recomputation(model):
         for i in range(6):
             steps.append(model(new[:, i:i + 1], attention_mask=full_mask[:, :T + i + 1], cache=cache).logits)
     assert cache.length == seq.shape[1]
-    assert_close(torch.cat(steps, dim=1), full, "cached logits", full_mask)
+    assert_close_rel(torch.cat(steps, dim=1), full, "cached logits", F32_REL, full_mask)
 
     # Without padding the two numberings agree and no mask is built (the kernel's causal band).
     ids, _, image_mask = prompts([4, 4], seed=5)
@@ -202,18 +197,11 @@ def test_kv_cache_decoding_equals_full_recomputation(model):
         cache = model.new_cache(2, seq.shape[1])
         steps = [model(ids, pv, image_embeds_position_mask=image_mask, cache=cache).logits]
         steps += [model(new[:2, i:i + 2], cache=cache).logits for i in range(0, 6, 2)]   # 2 tokens per step
-    assert_close(torch.cat(steps, dim=1), full, "cached logits, unpadded")
+    assert_close_rel(torch.cat(steps, dim=1), full, "cached logits, unpadded", F32_REL)
     check_cache_errors(model, 128)
 
 
 # -- loading and config ----------------------------------------------------------------------------------
-
-def _write(folder, tensors, config_folder):
-    folder.mkdir()
-    shutil.copy(config_folder / "config.json", folder / "config.json")
-    save_file({k: v.clone().contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"))
-    return folder
-
 
 def test_every_key_spelling_loads(checkpoint, model, tmp_path):
     """What save_pretrained writes (the tied lm_head left out; the hub's spelling), Transformers' in-memory
@@ -228,8 +216,8 @@ def test_every_key_spelling_loads(checkpoint, model, tmp_path):
     base = {k: v for k, v in written.items()}
     base["vision_model.model.embeddings.position_ids"] = torch.arange(17)[None]
     base["text_model.model.embed_positions.weights"] = torch.zeros(66, 64)
-    folders = {"in_memory": _write(tmp_path / "in_memory", in_memory, folder),
-               "with_buffers": _write(tmp_path / "with_buffers", base, folder)}
+    folders = {"in_memory": write_checkpoint(tmp_path / "in_memory", in_memory, folder),
+               "with_buffers": write_checkpoint(tmp_path / "with_buffers", base, folder)}
     ids, mask, image_mask = prompts([4, 2])
     pv = pixel_values(2)
     with torch.no_grad():
@@ -239,23 +227,21 @@ def test_every_key_spelling_loads(checkpoint, model, tmp_path):
         assert other.text_model.lm_head.weight is other.text_model.model.embed_tokens.weight, name
         assert_same_weights(other, model, name)
         with torch.no_grad():
-            assert_close(other(ids, pv, mask, image_mask).logits, expected, name, mask)
+            assert_close_rel(other(ids, pv, mask, image_mask).logits, expected, name, F32_REL, mask)
 
-    untied_config = hf_config(tie_word_embeddings=False)
-    untied_config.tie_word_embeddings = False
-    untied = hf_model(untied_config, seed=1)
+    untied = hf_model(hf_config(tie=False), seed=1)
     untied_folder = save(untied, tmp_path / "untied")
     assert "text_model.lm_head.weight" in load_file(str(untied_folder / "model.safetensors"))
     ours = minivlm.from_pretrained(untied_folder)
     assert ours.text_model.lm_head.weight is not ours.text_model.model.embed_tokens.weight
     with torch.no_grad():
         ref = untied(pixel_values=pv, input_ids=ids, attention_mask=mask, image_embeds_position_mask=image_mask)
-        assert_close(ours(ids, pv, mask, image_mask).logits, ref.logits, "untied logits", mask)
+        assert_close_rel(ours(ids, pv, mask, image_mask).logits, ref.logits, "untied logits", F32_REL, mask)
 
     missing = dict(written)
     del missing["image_to_text_projection.latent_query"]
     with pytest.raises(CheckpointError, match="latent_query"):
-        minivlm.from_pretrained(_write(tmp_path / "missing", missing, folder))
+        minivlm.from_pretrained(write_checkpoint(tmp_path / "missing", missing, folder))
 
 
 def test_config_reads_transformers_fields(checkpoint, model):

@@ -1,9 +1,9 @@
 """minivlm's Llama/Mistral decoder (minivlm/models/llama.py) against Transformers.
 
-Each case builds a tiny random-weight LlamaForCausalLM / MistralForCausalLM in Transformers, saves it with
-save_pretrained and loads it with minivlm.from_pretrained, so the checkpoint goes through minivlm's own
-loader. The weights are drawn with std 0.15 (not Transformers' 0.02) so that attention is sharp: scores
-spread over several units, so a wrong position, mask or window changes the logits far beyond tolerance.
+Each case builds a tiny random-weight LlamaForCausalLM / MistralForCausalLM in Transformers (tests/_llama.py),
+saves it with save_pretrained and loads it with minivlm.from_pretrained, so the checkpoint goes through
+minivlm's own loader. The weights are drawn with std 0.15 (not Transformers' 0.02) so that attention is sharp:
+scores spread over several units, so a wrong position, mask or window changes the logits far beyond tolerance.
 
 Tolerance (float32). Both implementations do the same float32 math in different orders (minivlm's
 attention kernel vs Transformers' SDPA; other summation orders in the matmuls). Each logit ends a chain of
@@ -12,48 +12,18 @@ roundoff is 6e-8, and the observed differences are ~1e-6 of the largest logit (~
 the largest logit, a 10x margin. KV-cache decoding against full recomputation is held to the same bound
 (the same math with matmuls of other shapes).
 """
-import json
-
 import pytest
 import torch
 import transformers
 
 import minivlm
 from minivlm.models.cache import KVCache
-from minivlm.models.llama import LlamaConfig, LlamaForCausalLM, rope_inv_freq
-from conftest import assert_close_rel, assert_kept_rows_match, assert_same_weights, check_cache_errors, left_padded_mask
+from minivlm.models.llama import LlamaConfig, rope_inv_freq
+from _llama import VOCAB, hf_model
+from helpers import (assert_close_rel, assert_kept_rows_match, assert_same_weights, check_cache_errors,
+                     decode_in_chunks, edit_config, generate_positions, left_padded_mask, save_and_load)
 
-VOCAB = 97
 RTOL32 = 1e-5    # times the largest reference logit; see the module docstring
-
-
-def randomize(model, std=0.15, seed=1):
-    """Every weight ~ N(0, std), norm weights ~ 1 + N(0, 0.2): random but well-conditioned."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype)
-            p.copy_(1 + 0.2 * r if "norm" in name else std * r)
-    return model.eval()
-
-
-def hf_model(model_type="llama", **overrides):
-    """A tiny Transformers Llama or Mistral causal LM with random weights."""
-    kw = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-              max_position_embeddings=256)
-    kw.update(overrides)
-    if model_type == "llama":
-        return randomize(transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw)))
-    return randomize(transformers.MistralForCausalLM(transformers.MistralConfig(**kw)))
-
-
-def save_and_load(hf, path, dtype=torch.float32):
-    hf.save_pretrained(path)
-    return minivlm.from_pretrained(path, dtype=dtype)
-
-
-def assert_close(actual, expected, what, rtol=RTOL32):
-    assert_close_rel(actual, expected, what, rtol)
 
 
 CASES = {
@@ -75,7 +45,7 @@ def test_logits_match_transformers(case, tmp_path):
         expected = hf(ids).logits
         out = model(ids)
     assert out.logits.shape == expected.shape
-    assert_close(out.logits, expected, case)
+    assert_close_rel(out.logits, expected, case, RTOL32)
     assert out.hidden_states.shape == (2, 72, 64)
 
 
@@ -91,8 +61,8 @@ def test_left_padded_batch(model_type, overrides, tmp_path):
         # A row without padding is not changed by its neighbours' padding.
         alone = model(ids[:1]).logits
     real = mask.bool()
-    assert_close(got[real], expected[real], "non-pad logits")
-    assert_close(got[0], alone[0], "unpadded row in a padded batch")
+    assert_close_rel(got[real], expected[real], "non-pad logits", RTOL32)
+    assert_close_rel(got[0], alone[0], "unpadded row in a padded batch", RTOL32)
 
 
 def test_tied_and_untied_head(tmp_path):
@@ -119,12 +89,6 @@ def test_loss_matches_transformers(tmp_path):
     assert abs(got.item() - expected.item()) <= RTOL32 * abs(expected.item())
 
 
-def _rewrite_config(path, edit):
-    config = json.loads((path / "config.json").read_text())
-    edit(config)
-    (path / "config.json").write_text(json.dumps(config))
-
-
 def _hub_spelling(scaling_key):
     """config.json as hub checkpoints write it: top-level rope_theta, rope_scaling with type/rope_type."""
     def edit(config):
@@ -144,18 +108,18 @@ def test_rope_spellings_give_the_same_model(rope, scaling_key, tmp_path):
     hf = hf_model("llama", rope_parameters=dict(rope))
     hf.save_pretrained(tmp_path / "v5")
     hf.save_pretrained(tmp_path / "hub")
-    _rewrite_config(tmp_path / "hub", _hub_spelling(scaling_key))
+    edit_config(tmp_path / "hub", _hub_spelling(scaling_key))
     v5, hub = minivlm.from_pretrained(tmp_path / "v5"), minivlm.from_pretrained(tmp_path / "hub")
     assert v5.config == hub.config
     assert v5.config.rope_parameters == rope
     ids = torch.randint(0, VOCAB, (1, 40))
     assert_same_weights(hub, v5, "hub spelling")
     with torch.no_grad():
-        assert_close(hub(ids).logits, v5(ids).logits, "hub spelling")
+        assert_close_rel(hub(ids).logits, v5(ids).logits, "hub spelling", RTOL32)
     # Transformers reads the hub spelling to the same model.
     hf_hub = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hub").eval()
     with torch.no_grad():
-        assert_close(hub(ids).logits, hf_hub(ids).logits, "hub spelling vs Transformers")
+        assert_close_rel(hub(ids).logits, hf_hub(ids).logits, "hub spelling vs Transformers", RTOL32)
 
 
 @pytest.mark.parametrize("rope", [
@@ -173,7 +137,7 @@ def test_rope_types_match_transformers(rope, tmp_path):
     assert torch.equal(rope_inv_freq(model.config), hf.model.rotary_emb.inv_freq)
     ids = torch.randint(0, VOCAB, (2, 90))
     with torch.no_grad():
-        assert_close(model(ids).logits, hf(ids).logits, rope["rope_type"])
+        assert_close_rel(model(ids).logits, hf(ids).logits, rope["rope_type"], RTOL32)
 
 
 @pytest.mark.parametrize("rope_type", ["dynamic", "yarn", "longrope", "made_up"])
@@ -228,22 +192,6 @@ def test_bad_config_values_raise():
 # KV cache: decoding token by token, or in chunks, equals recomputing the whole sequence
 # --------------------------------------------------------------------------------------------------
 
-def _decode_in_chunks(model, ids, chunks, mask=None):
-    """Logits of ids (B, T) computed chunk by chunk through one cache; positions as generate makes them."""
-    B, T = ids.shape
-    cache = model.new_cache(B, T + 3)
-    positions = None if mask is None else (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    out, start = [], 0
-    for size in chunks:
-        end = start + size
-        out.append(model(ids[:, start:end], cache=cache,
-                         attention_mask=None if mask is None else mask[:, :end],
-                         position_ids=None if positions is None else positions[:, start:end]).logits)
-        start = end
-    assert start == T and cache.length == T
-    return torch.cat(out, dim=1)
-
-
 @pytest.mark.parametrize("model_type,overrides", [
     ("llama", dict(num_key_value_heads=2)),
     ("mistral", dict(num_key_value_heads=2, sliding_window=8)),      # the window bites in decode too
@@ -255,8 +203,8 @@ def test_cache_decoding_equals_recomputation(model_type, overrides, chunks, tmp_
     ids = torch.randint(0, VOCAB, (2, T))
     with torch.no_grad():
         full = model(ids).logits
-        cached = _decode_in_chunks(model, ids, chunks)
-    assert_close(cached, full, f"{model_type} cache")
+        cached = decode_in_chunks(model, ids, chunks)
+    assert_close_rel(cached, full, f"{model_type} cache", RTOL32)
 
 
 @pytest.mark.parametrize("model_type,overrides", [("llama", {}), ("mistral", dict(num_key_value_heads=2, sliding_window=8))])
@@ -265,14 +213,14 @@ def test_cache_decoding_with_left_padding(model_type, overrides, tmp_path):
     model = save_and_load(hf, tmp_path)
     ids = torch.randint(0, VOCAB, (2, 60))
     mask = left_padded_mask([60, 35], 60)
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    positions = generate_positions(mask)
     with torch.no_grad():
         full = model(ids, attention_mask=mask, position_ids=positions).logits
         expected = hf(ids, attention_mask=mask, position_ids=positions).logits
-        cached = _decode_in_chunks(model, ids, [30] + [1] * 30, mask)
+        cached = decode_in_chunks(model, ids, [30] + [1] * 30, mask, positions)
     real = mask.bool()
-    assert_close(cached[real], full[real], "padded cache")
-    assert_close(full[real], expected[real], "padded with generate's positions vs Transformers")
+    assert_close_rel(cached[real], full[real], "padded cache", RTOL32)
+    assert_close_rel(full[real], expected[real], "padded with generate's positions vs Transformers", RTOL32)
 
 
 def test_cache_errors(tmp_path):

@@ -11,13 +11,12 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import minivlm
 from minivlm.loading import CheckpointError
 from minivlm.models.llava_next import LlavaNextForConditionalGeneration
-from _llava import BOS, EOS, IMAGE_TOKEN, crops_of, hf_config, hf_model, pixel_values, prompts, save
-from conftest import assert_close_rel, assert_same_weights
+from _llava import BOS, EOS, IMAGE_TOKEN, crops_of, hf_config, hf_model, pixel_values, prompts
+from helpers import assert_close_rel, assert_same_weights, write_checkpoint
 
 # float32 tolerance, relative to the largest logit. Both sides run the same float32 math in a different
 # order (minivlm's blocked online-softmax attention against SDPA, other GEMM blockings), so each dot
@@ -33,24 +32,9 @@ SIZES_PAIR = [(20, 40), (40, 18)]
 SIZES_MANY = [(12, 14), (20, 40), (45, 13), (33, 31)]
 
 
-def assert_close_logits(ours, theirs, mask=None, rel=F32_REL, what="logits"):
-    assert_close_rel(ours, theirs, what, rel, mask)
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """Transformers models and their saved folders, built once per configuration."""
-    cache = {}
-
-    def get(**kwargs):
-        key = tuple(sorted((k, str(v)) for k, v in kwargs.items()))
-        if key not in cache:
-            hf = hf_model(hf_config(**kwargs))
-            folder = save(hf, tmp_path_factory.mktemp("llava"))
-            cache[key] = hf, folder
-        return cache[key]
-
-    return get
+def build_checkpoint(**options):
+    """The Transformers model the checkpoints fixture (conftest.py) saves for one configuration."""
+    return hf_model(hf_config(**options))
 
 
 def hf_logits(hf, ids, mask, pv, sizes, dtype=torch.float32):
@@ -76,8 +60,8 @@ def test_logits_match_transformers(checkpoints, case):
     with torch.no_grad():
         out = model(ids, pixel_values=pv, image_sizes=torch.tensor(SIZES_PAIR), attention_mask=mask)
     assert out.logits.shape == ref.logits.shape
-    assert_close_logits(out.logits, ref.logits, mask)
-    assert_close_logits(out.image_hidden_states, ref.image_hidden_states, what="image features")
+    assert_close_rel(out.logits, ref.logits, "logits", F32_REL, mask)
+    assert_close_rel(out.image_hidden_states, ref.image_hidden_states, "image features", F32_REL)
 
 
 def test_many_image_sizes(checkpoints):
@@ -89,8 +73,8 @@ def test_many_image_sizes(checkpoints):
     ref = hf_logits(hf, ids, mask, pv, SIZES_MANY)
     with torch.no_grad():
         out = model(ids, pixel_values=pv, image_sizes=torch.tensor(SIZES_MANY), attention_mask=mask)
-    assert_close_logits(out.logits, ref.logits, mask)
-    assert_close_logits(out.image_hidden_states, ref.image_hidden_states, what="image features")
+    assert_close_rel(out.logits, ref.logits, "logits", F32_REL, mask)
+    assert_close_rel(out.image_hidden_states, ref.image_hidden_states, "image features", F32_REL)
 
 
 def test_loss_matches_transformers(checkpoints):
@@ -148,7 +132,7 @@ def test_kv_cache_decoding_equals_full_recomputation(checkpoints):
         for t in range(T, full_ids.shape[1]):
             steps.append(model(full_ids[:, t:t + 1], attention_mask=full_mask[:, :t + 1],
                                position_ids=positions[:, t:t + 1], cache=cache).logits)
-    assert_close_logits(torch.cat(steps, 1), full, full_mask, what="cached logits")
+    assert_close_rel(torch.cat(steps, 1), full, "cached logits", F32_REL, full_mask)
 
 
 def test_full_strategy_fails_clearly_like_transformers(checkpoints):
@@ -194,13 +178,6 @@ def test_half_precision_is_as_accurate_as_transformers(checkpoints, dtype):
 
 # -- the loader ----------------------------------------------------------------------------------------
 
-def _write(folder, tensors, config_folder):
-    folder.mkdir()
-    shutil.copy(config_folder / "config.json", folder / "config.json")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"))
-    return folder
-
-
 def _spellings(hf, folder, tmp_path):
     """The same weights under every key spelling found in the wild."""
     from safetensors.torch import load_file
@@ -216,8 +193,8 @@ def _spellings(hf, folder, tmp_path):
     assert (sharded / "model.safetensors.index.json").is_file()
     return {
         "save_pretrained": folder,
-        "hub": _write(tmp_path / "hub", hub, folder),
-        "in_memory": _write(tmp_path / "in_memory", in_memory, folder),
+        "hub": write_checkpoint(tmp_path / "hub", hub, folder),
+        "in_memory": write_checkpoint(tmp_path / "in_memory", in_memory, folder),
         "sharded": sharded,
     }
 
@@ -235,8 +212,8 @@ def test_every_key_spelling_loads(checkpoints, tmp_path):
         expected = models["save_pretrained"](ids, pixel_values=pv, image_sizes=sizes, attention_mask=mask).logits
         for name, model in models.items():
             assert_same_weights(model, models["save_pretrained"], name)
-            assert_close_logits(model(ids, pixel_values=pv, image_sizes=sizes, attention_mask=mask).logits,
-                                expected, mask, what=name)
+            assert_close_rel(model(ids, pixel_values=pv, image_sizes=sizes, attention_mask=mask).logits,
+                             expected, name, F32_REL, mask)
 
 
 def test_tied_head_absent_from_file_is_not_missing(checkpoints):
@@ -265,7 +242,7 @@ def test_broken_checkpoint_fails_with_a_list(checkpoints, tmp_path, damage):
         tensors["language_model.model.layers.7.extra.weight"] = torch.zeros(2)
         expect = ["in the checkpoint but not in the model (1)", "layers.7.extra.weight"]
     with pytest.raises(CheckpointError) as info:
-        minivlm.from_pretrained(_write(tmp_path / damage, tensors, folder))
+        minivlm.from_pretrained(write_checkpoint(tmp_path / damage, tensors, folder))
     for text in expect:
         assert text in str(info.value)
 
@@ -277,7 +254,7 @@ def test_loading_converts_dtypes_exactly(checkpoints, tmp_path):
     from safetensors.torch import load_file
 
     stored = load_file(str(folder / "model.safetensors"))
-    bf16 = _write(tmp_path / "bf16", {k: v.to(torch.bfloat16) for k, v in stored.items()}, folder)
+    bf16 = write_checkpoint(tmp_path / "bf16", {k: v.to(torch.bfloat16) for k, v in stored.items()}, folder)
     for path, file_dtype in ((folder, torch.float32), (bf16, torch.bfloat16)):
         for dtype in (torch.float32, torch.bfloat16, torch.float64):
             model = minivlm.from_pretrained(path, dtype=dtype)
@@ -305,8 +282,9 @@ def test_mmap_serves_the_file_copy_on_write(checkpoints, tmp_path):
     pv, sizes = pixel_values(SIZES_PAIR), torch.tensor(SIZES_PAIR)
     with torch.no_grad():
         assert_same_weights(mapped, read, "memory-mapped vs read")
-        assert_close_logits(mapped(ids, pixel_values=pv, image_sizes=sizes, attention_mask=mask).logits,
-                            read(ids, pixel_values=pv, image_sizes=sizes, attention_mask=mask).logits, mask)
+        assert_close_rel(mapped(ids, pixel_values=pv, image_sizes=sizes, attention_mask=mask).logits,
+                         read(ids, pixel_values=pv, image_sizes=sizes, attention_mask=mask).logits, "logits", F32_REL,
+                         mask)
         before = (work / "model.safetensors").read_bytes()
         w.mul_(2)                                                         # a write: copy-on-write
     assert (work / "model.safetensors").read_bytes() == before

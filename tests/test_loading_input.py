@@ -6,7 +6,6 @@ what was expected and what was found, before anything is loaded.
 The checkpoint is a tiny BLIP-2 with OPT (tests/_blip2.py), saved by Transformers: it has float32
 islands (the Q-Former), so the dtype tests also see where they apply.
 """
-import json
 import shutil
 
 import pytest
@@ -16,7 +15,8 @@ from safetensors.torch import load_file, save_file
 import minivlm
 from minivlm.loading import CheckpointError, load_weights
 from minivlm.models.blip2 import Blip2Config, Blip2ForConditionalGeneration
-from _blip2 import hf_config, hf_model, save
+from _blip2 import hf_config, hf_model
+from helpers import edit_config, save
 
 NAMES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -30,12 +30,6 @@ def copy_of(folder, tmp_path, name="copy"):
     target = tmp_path / name
     shutil.copytree(folder, target)
     return target
-
-
-def edit_config(folder, edit):
-    config = json.loads((folder / "config.json").read_text())
-    edit(config)
-    (folder / "config.json").write_text(json.dumps(config))
 
 
 def raises_one_line(exc, call, *parts):

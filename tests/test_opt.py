@@ -1,10 +1,11 @@
 """minivlm's OPT decoder (minivlm/models/opt.py) against Transformers' OPTForCausalLM.
 
-Each case builds a tiny random-weight OPTForCausalLM in Transformers (hidden 64, 2 layers, 4 heads, ffn 128,
-vocab 128, 128 positions), saves it with save_pretrained and loads it with minivlm.from_pretrained, so the
-checkpoint goes through minivlm's own loader. Weights are drawn with std 0.15 (not Transformers' 0.02) and
-LayerNorm weights 1 + N(0, 0.2): attention is sharp and the position table matters, so a wrong position
-offset, mask, LayerNorm placement or projection changes the logits by whole units.
+Each case builds a tiny random-weight OPTForCausalLM in Transformers (tests/_opt.py: hidden 64, 2 layers, 4
+heads, ffn 128, vocab 128, 128 positions), saves it with save_pretrained and loads it with
+minivlm.from_pretrained, so the checkpoint goes through minivlm's own loader. Weights are drawn with std 0.15
+(not Transformers' 0.02) and LayerNorm weights 1 + N(0, 0.2): attention is sharp and the position table
+matters, so a wrong position offset, mask, LayerNorm placement or projection changes the logits by whole
+units.
 
 Tolerance (float32). Both sides do the same float32 math in possibly different orders (minivlm's attention
 kernel vs Transformers' SDPA; other matmul blockings). Each logit ends a chain of two layers of dot products
@@ -18,45 +19,17 @@ import json
 import pytest
 import torch
 import transformers
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import minivlm
 from minivlm.models.cache import KVCache
-from minivlm.models.opt import OPTConfig, OPTForCausalLM
-from conftest import assert_close_rel, assert_kept_rows_match, assert_same_weights, check_cache_errors, left_padded_mask
+from minivlm.models.opt import OPTConfig
+from _opt import EOS, PAD, VOCAB, hf_model
+from helpers import (assert_close_rel, assert_kept_rows_match, assert_same_weights, check_cache_errors,
+                     decode_in_chunks, generate_positions, left_padded_mask, save_and_load, write_checkpoint)
 
-VOCAB = 128
-PAD, BOS, EOS = 1, 2, 2       # OPT's own ids
 RTOL32 = 1e-5                 # times the largest reference logit; see the module docstring
 NEW = 12                      # tokens generated in the greedy tests
-
-
-def hf_model(seed=1, **overrides):
-    """A tiny Transformers OPTForCausalLM with random weights, in eval mode."""
-    kw = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
-              max_position_embeddings=128)
-    kw.update(overrides)
-    model = transformers.OPTForCausalLM(transformers.OPTConfig(**kw))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype)
-            p.copy_(1 + 0.2 * r if "layer_norm" in name and name.endswith("weight") else 0.15 * r)
-    return model.eval()
-
-
-def save_and_load(hf, path, dtype=torch.float32):
-    hf.save_pretrained(path)
-    return minivlm.from_pretrained(path, dtype=dtype)
-
-
-def assert_close(actual, expected, what, rtol=RTOL32):
-    assert_close_rel(actual, expected, what, rtol)
-
-
-def generate_positions(mask):
-    """What minivlm's (and Transformers') generate passes: cumsum(mask) - 1, pads at 0."""
-    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
 
 CASES = {
@@ -80,7 +53,7 @@ def test_logits_match_transformers(case, tmp_path):
         expected = hf(ids).logits
         out = model(ids)
     assert out.logits.shape == expected.shape == (2, 48, VOCAB)
-    assert_close(out.logits, expected, case)
+    assert_close_rel(out.logits, expected, case, RTOL32)
     assert out.hidden_states.shape == (2, 48, model.config.word_embed_proj_dim)
     has_project = model.config.word_embed_proj_dim != 64
     assert (model.model.decoder.project_in is not None) == has_project
@@ -103,15 +76,16 @@ def test_left_padded_batch(case, tmp_path):
     with torch.no_grad():
         expected = hf(ids, attention_mask=mask).logits
         got = model(ids, attention_mask=mask).logits                  # positions from the mask: pads at -1
-        assert_close(got[real], expected[real], f"{case} non-pad logits")
+        assert_close_rel(got[real], expected[real], f"{case} non-pad logits", RTOL32)
         # generate's positions (pads at 0, not -1) change nothing at the real tokens, on either side.
         pos = generate_positions(mask)
         got_pos = model(ids, attention_mask=mask, position_ids=pos).logits
-        assert_close(got_pos[real], expected[real], f"{case} with generate's positions")
-        assert_close(got_pos[real], hf(ids, attention_mask=mask, position_ids=pos).logits[real], f"{case} same pos")
+        assert_close_rel(got_pos[real], expected[real], f"{case} with generate's positions", RTOL32)
+        assert_close_rel(got_pos[real], hf(ids, attention_mask=mask, position_ids=pos).logits[real],
+                         f"{case} same pos", RTOL32)
         # A padded row equals the same tokens alone, unpadded: positions restart at the first real token.
         alone = model(ids[2:, 31:]).logits
-        assert_close(got[2, 31:], alone[0], "padded row vs alone")
+        assert_close_rel(got[2, 31:], alone[0], "padded row vs alone", RTOL32)
 
 
 def test_loss_matches_transformers(tmp_path):
@@ -165,22 +139,6 @@ def test_greedy_generation_matches_transformers_float64(case, padded, tmp_path):
 # KV cache: decoding token by token, or in chunks, equals recomputing the whole sequence
 # --------------------------------------------------------------------------------------------------
 
-def _decode_in_chunks(model, ids, chunks, mask=None, positions=None):
-    """Logits of ids (B, T) computed chunk by chunk through one cache. With a mask and no positions the
-    model derives each chunk's positions from the mask over the cached tokens too."""
-    B, T = ids.shape
-    cache = model.new_cache(B, T + 3)
-    out, start = [], 0
-    for size in chunks:
-        end = start + size
-        out.append(model(ids[:, start:end], cache=cache,
-                         attention_mask=None if mask is None else mask[:, :end],
-                         position_ids=None if positions is None else positions[:, start:end]).logits)
-        start = end
-    assert start == T and cache.length == T
-    return torch.cat(out, dim=1)
-
-
 @pytest.mark.parametrize("case", ["pre_ln", "post_ln_project"])
 @pytest.mark.parametrize("chunks", [[20] + [1] * 30, [7] * 7 + [1]], ids=["token_by_token", "chunked"])
 def test_cache_decoding_equals_recomputation(case, chunks, tmp_path):
@@ -188,8 +146,8 @@ def test_cache_decoding_equals_recomputation(case, chunks, tmp_path):
     ids = torch.randint(0, VOCAB, (2, sum(chunks)))
     with torch.no_grad():
         full = model(ids).logits
-        cached = _decode_in_chunks(model, ids, chunks)
-    assert_close(cached, full, f"{case} cache")
+        cached = decode_in_chunks(model, ids, chunks)
+    assert_close_rel(cached, full, f"{case} cache", RTOL32)
 
 
 @pytest.mark.parametrize("positions", ["from_mask", "generate"])
@@ -204,9 +162,9 @@ def test_cache_decoding_with_left_padding(positions, chunks, tmp_path):
     with torch.no_grad():
         full = model(ids, attention_mask=mask, position_ids=pos).logits
         expected = hf(ids, attention_mask=mask).logits
-        cached = _decode_in_chunks(model, ids, chunks, mask, pos)
-    assert_close(cached[real], full[real], "padded cache")
-    assert_close(full[real], expected[real], "padded vs Transformers")
+        cached = decode_in_chunks(model, ids, chunks, mask, pos)
+    assert_close_rel(cached[real], full[real], "padded cache", RTOL32)
+    assert_close_rel(full[real], expected[real], "padded vs Transformers", RTOL32)
 
 
 def test_cache_errors(tmp_path):
@@ -227,15 +185,12 @@ def test_tied_head_and_old_hub_key_spelling(tmp_path):
     # Old hub files were saved from OPTModel: decoder.* without model., and no lm_head.
     tensors = load_file(tmp_path / "v5" / "model.safetensors")
     assert all(k.startswith("model.decoder.") for k in tensors)
-    old = tmp_path / "old"
-    old.mkdir()
-    save_file({k[len("model."):]: v for k, v in tensors.items()}, old / "model.safetensors")
-    (old / "config.json").write_text((tmp_path / "v5" / "config.json").read_text())
+    old = write_checkpoint(tmp_path / "old", {k[len("model."):]: v for k, v in tensors.items()}, tmp_path / "v5")
     ids = torch.randint(0, VOCAB, (1, 30))
     older = minivlm.from_pretrained(old)
     assert_same_weights(older, model, "keys without the model. prefix")
     with torch.no_grad():
-        assert_close(older(ids).logits, model(ids).logits, "keys without the model. prefix")
+        assert_close_rel(older(ids).logits, model(ids).logits, "keys without the model. prefix", RTOL32)
     untied = save_and_load(hf_model(tie_word_embeddings=False), tmp_path / "untied")
     assert untied.lm_head.weight is not untied.model.decoder.embed_tokens.weight
     assert untied.tied_weights() == {}
@@ -315,4 +270,4 @@ def test_bad_inputs_raise(tmp_path):
     hf = hf_model(**CASES["pre_ln_project"])
     long_ids = torch.randint(0, VOCAB, (1, 128))
     with torch.no_grad():
-        assert_close(model(long_ids).logits, hf(long_ids).logits, "full position table")
+        assert_close_rel(model(long_ids).logits, hf(long_ids).logits, "full position table", RTOL32)

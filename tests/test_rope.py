@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import minivlm
 from minivlm import reference
-from conftest import DEVICES, DTYPES, acc_dtype, assert_within, randn, rounding_error, to_device, unit_roundoff
+from helpers import DEVICES, DTYPES, acc_dtype, assert_within, randn, rounding_error, to_device, unit_roundoff
 
 
 def rotary_tables(L, D, dtype, batch=None, offset=0, base=10000.0):

@@ -1,10 +1,10 @@
 """minivlm's T5 / Flan-T5 (minivlm/models/t5.py) and encoder-decoder generation against Transformers.
 
-Each case builds a tiny random-weight T5ForConditionalGeneration in Transformers (d_model 64, 4 heads of 16,
-d_ff 128, 2 + 2 blocks, vocab 128, 32 buckets, max_distance 20), saves it with save_pretrained and loads it
-with minivlm.from_pretrained. Sequences of ~40 tokens reach distances beyond max_distance, so the log-spaced
-and the last buckets are used. Encoder batches are right-padded, as T5 tokenizers pad. The two cases are
-Flan-T5's layout (gated-gelu, untied lm_head, no output rescale) and T5 v1.0's (relu, tied lm_head,
+Each case builds a tiny random-weight T5ForConditionalGeneration in Transformers (tests/_t5.py: d_model 64, 4
+heads of 16, d_ff 128, 2 + 2 blocks, vocab 128, 32 buckets, max_distance 20), saves it with save_pretrained
+and loads it with minivlm.from_pretrained. Sequences of ~40 tokens reach distances beyond max_distance, so the
+log-spaced and the last buckets are used. Encoder batches are right-padded, as T5 tokenizers pad. The two
+cases are Flan-T5's layout (gated-gelu, untied lm_head, no output rescale) and T5 v1.0's (relu, tied lm_head,
 decoder output * d_model^-0.5).
 
 Weights: q, k and the FFN ~ N(0, 0.1), v and o ~ N(0, 0.3), embeddings and the untied lm_head ~ N(0, 0.5),
@@ -29,57 +29,11 @@ from safetensors.torch import load_file, save_file
 import minivlm
 from minivlm.loading import load_weights
 from minivlm.models.t5 import T5Config, T5ForConditionalGeneration, relative_position_bucket
-from conftest import assert_close_rel
+from _t5 import VOCAB, hf_model, right_padded
+from helpers import assert_close_rel, save_and_load
 
-VOCAB = 128
 RTOL32 = 1e-5     # times the largest reference value; see the module docstring
 CASES = {"flan_gated_gelu_untied": ("gated-gelu", False), "t5v1_relu_tied": ("relu", True)}
-
-
-def hf_model(feed_forward_proj="gated-gelu", tie=False, seed=1):
-    """A tiny Transformers T5 with random weights; tie=False gets its own lm_head (Transformers ties
-    lm_head to shared whatever the config says and unties only a loaded checkpoint whose two differ)."""
-    config = transformers.T5Config(vocab_size=VOCAB, d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2,
-                                   relative_attention_num_buckets=32, relative_attention_max_distance=20,
-                                   feed_forward_proj=feed_forward_proj, tie_word_embeddings=tie,
-                                   decoder_start_token_id=0)
-    model = transformers.T5ForConditionalGeneration(config)
-    if not tie:
-        model.lm_head.weight = torch.nn.Parameter(torch.empty(VOCAB, 64))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=g, dtype=torch.float64).float()
-            if "layer_norm" in name:
-                p.copy_(1 + 0.2 * r)
-            elif "relative_attention_bias" in name:
-                p.copy_(r)
-            elif "shared" in name or "lm_head" in name:
-                p.copy_(0.5 * r)
-            elif name.endswith((".q.weight", ".k.weight")) or "DenseReluDense" in name:
-                p.copy_(0.1 * r)
-            else:                                           # v, o
-                p.copy_(0.3 * r)
-    return model.eval()
-
-
-def save_and_load(hf, path, dtype=torch.float32):
-    hf.save_pretrained(path)
-    return minivlm.from_pretrained(path, dtype=dtype)
-
-
-def right_padded(lengths, T, seed=0):
-    """Encoder ids (B, T) from 2..VOCAB-1, right-padded with 0 to the given lengths, and their mask."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(2, VOCAB, (len(lengths), T), generator=g)
-    mask = torch.zeros(len(lengths), T, dtype=torch.long)
-    for row, n in enumerate(lengths):
-        mask[row, :n] = 1
-    return ids.masked_fill(mask == 0, 0), mask
-
-
-def assert_close(actual, expected, what, rtol=RTOL32):
-    assert_close_rel(actual, expected, what, rtol)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -98,8 +52,8 @@ def test_logits_match_transformers(case, tmp_path):
         got = model(ids, mask, dec, dec_mask)
         got_enc = model.encode(ids, mask)
     real_enc, real_dec = mask.bool(), dec_mask.bool()
-    assert_close(got_enc[real_enc], expected_enc[real_enc], "encoder states")
-    assert_close(got.logits[real_dec], expected.logits[real_dec], "logits")
+    assert_close_rel(got_enc[real_enc], expected_enc[real_enc], "encoder states", RTOL32)
+    assert_close_rel(got.logits[real_dec], expected.logits[real_dec], "logits", RTOL32)
     # The bias matters: zeroing it moves the logits far beyond the tolerance.
     with torch.no_grad():
         model.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.zero_()
@@ -117,7 +71,7 @@ def test_loss_matches_transformers(case, tmp_path):
     with torch.no_grad():
         expected = hf(input_ids=ids, attention_mask=mask, labels=labels)
         got = model(ids, mask, labels=labels)
-    assert_close(got.logits, expected.logits, "logits from labels")
+    assert_close_rel(got.logits, expected.logits, "logits from labels", RTOL32)
     assert abs(got.loss.item() - expected.loss.item()) <= RTOL32 * expected.loss.item()
     # labels -> decoder inputs: start token, then the labels shifted right, -100 -> pad.
     shifted = model.shift_right(labels)
@@ -168,7 +122,7 @@ def test_cached_decoding_matches_full_recomputation(case, tmp_path):
         for t in range(6, 30):
             steps.append(model.decode(dec[:, t:t + 1], enc, mask, cache=cache, logits_to_keep=1).logits)
     assert cache.length == 30 and all(kv is not None for kv in cache.cross)
-    assert_close(torch.cat(steps, dim=1), full, "cached decoding")
+    assert_close_rel(torch.cat(steps, dim=1), full, "cached decoding", RTOL32)
 
 
 def test_relative_bias_gradient_matches_transformers(tmp_path):
@@ -184,7 +138,7 @@ def test_relative_bias_gradient_matches_transformers(tmp_path):
         assert model.get_parameter(name).grad.abs().max() > 0, name
     for name, p in model.named_parameters():
         # float64 on both sides: measured agreement <= 8e-15 of the largest gradient entry.
-        assert_close(p.grad, hf.get_parameter(name).grad, f"grad of {name}", rtol=1e-12)
+        assert_close_rel(p.grad, hf.get_parameter(name).grad, f"grad of {name}", 1e-12)
 
 
 def test_float16_keeps_wo_in_float32(tmp_path):
@@ -209,8 +163,8 @@ def test_float16_keeps_wo_in_float32(tmp_path):
     assert got.dtype == expected.dtype == torch.float16
     # float16's unit roundoff is 4.9e-4; measured: 1.8e-3 of the largest logit between the two float16 runs,
     # 3.4e-3 from float32 (Transformers' own float16 run: 3.7e-3). Bounds 10x those.
-    assert_close(got.float(), expected.float(), "float16 logits", rtol=2e-2)
-    assert_close(got.float(), reference, "float16 vs float32 logits", rtol=4e-2)
+    assert_close_rel(got.float(), expected.float(), "float16 logits", 2e-2)
+    assert_close_rel(got.float(), reference, "float16 vs float32 logits", 4e-2)
 
 
 def test_hub_style_checkpoint_loads(tmp_path):
@@ -236,8 +190,9 @@ def test_hub_style_checkpoint_loads(tmp_path):
     ids, mask = right_padded([20, 14], 20)
     dec = torch.randint(2, VOCAB, (2, 10))
     with torch.no_grad():
-        assert_close(model(ids, mask, dec).logits, hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits,
-                     "hub-style logits")
+        assert_close_rel(model(ids, mask, dec).logits,
+                         hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits, "hub-style logits",
+                         RTOL32)
     # A tied (T5 v1.0) model also reads a file that stores lm_head.weight (= shared) explicitly.
     tied = T5ForConditionalGeneration(T5Config.from_dict({**config, "tie_word_embeddings": True}))
     load_weights(tied, {**tensors, "lm_head.weight": tensors["shared.weight"]})
@@ -328,7 +283,7 @@ def test_every_layout_loads_like_transformers(layout, tmp_path):
     dec = torch.randint(2, VOCAB, (2, 12), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         expected = theirs(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
-        assert_close(model(ids, mask, dec).logits, expected, f"{layout} logits")
+        assert_close_rel(model(ids, mask, dec).logits, expected, f"{layout} logits", RTOL32)
 
 
 def test_relative_position_buckets():
@@ -398,7 +353,7 @@ def test_bad_inputs_raise():
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_every_layout_loads_inside_blip2(layout, tmp_path):
     """The same layouts as BLIP-2's language model (text_config, language_model.* tensors)."""
-    from _blip2 import hf_config, hf_model as blip2_model, pixel_values, t5_prompts, IMAGE_TOKEN
+    from _blip2 import IMAGE_TOKEN, hf_config, hf_model as blip2_model, pixel_values, t5_prompts
 
     hf = blip2_model(hf_config("t5"))
     hf.save_pretrained(tmp_path / "saved")
@@ -416,4 +371,4 @@ def test_every_layout_loads_inside_blip2(layout, tmp_path):
     with torch.no_grad():
         expected = theirs(input_ids=ids, attention_mask=mask, pixel_values=pv, decoder_input_ids=dec).logits
         got = model(ids, pixel_values=pv, attention_mask=mask, decoder_input_ids=dec).logits
-    assert_close(got, expected, f"BLIP-2 {layout} logits")
+    assert_close_rel(got, expected, f"BLIP-2 {layout} logits", RTOL32)

@@ -24,24 +24,25 @@ from safetensors.torch import load_file, save_file
 
 import minivlm
 from minivlm.loading import CheckpointError, rename_key
-from conftest import assert_close_rel
 import _blip2
 import _idefics
 import _kosmos2
+import _llama
 import _llava
+import _opt
+import _t5
+from helpers import assert_close_rel
 
 RTOL32 = 1e-5     # times the largest logit; see the module docstring
 LLAVA_SIZES = [(20, 40), (40, 18)]
 
 
-def _t5():
-    from test_t5 import hf_model
-    return hf_model("relu", tie=True)                       # T5 v1.0: every embedding tied to `shared`
+def _t5_tied():
+    return _t5.hf_model("relu", tie=True)                   # T5 v1.0: every embedding tied to `shared`
 
 
 def _t5_inputs(hf):
-    from test_t5 import right_padded
-    ids, mask = right_padded([20, 13], 20)
+    ids, mask = _t5.right_padded([20, 13], 20)
     dec = torch.randint(2, 128, (2, 9), generator=torch.Generator().manual_seed(5))
     return dict(input_ids=ids, attention_mask=mask, decoder_input_ids=dec), None
 
@@ -52,16 +53,10 @@ def _causal_inputs(vocab):
     return inputs
 
 
-def _llama(model_type):
+def _llama_tied(model_type):
     def build():
-        from test_llama import hf_model
-        return hf_model(model_type, tie_word_embeddings=True, num_key_value_heads=2)   # Mistral: GQA
+        return _llama.hf_model(model_type, tie_word_embeddings=True, num_key_value_heads=2)   # Mistral: GQA
     return build
-
-
-def _opt():
-    from test_opt import hf_model
-    return hf_model()
 
 
 def _llava_inputs(hf):
@@ -105,10 +100,11 @@ T5_PAIRS = [("encoder.embed_tokens.weight", "shared.weight"), ("decoder.embed_to
 # name -> (build a tied Transformers model, its inputs -> (keyword arguments both models take, the mask of
 # real positions or None), the pairs (target, source) it ties)
 MODELS = {
-    "t5": (_t5, _t5_inputs, T5_PAIRS),
-    "opt": (_opt, _causal_inputs(128), [("lm_head.weight", "model.decoder.embed_tokens.weight")]),
-    "llama": (_llama("llama"), _causal_inputs(97), [("lm_head.weight", "model.embed_tokens.weight")]),
-    "mistral": (_llama("mistral"), _causal_inputs(97), [("lm_head.weight", "model.embed_tokens.weight")]),
+    "t5": (_t5_tied, _t5_inputs, T5_PAIRS),
+    "opt": (_opt.hf_model, _causal_inputs(_opt.VOCAB), [("lm_head.weight", "model.decoder.embed_tokens.weight")]),
+    "llama": (_llama_tied("llama"), _causal_inputs(_llama.VOCAB), [("lm_head.weight", "model.embed_tokens.weight")]),
+    "mistral": (_llama_tied("mistral"), _causal_inputs(_llama.VOCAB),
+                [("lm_head.weight", "model.embed_tokens.weight")]),
     "llava_next": (lambda: _llava.hf_model(_llava.hf_config(text="llama", feature_layer=1, tie=True)), _llava_inputs,
                    [("language_model.lm_head.weight", "language_model.model.embed_tokens.weight")]),
     "kosmos2": (lambda: _kosmos2.hf_model(_kosmos2.hf_config()), _kosmos2_inputs,
@@ -126,20 +122,9 @@ CASES = [pytest.param(name, i, layout, id=f"{name}-{pair[0]}-{layout}")
          if layout != "absent" or i == 0]       # "absent" is the folder as saved: one case per model
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    """Each model's tied Transformers model and the folder save_pretrained wrote, built once."""
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            hf = MODELS[name][0]()
-            folder = tmp_path_factory.mktemp(name)
-            hf.save_pretrained(folder)
-            cache[name] = hf, folder
-        return cache[name]
-
-    return get
+def build_checkpoint(name):
+    """The tied Transformers model of MODELS[name] that the checkpoints fixture (conftest.py) saves."""
+    return MODELS[name][0]()
 
 
 def _rewrite(folder, out, edit):
@@ -175,10 +160,10 @@ def assert_like_transformers(ours, theirs, inputs, what):
 
 
 @pytest.mark.parametrize("name, pair, layout", CASES)
-def test_tie_follows_the_file(saved, name, pair, layout, tmp_path):
+def test_tie_follows_the_file(checkpoints, name, pair, layout, tmp_path):
     _, inputs, pairs = MODELS[name]
     target, source = pairs[pair]
-    hf, folder = saved(name)
+    hf, folder = checkpoints(name)
     stored = set(load_file(str(folder / "model.safetensors")))
     assert source in stored and not {t for t, _ in pairs} & stored     # save_pretrained drops every tied copy
     g = torch.Generator().manual_seed(11)
@@ -208,7 +193,7 @@ def test_tie_follows_the_file(saved, name, pair, layout, tmp_path):
 def test_t5_four_tables(tmp_path):
     """A T5 whose config's tie_word_embeddings was set to False after it was built (so nothing is tied)
     is saved with four different tables: each is loaded into its own parameter, with three warnings."""
-    hf = _t5()
+    hf = _t5_tied()
     hf.config.tie_word_embeddings = False
     g = torch.Generator().manual_seed(7)
     for stack in (hf.encoder, hf.decoder):
@@ -225,10 +210,10 @@ def test_t5_four_tables(tmp_path):
     assert_like_transformers(ours, theirs, _t5_inputs, "four-table T5")
 
 
-def test_source_absent_and_copies_that_differ_raise(saved, tmp_path):
+def test_source_absent_and_copies_that_differ_raise(checkpoints, tmp_path):
     """T5 without `shared` but with two different tied copies: which one `shared` (and the absent decoder
     embedding) should be is undecidable, so loading refuses the file and names the keys."""
-    hf, folder = saved("t5")
+    hf, folder = checkpoints("t5")
 
     def edit(tensors):
         table = tensors.pop("shared.weight")

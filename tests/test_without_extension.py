@@ -16,8 +16,8 @@ import sys
 import pytest
 import torch
 
-from _llava import hf_config, hf_model, pixel_values, prompts, save
-from conftest import assert_close_rel
+from _llava import hf_config, hf_model, pixel_values, prompts
+from helpers import assert_close_rel, save
 from test_llava_next import F32_REL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,8 +3,10 @@
 Run it:  python tutorials/02_parity_with_transformers.py
 (needs the Transformers version docs/parity.md names: pip install '.[test]')
 
-Nothing is downloaded: a tiny LLaVA-NeXT with random weights is built by Transformers and saved with
-`save_pretrained`, exactly as a hub folder is laid out (config.json + model.safetensors). Then:
+Nothing is downloaded: a tiny LLaVA-NeXT with random weights is built by Transformers from the config the
+parity tests use (minivlm.tools.tiny.llava_next(): a config.json dict, which Transformers and minivlm both
+read) and saved with `save_pretrained`, exactly as a hub folder is laid out (config.json +
+model.safetensors). Then:
   1. minivlm.from_pretrained loads the folder (every key checked, nothing left at random init);
   2. both libraries run the same left-padded batch; the logits at real (non-pad) positions agree to
      float32 rounding, measured relative to the largest logit;
@@ -16,20 +18,19 @@ Swap in your own local checkpoint folder for `folder` to run the same checks on 
 import tempfile
 
 import torch
-from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, MistralConfig
+from transformers import AutoConfig, LlavaNextForConditionalGeneration
 
 import minivlm
 from minivlm.models.llava_next import image_feature_count, num_crops
+from minivlm.tools import tiny
 
 torch.manual_seed(0)
-IMAGE_TOKEN, PAD, BOS = 127, 0, 1
-vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                          image_size=16, patch_size=4)
-text = MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=2, vocab_size=128, sliding_window=16, pad_token_id=PAD, bos_token_id=BOS,
-                     eos_token_id=2)
-config = LlavaNextConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_index=IMAGE_TOKEN,
-                         image_grid_pinpoints=[[16, 16], [16, 32], [32, 16], [32, 32]])
+# A Mistral-style decoder (GQA, a sliding window of 16 tokens) behind a 3-layer CLIP tower of 16 px crops.
+tiny_config = tiny.llava_next(text="mistral", sliding_window=16)
+IMAGE_TOKEN, PAD, BOS = (tiny_config["image_token_index"], tiny_config["text_config"]["pad_token_id"],
+                         tiny_config["text_config"]["bos_token_id"])
+CROP = tiny_config["vision_config"]["image_size"]
+config = AutoConfig.for_model(**tiny_config)                  # Transformers' LlavaNextConfig
 hf = LlavaNextForConditionalGeneration(config).eval()
 
 with tempfile.TemporaryDirectory() as folder:
@@ -47,8 +48,8 @@ with tempfile.TemporaryDirectory() as folder:
     T = max(len(r) for r in rows)
     ids = torch.tensor([[PAD] * (T - len(r)) + r for r in rows])
     mask = (torch.arange(T)[None] >= torch.tensor([T - len(r) for r in rows])[:, None]).long()
-    P = max(num_crops(s, config.image_grid_pinpoints, 16) for s in sizes)
-    pixel_values, image_sizes = torch.randn(2, P, 3, 16, 16), torch.tensor(sizes)
+    Nc = max(num_crops(s, config.image_grid_pinpoints, CROP) for s in sizes)
+    pixel_values, image_sizes = torch.randn(2, Nc, 3, CROP, CROP), torch.tensor(sizes)
     inputs = dict(pixel_values=pixel_values, image_sizes=image_sizes, attention_mask=mask)
 
     # 2. Logits at the real positions, relative to the largest logit.
@@ -72,8 +73,10 @@ with tempfile.TemporaryDirectory() as folder:
     print("greedy tokens, Transformers:", theirs_tokens[:, T:].tolist())
     assert torch.equal(ours_tokens, theirs_tokens)
 
-    # 4. The KV cache: the prompt in one call, then one token per call, against one full forward.
-    full_ids = ours_tokens[:, :T + 5]
+    # 4. The KV cache: the prompt in one call, then one token per call, against one full forward. The 5
+    #    tokens after the prompt are drawn from the text ids: a forward reads every image placeholder id in
+    #    its input_ids as an image token, and a random model may well generate that id.
+    full_ids = torch.cat([ids, torch.randint(3, IMAGE_TOKEN, (2, 5))], 1)
     full_mask = torch.cat([mask, torch.ones(2, 5, dtype=torch.long)], 1)
     positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():

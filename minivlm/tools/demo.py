@@ -18,6 +18,7 @@ import torch
 
 from minivlm import ops, reference
 from minivlm._extension import load_extension
+from minivlm.tools import tiny
 
 
 @dataclass
@@ -142,23 +143,18 @@ def draw_picture():
 
 
 def tiny_llava_next():
-    """A LLaVA-NeXT of tiny proportions with random weights, and its image processor: 32 px crops in
-    8 px patches (16 features per crop), a Mistral-style decoder with GQA and a sliding window."""
+    """A LLaVA-NeXT of tiny proportions with random weights (minivlm.tools.tiny.llava_next), and its image
+    processor: 16 px crops in 4 px patches (16 features per crop), a Mistral-style decoder with GQA and a
+    sliding window."""
     from minivlm.models.llava_next import LlavaNextConfig, LlavaNextForConditionalGeneration
     from minivlm.processing import LlavaNextImageProcessor
 
-    pinpoints = [[32, 64], [64, 32], [64, 64]]
-    config = LlavaNextConfig.from_dict({
-        "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
-                          "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
-        "text_config": {"model_type": "mistral", "hidden_size": 128, "intermediate_size": 256,
-                        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                        "vocab_size": 256, "sliding_window": 32},
-        "image_token_index": 255, "image_grid_pinpoints": pinpoints})
+    config = LlavaNextConfig.from_dict(tiny.llava_next())
     torch.manual_seed(0)
     model = LlavaNextForConditionalGeneration(config).eval()
-    processor = LlavaNextImageProcessor(image_grid_pinpoints=pinpoints, size={"shortest_edge": 32},
-                                        crop_size={"height": 32, "width": 32})
+    crop = config.vision_config.image_size
+    processor = LlavaNextImageProcessor(image_grid_pinpoints=config.image_grid_pinpoints,
+                                        size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop})
     return model, processor
 
 
@@ -173,11 +169,11 @@ def stage_llava_next() -> StageResult:
     inputs = processor(image)                                           # pixel_values, image_sizes
     pv, sizes = inputs["pixel_values"], inputs["image_sizes"]
     size = tuple(sizes[0].tolist())
-    P = num_crops(size, cfg.image_grid_pinpoints, cfg.vision_config.image_size)
+    Nc = num_crops(size, cfg.image_grid_pinpoints, cfg.vision_config.image_size)
     n_image = image_feature_count(size, cfg)
     prompt = torch.tensor([[1, 17, 42, 99] + [cfg.image_token_index] * n_image + [23, 64, 5]])
     with torch.no_grad():
-        hidden = model.vision_tower(pv[0, :P], output_hidden_states=True).hidden_states
+        hidden = model.vision_tower(pv[0, :Nc], output_hidden_states=True).hidden_states
         features = model.image_features(pv, sizes)[0]
         out = model(prompt, **inputs)
         with ops.use_reference():
@@ -188,9 +184,9 @@ def stage_llava_next() -> StageResult:
     top, bottom, left, right = unpad_bounds(rows * side, cols * side, size)
     detail = "\n".join([
         f"tiny random weights; picture {size[0]}x{size[1]} (h x w), a {rows}x{cols} grid of crops",
-        f"  pixel_values {tuple(pv.shape)}: base image + {P - 1} crops; image_sizes {sizes.tolist()}",
+        f"  pixel_values {tuple(pv.shape)}: base image + {Nc - 1} crops; image_sizes {sizes.tolist()}",
         f"  vision tower hidden_states[-2] {tuple(hidden[-2].shape)} -> drop CLS -> projector "
-        f"({P}, {side * side}, {cfg.text_config.hidden_size})",
+        f"({Nc}, {side * side}, {cfg.text_config.hidden_size})",
         f"  packed image features {tuple(features.shape)}: base {side * side} + the {rows * side}x{cols * side} "
         f"crop grid unpadded to {bottom - top}x{right - left}, a newline after each row: "
         f"{bottom - top}x{right - left + 1}",
@@ -205,26 +201,18 @@ def stage_llava_next() -> StageResult:
 
 
 def tiny_blip2():
-    """A BLIP-2 of tiny proportions with random weights, and its image processor: 32 px images in 8 px
-    patches (16 + the class token), a 2-layer Q-Former with 8 queries (cross-attention on layer 0), a
-    2-layer OPT of width 64 (lm_head untied); token 127 is the image placeholder, 2 OPT's BOS."""
+    """A BLIP-2 of tiny proportions with random weights (minivlm.tools.tiny.blip2), and its image processor:
+    16 px images in 4 px patches (16 + the class token), a 2-layer Q-Former with 4 queries, a 2-layer OPT of
+    width 64 (lm_head untied); token 127 is the image placeholder, 2 OPT's BOS."""
     from minivlm.models.blip2 import Blip2Config, Blip2ForConditionalGeneration
     from minivlm.processing import BlipImageProcessor
 
-    config = Blip2Config.from_dict({
-        "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                          "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
-        "qformer_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                           "num_attention_heads": 4},
-        "text_config": {"model_type": "opt", "hidden_size": 64, "ffn_dim": 128, "num_hidden_layers": 2,
-                        "num_attention_heads": 4, "vocab_size": 128, "max_position_embeddings": 64,
-                        # Untied: with random weights a tied head mostly reads back the token's own
-                        # embedding, so greedy decoding would just repeat the last token.
-                        "tie_word_embeddings": False},
-        "num_query_tokens": 8, "image_token_index": 127})
+    # Untied: with random weights a tied head mostly reads back the token's own embedding, so greedy
+    # decoding would just repeat the last token.
+    config = Blip2Config.from_dict(tiny.blip2("opt", tie=False))
     torch.manual_seed(0)
     model = Blip2ForConditionalGeneration(config).eval()
-    with torch.no_grad():   # the queries start at zero (checkpoints fill them): 8 equal queries say little
+    with torch.no_grad():   # the queries start at zero (checkpoints fill them): equal queries say little
         model.query_tokens.normal_()
     side = config.vision_config.image_size
     return model, BlipImageProcessor(size={"height": side, "width": side})
@@ -265,33 +253,27 @@ def stage_blip2() -> StageResult:
 
 
 # Token ids of the tiny IDEFICS: LLaMA's 0/1/2 for pad, <s>, </s>; the two additional ids after the base
-# vocabulary of 128, as idefics-9b's tokenizer puts them: <fake_token_around_image> and <image>.
-IDEFICS_VOCAB = 128
+# vocabulary, as idefics-9b's tokenizer puts them: <fake_token_around_image> and <image>.
+IDEFICS_VOCAB = tiny.idefics()["vocab_size"]
 IDEFICS_FAKE, IDEFICS_IMAGE = IDEFICS_VOCAB, IDEFICS_VOCAB + 1
 
 
 def tiny_idefics():
-    """An IDEFICS of tiny proportions with random weights: 32 px images in 8 px patches (17 tokens each), a
-    Perceiver resampler of 4 latents, a 4-layer Llama decoder of width 64 with a gated cross-attention block
-    before layers 0 and 2, the gates' alphas set to 1 (tanh(1) = 0.76: the images count)."""
+    """An IDEFICS of tiny proportions with random weights (minivlm.tools.tiny.idefics): 16 px images in 4 px
+    patches (17 tokens each), a Perceiver resampler of 4 latents, a 4-layer Llama decoder of width 64 with a
+    gated cross-attention block before layers 0 and 2, the gates' alphas set to 1 (tanh(1) = 0.76: the
+    images count)."""
     from minivlm.models.idefics import IdeficsConfig, IdeficsForVisionText2Text
     from minivlm.processing import IdeficsImageProcessor
 
-    config = IdeficsConfig.from_dict({
-        "vocab_size": IDEFICS_VOCAB, "additional_vocab_size": 2, "hidden_size": 64, "intermediate_size": 128,
-        "num_hidden_layers": 4, "num_attention_heads": 4, "cross_layer_interval": 2, "use_resampler": True,
-        "alpha_initializer": "ones", "alpha_type": "float",
-        "vision_config": {"embed_dim": 32, "image_size": 32, "patch_size": 8, "num_hidden_layers": 2,
-                          "num_attention_heads": 4, "intermediate_size": 64},
-        "perceiver_config": {"resampler_n_latents": 4, "resampler_depth": 1, "resampler_n_heads": 2,
-                             "resampler_head_dim": 16}})
+    config = IdeficsConfig.from_dict(tiny.idefics())
     torch.manual_seed(0)
     model = IdeficsForVisionText2Text(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "alpha" in name:
                 p.fill_(1.0)              # checkpoints hold trained gates; a fresh model's may start at 0
-    return model, IdeficsImageProcessor(image_size=32)
+    return model, IdeficsImageProcessor(image_size=config.vision_config.image_size)
 
 
 def stage_idefics() -> StageResult:
@@ -346,24 +328,19 @@ KOSMOS2_GROUNDED_EXAMPLE = (
 
 
 def tiny_kosmos2():
-    """A Kosmos-2 of tiny proportions with random weights, and its image processor: 32 px images in 8 px
-    patches (16 + the class token), 8 latent queries, a 2-layer sub-LN decoder of width 64 (lm_head untied)."""
+    """A Kosmos-2 of tiny proportions with random weights (minivlm.tools.tiny.kosmos2), and its image
+    processor: 16 px images in 4 px patches (16 + the class token), 4 latent queries, a 2-layer sub-LN
+    decoder of width 64 (lm_head untied)."""
     from minivlm.models.kosmos2 import Kosmos2Config, Kosmos2ForConditionalGeneration
     from minivlm.processing import CLIPImageProcessor
 
-    config = Kosmos2Config.from_dict({
-        "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                          "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
-        "text_config": {"embed_dim": 64, "layers": 2, "attention_heads": 4, "ffn_dim": 128, "vocab_size": 128,
-                        "max_position_embeddings": 64,
-                        # Untied: the random embeddings times sqrt(64) dominate the residual stream, so a
-                        # tied head would mostly read back the last token and greedy decoding repeat it.
-                        "tie_word_embeddings": False},
-        "latent_query_num": 8, "tie_word_embeddings": False})
+    # Untied: the random embeddings times sqrt(64) dominate the residual stream, so a tied head would
+    # mostly read back the last token and greedy decoding repeat it.
+    config = Kosmos2Config.from_dict(tiny.kosmos2(tie=False))
     torch.manual_seed(0)
     model = Kosmos2ForConditionalGeneration(config).eval()
     # Kosmos-2's checkpoint settings (microsoft/kosmos-2-patch14-224: squash to 224 x 224, crop 224) scaled
-    # to 32 px: the whole picture, aspect ratio not kept, as the grounding grid assumes.
+    # to the tiny tower's size: the whole picture, aspect ratio not kept, as the grounding grid assumes.
     side = config.vision_config.image_size
     processor = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
                                    use_square_size=True)
@@ -442,23 +419,17 @@ ALTCLIP_LABELS = ["house", "cat", "sun over grass", "boat"]
 
 
 def tiny_altclip():
-    """An AltCLIP of tiny proportions with random weights, and its image processor: 32 px images in 8 px
-    patches (16 + the class token), a 2-layer CLIP tower of width 32; a 2-layer XLM-R of width 32
-    (vocabulary 128, project_dim 24); a shared embedding width P = 16."""
+    """An AltCLIP of tiny proportions with random weights (minivlm.tools.tiny.altclip), and its image
+    processor: 16 px images in 4 px patches (16 + the class token), a 2-layer CLIP tower of width 32; a
+    2-layer XLM-R of width 32 (vocabulary 128, project_dim 24); a shared embedding width E_proj = 16."""
     from minivlm.models.altclip import AltCLIPConfig, AltCLIPModel
     from minivlm.processing import CLIPImageProcessor
 
-    config = AltCLIPConfig.from_dict({
-        "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                          "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
-        "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                        "num_attention_heads": 4, "vocab_size": 128, "max_position_embeddings": 64,
-                        "project_dim": 24},
-        "projection_dim": 16})
+    config = AltCLIPConfig.from_dict(tiny.altclip())
     torch.manual_seed(0)
     model = AltCLIPModel(config).eval()
     side = config.vision_config.image_size
-    # BAAI/AltCLIP's CLIP preprocessing (shortest edge, centre crop, OpenAI mean/std) scaled to 32 px.
+    # BAAI/AltCLIP's CLIP preprocessing (shortest edge, centre crop, OpenAI mean/std) scaled to the tiny size.
     return model, CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
 
 
@@ -496,9 +467,9 @@ def stage_altclip() -> StageResult:
         out = model(ids, pv, attention_mask=mask)
         with ops.use_reference():
             ref = model(ids, pv, attention_mask=mask)
-    probs = model.zero_shot(pv, ids, mask)                                  # (N, L), rows sum to 1
+    probs = model.zero_shot(pv, ids, mask)                                  # (B_v, B_t), rows sum to 1
     vc, tc = cfg.vision_config, cfg.text_config
-    N, L, P = pv.shape[0], ids.shape[0], cfg.projection_dim
+    B_v, B_t, E_proj = pv.shape[0], ids.shape[0], cfg.projection_dim
     detail = "\n".join([
         f"tiny random weights (the ranking below is meaningless); picture 40x120 (h x w), mirrored, "
         f"colour-inverted; shortest edge -> {vc.image_size}, centre crop {vc.image_size}x{vc.image_size}",
@@ -517,7 +488,7 @@ def stage_altclip() -> StageResult:
                                                  for j in probs[i].argsort(descending=True).tolist())
           for i, name in enumerate(images)),
     ])
-    assert out.image_embeds.shape == (N, P) and out.text_embeds.shape == (L, P)
+    assert out.image_embeds.shape == (B_v, E_proj) and out.text_embeds.shape == (B_t, E_proj)
     ms, ref_ms = time_model(lambda: model(ids, pv, attention_mask=mask))
     # float32 end to end on the kernels vs the reference math: the same operations in another order. A
     # logit is exp(logit_scale) ~ 14.3 times a cosine of unit vectors, so its rounding error is ~14.3 times

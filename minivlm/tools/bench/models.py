@@ -38,6 +38,7 @@ from typing import Optional
 
 import torch
 
+from .. import tiny
 from .ceiling import Work, WorkCounter, ceiling_lines, fmt_fraction, fraction, mean_segment, measure_ceilings
 from .kernels import Timing, environment, fmt_timing, print_table, time_side_by_side
 from .memory import child_main, current_rss_kib, peak_rss_kib, run_probe
@@ -53,7 +54,35 @@ DECODE_TARGET = 0.9
 # --------------------------------------------------------------------------------------------------
 # A spec builds a Transformers checkpoint of given proportions (a dict: the model's sizes plus the common
 # keys new_tokens, reps, warmup), the inputs a processor would give for it, and names the module each
-# library calls once per generated token (for StepClock). The harness below does the rest.
+# library calls once per generated token (for StepClock). The harness below does the rest. FULL is a
+# setup of realistic proportions scaled down; QUICK (--quick) the model family's config of
+# minivlm.tools.tiny, the one the parity tests and the demo run.
+
+# Where a tiny config holds the vision tower's sizes that describe and make_inputs read.
+VISION_SIZES = dict(vision_hidden="vision_config.hidden_size", vision_layers="vision_config.num_hidden_layers",
+                    vision_heads="vision_config.num_attention_heads", image_size="vision_config.image_size",
+                    patch_size="vision_config.patch_size")
+
+
+def tiny_setup(config: dict, sizes: dict, **run) -> dict:
+    """A --quick setup: `config` (a config.json dict of minivlm.tools.tiny, which transformers_config builds
+    as it is), the sizes describe and make_inputs read, each found at its dotted path in config (`sizes`:
+    name -> "vision_config.hidden_size"), and the run's own keys (text_tokens, new_tokens, reps, ...)."""
+    def at(path):
+        value = config
+        for key in path.split("."):
+            value = value[key]
+        return value
+    return dict(run, config=config, **{name: at(path) for name, path in sizes.items()})
+
+
+def transformers_config(spec, s: dict):
+    """The Transformers config of setup s: its tiny config as it is (--quick), else spec.hf_config(s)."""
+    if "config" in s:
+        from transformers import AutoConfig
+        return AutoConfig.for_model(**s["config"])
+    return spec.hf_config(s)
+
 
 class LlavaNextBench:
     """LLaVA-NeXT with Mistral's layout (GQA, no sliding window at this length): a 1:2 image, two crops
@@ -62,9 +91,11 @@ class LlavaNextBench:
     FULL = dict(vision_hidden=512, vision_layers=6, vision_heads=8, image_size=336, patch_size=14,
                 text_hidden=1024, text_layers=8, text_heads=16, text_kv_heads=4, intermediate=2816, vocab=32064,
                 image_hw=(300, 600), text_tokens=32, new_tokens=16, reps=5, warmup=1)
-    QUICK = dict(vision_hidden=64, vision_layers=2, vision_heads=4, image_size=56, patch_size=14,
-                 text_hidden=128, text_layers=2, text_heads=4, text_kv_heads=2, intermediate=256, vocab=512,
-                 image_hw=(50, 100), text_tokens=16, new_tokens=4, reps=3, warmup=1)
+    QUICK = tiny_setup(tiny.llava_next(sliding_window=None),
+                       dict(VISION_SIZES, text_hidden="text_config.hidden_size",
+                            text_layers="text_config.num_hidden_layers", text_heads="text_config.num_attention_heads",
+                            text_kv_heads="text_config.num_key_value_heads"),
+                       image_hw=(16, 32), text_tokens=16, new_tokens=4, reps=3, warmup=1)
     IMAGE_TOKEN = 32000
 
     def hf_class(self):
@@ -97,9 +128,9 @@ class LlavaNextBench:
         n_image = image_feature_count(hw, cfg)
         text = torch.randint(3, cfg.image_token_index, (s["text_tokens"],), generator=g)
         ids = torch.cat([torch.tensor([1]), text[:4], torch.full((n_image,), cfg.image_token_index), text[4:]])[None]
-        P = num_crops(hw, cfg.image_grid_pinpoints, s["image_size"])
+        Nc = num_crops(hw, cfg.image_grid_pinpoints, s["image_size"])
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                "pixel_values": torch.randn(1, P, 3, s["image_size"], s["image_size"], generator=g),
+                "pixel_values": torch.randn(1, Nc, 3, s["image_size"], s["image_size"], generator=g),
                 "image_sizes": torch.tensor([hw])}
 
     def describe(self, s: dict, inputs: dict) -> str:
@@ -117,12 +148,13 @@ class Blip2Bench:
     name = "blip2"
     VISION = dict(vision_hidden=704, vision_layers=6, vision_heads=11, image_size=224, patch_size=14,
                   qformer_hidden=384, qformer_layers=6, qformer_heads=6, queries=32)
-    VISION_QUICK = dict(vision_hidden=64, vision_layers=2, vision_heads=4, image_size=56, patch_size=14,
-                        qformer_hidden=64, qformer_layers=2, qformer_heads=4, queries=8)
     FULL = dict(VISION, text_hidden=1024, text_layers=8, text_heads=16, vocab=50272, text_tokens=32,
                 new_tokens=16, reps=5, warmup=1)
-    QUICK = dict(VISION_QUICK, text_hidden=128, text_layers=2, text_heads=4, vocab=512, text_tokens=16,
-                 new_tokens=4, reps=3, warmup=1)
+    SIZES = dict(VISION_SIZES, queries="num_query_tokens", qformer_hidden="qformer_config.hidden_size",
+                 qformer_layers="qformer_config.num_hidden_layers", vocab="text_config.vocab_size")
+    QUICK = tiny_setup(tiny.blip2("opt"), dict(SIZES, text_hidden="text_config.hidden_size",
+                                               text_layers="text_config.num_hidden_layers"),
+                       text_tokens=16, new_tokens=4, reps=3, warmup=1)
     BOS = 2
 
     def hf_class(self):
@@ -178,8 +210,9 @@ class Blip2T5Bench(Blip2Bench):
     name = "blip2_t5"
     FULL = dict(Blip2Bench.VISION, text_hidden=512, text_layers=6, text_heads=8, vocab=32128, text_tokens=32,
                 new_tokens=16, reps=5, warmup=1)
-    QUICK = dict(Blip2Bench.VISION_QUICK, text_hidden=128, text_layers=2, text_heads=4, vocab=512, text_tokens=16,
-                 new_tokens=4, reps=3, warmup=1)
+    QUICK = tiny_setup(tiny.blip2("t5"), dict(Blip2Bench.SIZES, text_hidden="text_config.d_model",
+                                              text_layers="text_config.num_layers"),
+                       text_tokens=16, new_tokens=4, reps=3, warmup=1)
     lm_name = "Flan-T5 (encoder and decoder)"
 
     def text_config(self, s: dict) -> dict:
@@ -212,9 +245,10 @@ class Kosmos2Bench:
     FULL = dict(vision_hidden=512, vision_layers=6, vision_heads=8, image_size=224, patch_size=14, queries=64,
                 text_hidden=1024, text_layers=8, text_heads=16, vocab=65037, text_tokens=32,
                 new_tokens=16, reps=5, warmup=1)
-    QUICK = dict(vision_hidden=64, vision_layers=2, vision_heads=4, image_size=56, patch_size=14, queries=8,
-                 text_hidden=128, text_layers=2, text_heads=4, vocab=512, text_tokens=16,
-                 new_tokens=4, reps=3, warmup=1)
+    QUICK = tiny_setup(tiny.kosmos2(), dict(VISION_SIZES, queries="latent_query_num",
+                                            text_hidden="text_config.embed_dim", text_layers="text_config.layers",
+                                            vocab="text_config.vocab_size"),
+                       text_tokens=16, new_tokens=4, reps=3, warmup=1)
     BOS, IMAGE, END_IMAGE, GROUNDING = 0, 3, 4, 5      # ids of <s>, <image>, </image>, <grounding>
 
     def hf_class(self):
@@ -261,9 +295,12 @@ class IdeficsBench:
     FULL = dict(vision_hidden=512, vision_layers=6, vision_heads=8, image_size=224, patch_size=14, latents=64,
                 resampler_depth=2, text_hidden=1024, text_layers=8, text_heads=16, intermediate=2816, vocab=32000,
                 cross_interval=4, text_tokens=32, new_tokens=16, reps=5, warmup=1)
-    QUICK = dict(vision_hidden=64, vision_layers=2, vision_heads=4, image_size=56, patch_size=14, latents=8,
-                 resampler_depth=1, text_hidden=128, text_layers=4, text_heads=4, intermediate=256, vocab=512,
-                 cross_interval=2, text_tokens=16, new_tokens=4, reps=3, warmup=1)
+    QUICK = tiny_setup(tiny.idefics(), dict(VISION_SIZES, vision_hidden="vision_config.embed_dim",
+                                            latents="perceiver_config.resampler_n_latents",
+                                            resampler_depth="perceiver_config.resampler_depth",
+                                            text_hidden="hidden_size", text_layers="num_hidden_layers",
+                                            cross_interval="cross_layer_interval", vocab="vocab_size"),
+                       text_tokens=16, new_tokens=4, reps=3, warmup=1)
 
     def hf_class(self):
         from transformers import IdeficsForVisionText2Text
@@ -318,9 +355,10 @@ class AltclipBench:
     FULL = dict(vision_hidden=768, vision_layers=6, vision_heads=12, image_size=224, patch_size=14,
                 text_hidden=768, text_layers=6, text_heads=12, vocab=250002, projection=768, images=8, labels=16,
                 label_tokens=12, reps=5, warmup=1)
-    QUICK = dict(vision_hidden=64, vision_layers=2, vision_heads=4, image_size=56, patch_size=14,
-                 text_hidden=64, text_layers=2, text_heads=4, vocab=512, projection=32, images=2, labels=4,
-                 label_tokens=6, reps=3, warmup=1)
+    QUICK = tiny_setup(tiny.altclip(), dict(VISION_SIZES, text_hidden="text_config.hidden_size",
+                                            text_layers="text_config.num_hidden_layers",
+                                            vocab="text_config.vocab_size"),
+                       images=2, labels=4, label_tokens=6, reps=3, warmup=1)
 
     def hf_class(self):
         from transformers import AltCLIPModel
@@ -371,7 +409,7 @@ SPECS = {spec.name: spec for spec in (LlavaNextBench(), Blip2Bench(), Blip2T5Ben
 
 def save_checkpoint(spec, s: dict, folder: str):
     torch.manual_seed(0)
-    model = spec.hf_class()(spec.hf_config(s))
+    model = spec.hf_class()(transformers_config(spec, s))
     if hasattr(spec, "adjust"):
         spec.adjust(model)
     model.save_pretrained(folder)
