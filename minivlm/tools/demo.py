@@ -397,8 +397,8 @@ def stage_kosmos2() -> StageResult:
         f"  prompt {tuple(prompt.shape)} = <s> <image> {Q} image positions </image> <grounding> + 3 tokens; "
         f"image_embeds_position_mask {position_mask[0].tolist()}",
         f"  logits {tuple(out.logits.shape)}; greedy tokens {tokens[0, prompt.shape[1]:].tolist()}",
-        f"  grounding, on a fixed example string (a random model writes no <phrase>/<object> tokens; "
-        f"patch indices chosen by hand):",
+        "  grounding, on a fixed example string (a random model writes no <phrase>/<object> tokens; "
+        "patch indices chosen by hand):",
         f"    caption {caption!r}",
         *(f"    entity {e.phrase!r} span {e.span} boxes {[tuple(round(v, 4) for v in b) for b in e.boxes]}"
           for e in entities),
