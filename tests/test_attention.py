@@ -11,8 +11,8 @@ elementwise by three terms, each from the numerics of the contract:
 
 2. Accumulation error, measured against a condition scale. Softmax attention has no cancellation in the
    forward: out = P v is a convex combination, so |error| <~ c * (P |v|) with c a few accumulation-dtype
-   epsilons times the depth of the sums (D terms in a score, Lk in a row). We take c = 2e-5 for float32
-   accumulation (eps32 = 1.2e-7, D + Lk <= ~1000 terms summed pairwise or in blocks gives ~1e-6; 2e-5
+   epsilons times the depth of the sums (D terms in a score, S in a row). We take c = 2e-5 for float32
+   accumulation (eps32 = 1.2e-7, D + S <= ~1000 terms summed pairwise or in blocks gives ~1e-6; 2e-5
    leaves a 10x margin) and 1e-11 for float64 (same reasoning with eps64 = 2.2e-16). The backward does
    cancel (dS = P * (dP - rowsum(dO * O))), so its bounds use the absolute-value sums of the same
    products: A = P * (|dO| |V|^T + rowsum(|dO| * |O|)), dq <- scale * A |K|, dk <- scale * A^T |Q|,
@@ -54,7 +54,7 @@ def acc_err(dtype):
 @st.composite
 def attention_cases(draw, dtype, max_lq=100, max_lk=150, long=False):
     """A dict describing one attention call; the tensors are built from it by `build`. `long` draws
-    several key blocks (Lk > 256) with fewer heads and smaller head dims."""
+    several key blocks (S > 256) with fewer heads and smaller head dims."""
     B = draw(st.integers(1, 2))
     Hkv = draw(st.integers(1, 2 if long else 3))
     group = draw(st.integers(1, 4))          # 1 = MHA; Hkv = 1 with group > 1 = MQA; else GQA
@@ -62,32 +62,32 @@ def attention_cases(draw, dtype, max_lq=100, max_lk=150, long=False):
     # Lengths around the kernel's tiles (64 query rows, 256 keys) are drawn on purpose, the rest at random.
     # (sampled_from over a range draws lengths uniformly; st.integers would favour tiny ones.)
     if long:
-        Lk = draw(st.one_of(st.sampled_from([256, 257, 511, 512, 513]), st.sampled_from(range(257, max_lk + 1))))
+        S = draw(st.one_of(st.sampled_from([256, 257, 511, 512, 513]), st.sampled_from(range(257, max_lk + 1))))
     else:
-        Lk = draw(st.one_of(st.sampled_from([1, 2, 63, 64, 65, 127, 129]), st.sampled_from(range(1, max_lk + 1))))
+        S = draw(st.one_of(st.sampled_from([1, 2, 63, 64, 65, 127, 129]), st.sampled_from(range(1, max_lk + 1))))
     is_causal = draw(st.booleans())
     if is_causal:
-        Lq = draw(st.one_of(st.just(1), st.just(min(Lk, max_lq)), st.sampled_from(range(1, min(Lk, max_lq) + 1))))
-        window = draw(st.one_of(st.none(), st.sampled_from(range(1, Lk + 3))))
+        T = draw(st.one_of(st.just(1), st.just(min(S, max_lq)), st.sampled_from(range(1, min(S, max_lq) + 1))))
+        window = draw(st.one_of(st.none(), st.sampled_from(range(1, S + 3))))
     else:
-        Lq = draw(st.one_of(st.just(1), st.sampled_from([63, 64, 65]), st.sampled_from(range(1, max_lq + 1))))
+        T = draw(st.one_of(st.just(1), st.sampled_from([63, 64, 65]), st.sampled_from(range(1, max_lq + 1))))
         window = None
-    Hq = Hkv * group
+    H = Hkv * group
     mask_kind = draw(st.sampled_from(["none", "bool", "float"]))
-    case = dict(dtype=dtype, B=B, Hkv=Hkv, Hq=Hq, Lq=Lq, Lk=Lk, D=D, is_causal=is_causal, window=window,
+    case = dict(dtype=dtype, B=B, Hkv=Hkv, H=H, T=T, S=S, D=D, is_causal=is_causal, window=window,
                 mask_kind=mask_kind, seed=draw(st.integers(0, 2**31 - 1)))
     case["scale"] = draw(st.one_of(st.none(), st.none(), st.sampled_from([0.0, 0.3, 1.0, -0.7, 2])))
     layouts = ["contiguous", "transposed", "sliced"]
     case["q_layout"] = draw(st.sampled_from(layouts))
     case["kv_layout"] = draw(st.sampled_from(layouts + (["expanded"] if Hkv > 1 else [])))
     if mask_kind != "none":
-        full = (B, Hq, Lq, Lk)
+        full = (B, H, T, S)
         keep = [draw(st.booleans()) for _ in range(4)]
         shape = [f if kp else 1 for f, kp in zip(full, keep)]
         lead_ones = 0
         while lead_ones < 4 and shape[lead_ones] == 1:
             lead_ones += 1
-        shape = shape[draw(st.integers(0, lead_ones)):]      # drop some leading 1s: (Lk,), (Lq, Lk), ...
+        shape = shape[draw(st.integers(0, lead_ones)):]      # drop some leading 1s: (S,), (T, S), ...
         case["mask_shape"] = tuple(shape)
         case["mask_layout"] = draw(st.sampled_from(["contiguous", "expanded", "strided"]))
         case["kill_rows"] = draw(st.booleans())              # force rows that see no key
@@ -118,10 +118,10 @@ def _layout_mask(m, layout, full):
 def build(case):
     """(q, k, v, attn_mask) for a case, in its dtypes and layouts."""
     gen = torch.Generator().manual_seed(case["seed"])
-    dtype, B, Hq, Hkv, Lq, Lk, D = (case[n] for n in ("dtype", "B", "Hq", "Hkv", "Lq", "Lk", "D"))
-    q = randn((B, Hq, Lq, D), dtype, gen, case["q_layout"])
-    k = randn((B, Hkv, Lk, D), dtype, gen, case["kv_layout"])
-    v = randn((B, Hkv, Lk, D), dtype, gen, case["kv_layout"])
+    dtype, B, H, Hkv, T, S, D = (case[n] for n in ("dtype", "B", "H", "Hkv", "T", "S", "D"))
+    q = randn((B, H, T, D), dtype, gen, case["q_layout"])
+    k = randn((B, Hkv, S, D), dtype, gen, case["kv_layout"])
+    v = randn((B, Hkv, S, D), dtype, gen, case["kv_layout"])
     mask = None
     kind = case["mask_kind"]
     if kind != "none":
@@ -139,7 +139,7 @@ def build(case):
         if case["kill_rows"] and mask.dim() >= 2:
             rows = torch.rand(mask.shape[-2], generator=gen) < 0.3
             mask[..., rows, :] = False if kind == "bool" else float("-inf")
-        mask = _layout_mask(mask, case["mask_layout"], (B, Hq, Lq, Lk))
+        mask = _layout_mask(mask, case["mask_layout"], (B, H, T, S))
     return q, k, v, mask
 
 
@@ -147,14 +147,14 @@ def call(fn, q, k, v, mask, case):
     return fn(q, k, v, mask, is_causal=case["is_causal"], scale=case["scale"], window=case["window"])
 
 
-def band(Lq, Lk, is_causal, window):
+def band(T, S, is_causal, window):
     """Which (query, key) pairs the causal band allows, written out here independently of the library:
-    query i sits at absolute position i + Lk - Lq; causal hides later keys, a window also hides keys
+    query i sits at absolute position i + S - T; causal hides later keys, a window also hides keys
     `window` or more positions back."""
-    pos = torch.arange(Lq).unsqueeze(1) + (Lk - Lq)
-    key = torch.arange(Lk).unsqueeze(0)
+    pos = torch.arange(T).unsqueeze(1) + (S - T)
+    key = torch.arange(S).unsqueeze(0)
     distance = pos - key                                   # how far back key j is from query i
-    allowed = torch.ones(Lq, Lk, dtype=torch.bool)
+    allowed = torch.ones(T, S, dtype=torch.bool)
     if is_causal:
         allowed = allowed & (distance >= 0)
     if window is not None:
@@ -163,12 +163,12 @@ def band(Lq, Lk, is_causal, window):
 
 
 def exact_probs(q, k, mask, case):
-    """float64 probabilities P (B, Hq, Lq, Lk), visibility and scores, computed by the test itself."""
-    group = case["Hq"] // case["Hkv"]
+    """float64 probabilities P (B, H, T, S), visibility and scores, computed by the test itself."""
+    group = case["H"] // case["Hkv"]
     scale = case["scale"] if case["scale"] is not None else case["D"] ** -0.5
     kr = k.detach().double().repeat_interleave(group, dim=1)
     s = scale * (q.detach().double() @ kr.transpose(-1, -2))
-    vis = band(case["Lq"], case["Lk"], case["is_causal"], case["window"]).expand(s.shape)
+    vis = band(case["T"], case["S"], case["is_causal"], case["window"]).expand(s.shape)
     if mask is not None and mask.dtype == torch.bool:
         vis = vis & mask
     elif mask is not None:
@@ -215,27 +215,27 @@ def check_forward(case, device="cpu"):
     qd, kd, vd, md = (to_device(t, device) for t in (q, k, v, mask))
     out = call(minivlm.attention, qd, kd, vd, md, case).cpu()
     assert out.dtype == dtype
-    assert out.shape == (case["B"], case["Hq"], case["Lq"], case["D"])
+    assert out.shape == (case["B"], case["H"], case["T"], case["D"])
 
     exact, _ = run_reference(q, k, v, mask, case, torch.float64)
     in_acc = exact if dtype == torch.float64 else run_reference(q, k, v, mask, case, acc_dtype(dtype))[0]
     p, vis, s = exact_probs(q, k, mask, case)
-    group = case["Hq"] // case["Hkv"]
+    group = case["H"] // case["Hkv"]
     v_abs = v.detach().double().abs().repeat_interleave(group, dim=1)
     cond = (in_acc.double() - exact).abs().max()
     bound = rounding_error(dtype, exact) + acc_err(dtype) * (p @ v_abs) + COND_FACTOR * cond
     assert_within(out, exact, bound, f"attention output ({dtype})")
 
-    dead = ~vis.any(-1)                                             # (B, Hq, Lq): rows that see no key
+    dead = ~vis.any(-1)                                             # (B, H, T): rows that see no key
     assert (out[dead] == 0).all(), f"a query row that sees no key must output exactly 0 ({int(dead.sum())} such rows)"
 
-    # The raw op also returns stats (2, B, Hq, Lq) in the accumulation dtype: stats[0] the row maximum m
+    # The raw op also returns stats (2, B, H, T) in the accumulation dtype: stats[0] the row maximum m
     # of the scores (-inf for a dead row), stats[1] = log(l), l = sum_j exp(s_ij - m).
     scale = case["scale"] if case["scale"] is not None else case["D"] ** -0.5
     out2, stats = torch.ops.minivlm.attention(qd, kd, vd, md, case["is_causal"], float(scale), case["window"])
     out2, stats = out2.cpu(), stats.cpu()
     assert torch.equal(out2, out), "the public op and torch.ops.minivlm.attention disagree"
-    assert stats.dtype == acc_dtype(dtype) and stats.shape == (2, case["B"], case["Hq"], case["Lq"])
+    assert stats.dtype == acc_dtype(dtype) and stats.shape == (2, case["B"], case["H"], case["T"])
     assert (stats[0][dead] == float("-inf")).all(), "the row maximum of a row that sees no key must be -inf"
     live = ~dead
     exact_m = s.amax(-1)
@@ -268,8 +268,8 @@ def check_backward(case, device="cpu"):
 
     # Condition scales of the backward (module docstring, term 2).
     p, vis, _ = exact_probs(q, k, mask, case)
-    group = case["Hq"] // case["Hkv"]
-    B, Hq, Hkv, Lq, Lk, D = (case[n] for n in ("B", "Hq", "Hkv", "Lq", "Lk", "D"))
+    group = case["H"] // case["Hkv"]
+    B, H, Hkv, T, S, D = (case[n] for n in ("B", "H", "Hkv", "T", "S", "D"))
     scale = abs(case["scale"] if case["scale"] is not None else D ** -0.5)
     qa = q.detach().double().abs()
     ka = k.detach().double().abs().repeat_interleave(group, dim=1)
@@ -278,8 +278,8 @@ def check_backward(case, device="cpu"):
     a = p * (ga @ va.transpose(-1, -2) + (ga * out_exact.abs()).sum(-1, keepdim=True))
     scales = dict(
         q=scale * (a @ ka),
-        k=(scale * (a.transpose(-1, -2) @ qa)).reshape(B, Hkv, group, Lk, D).sum(2),
-        v=(p.transpose(-1, -2) @ ga).reshape(B, Hkv, group, Lk, D).sum(2),
+        k=(scale * (a.transpose(-1, -2) @ qa)).reshape(B, Hkv, group, S, D).sum(2),
+        v=(p.transpose(-1, -2) @ ga).reshape(B, Hkv, group, S, D).sum(2),
     )
     if mask_grad:
         scales["mask"] = a.sum_to_size(mask.shape)
@@ -337,21 +337,21 @@ def test_long_sequences_match_reference(dtype, device, data):
 
 
 # Shapes that cross the kernel's tiles: more than 64 query rows and more than 256 keys, with ragged
-# last tiles (Lq = 130 = 2*64 + 2, Lk = 300, 513 = 2*256 + 1), long decode rows, and masks.
+# last tiles (T = 130 = 2*64 + 2, S = 300, 513 = 2*256 + 1), long decode rows, and masks.
 LARGE = [
-    dict(B=1, Hkv=1, Hq=2, Lq=130, Lk=300, D=64, is_causal=True, window=None, mask_kind="none"),
-    dict(B=1, Hkv=2, Hq=4, Lq=70, Lk=513, D=40, is_causal=False, window=None, mask_kind="float",
+    dict(B=1, Hkv=1, H=2, T=130, S=300, D=64, is_causal=True, window=None, mask_kind="none"),
+    dict(B=1, Hkv=2, H=4, T=70, S=513, D=40, is_causal=False, window=None, mask_kind="float",
          mask_shape=(1, 1, 70, 513), mask_layout="contiguous", kill_rows=True, mask_dtype=None, mask_grad=True, p_inf=0.2, p_min=0.2),
-    dict(B=2, Hkv=1, Hq=1, Lq=257, Lk=257, D=16, is_causal=True, window=100, mask_kind="bool",
+    dict(B=2, Hkv=1, H=1, T=257, S=257, D=16, is_causal=True, window=100, mask_kind="bool",
          mask_shape=(2, 1, 1, 257), mask_layout="contiguous", kill_rows=False, mask_p=0.1),
-    dict(B=1, Hkv=1, Hq=3, Lq=1, Lk=600, D=128, is_causal=True, window=None, mask_kind="none"),
-    dict(B=1, Hkv=3, Hq=3, Lq=100, Lk=40, D=8, is_causal=False, window=None, mask_kind="bool",
+    dict(B=1, Hkv=1, H=3, T=1, S=600, D=128, is_causal=True, window=None, mask_kind="none"),
+    dict(B=1, Hkv=3, H=3, T=100, S=40, D=8, is_causal=False, window=None, mask_kind="bool",
          mask_shape=(100, 40), mask_layout="strided", kill_rows=True, mask_p=0.5),
     # Decoding with a group of 4 query heads per kv head, a window reaching back over a block boundary.
-    dict(B=2, Hkv=2, Hq=8, Lq=1, Lk=700, D=64, is_causal=True, window=300, mask_kind="bool",
+    dict(B=2, Hkv=2, H=8, T=1, S=700, D=64, is_causal=True, window=300, mask_kind="bool",
          mask_shape=(2, 1, 1, 700), mask_layout="contiguous", kill_rows=False, mask_p=0.1),
     # A narrow window far from the start: whole key blocks before the band must be skipped, not read.
-    dict(B=1, Hkv=1, Hq=2, Lq=200, Lk=1000, D=32, is_causal=True, window=50, mask_kind="float",
+    dict(B=1, Hkv=1, H=2, T=200, S=1000, D=32, is_causal=True, window=50, mask_kind="float",
          mask_shape=(1, 2, 1, 1000), mask_layout="expanded", kill_rows=False, mask_dtype=None,
          mask_grad=True, p_inf=0.1, p_min=0.1),
 ]
@@ -390,12 +390,12 @@ def test_output_dtype_and_shape(dtype, device):
 def test_finfo_min_row_is_not_masked(dtype, device):
     """finfo(dtype).min is a finite bias, not a mask: a row whose every key has it is a uniform average
     (as in Transformers' eager attention); only -inf (or False) masks."""
-    B, H, Lq, Lk, D = 1, 2, 4, 7, 16
-    q = torch.zeros(B, H, Lq, D, dtype=dtype)           # all scores 0, so the biases alone decide
-    k = torch.randn(B, H, Lk, D).to(dtype)
-    v = torch.randn(B, H, Lk, D).to(dtype)
+    B, H, T, S, D = 1, 2, 4, 7, 16
+    q = torch.zeros(B, H, T, D, dtype=dtype)           # all scores 0, so the biases alone decide
+    k = torch.randn(B, H, S, D).to(dtype)
+    v = torch.randn(B, H, S, D).to(dtype)
     lo = torch.finfo(dtype).min
-    mask = torch.zeros(Lq, Lk, dtype=dtype)
+    mask = torch.zeros(T, S, dtype=dtype)
     mask[0] = lo                                          # every key at finfo.min: uniform over all 7
     mask[1, :3] = lo                                      # 3 keys at finfo.min: uniform over the other 4
     mask[2] = float("-inf")                               # truly masked: 0
@@ -458,30 +458,30 @@ def test_left_padded_causal_mask_rows_stay_finite(dtype, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_gqa_head_mapping(dtype, device):
-    """Query head h reads key/value head h // (Hq // Hkv): make each kv head's values the constant h."""
-    B, Hq, Hkv, L, D = 2, 6, 2, 5, 8
-    q = torch.randn(B, Hq, L, D).to(dtype)
+    """Query head h reads key/value head h // (H // Hkv): make each kv head's values the constant h."""
+    B, H, Hkv, L, D = 2, 6, 2, 5, 8
+    q = torch.randn(B, H, L, D).to(dtype)
     k = torch.randn(B, Hkv, L, D).to(dtype)
     v = torch.arange(Hkv, dtype=dtype).reshape(1, Hkv, 1, 1).expand(B, Hkv, L, D).contiguous()
     out = minivlm.attention(q.to(device), k.to(device), v.to(device), is_causal=True).cpu()
-    want = (torch.arange(Hq) // (Hq // Hkv)).to(torch.float64).reshape(1, Hq, 1, 1).expand(B, Hq, L, D)
+    want = (torch.arange(H) // (H // Hkv)).to(torch.float64).reshape(1, H, 1, 1).expand(B, H, L, D)
     torch.testing.assert_close(out.double(), want, rtol=0, atol=unit_roundoff(dtype) * 4)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("window", [None, 1, 3, 50])
-@pytest.mark.parametrize("Lq,Lk", [(1, 1), (1, 9), (4, 9), (9, 9), (70, 300)])
-def test_causal_band_alignment(Lq, Lk, window, device):
+@pytest.mark.parametrize("T,S", [(1, 1), (1, 9), (4, 9), (9, 9), (70, 300)])
+def test_causal_band_alignment(T, S, window, device):
     """Bottom-right alignment: with q = 0 every visible key weighs the same, and v_j = j makes the output
-    the mean visible key position, i.e. query i (at position p = i + Lk - Lq) averages the keys
+    the mean visible key position, i.e. query i (at position p = i + S - T) averages the keys
     max(0, p - window + 1) .. p."""
     D = 4
-    q = torch.zeros(1, 1, Lq, D, dtype=torch.float64)
-    k = torch.randn(1, 1, Lk, D, dtype=torch.float64)
-    v = torch.arange(Lk, dtype=torch.float64).reshape(1, 1, Lk, 1).expand(1, 1, Lk, D)
+    q = torch.zeros(1, 1, T, D, dtype=torch.float64)
+    k = torch.randn(1, 1, S, D, dtype=torch.float64)
+    v = torch.arange(S, dtype=torch.float64).reshape(1, 1, S, 1).expand(1, 1, S, D)
     out = minivlm.attention(q.to(device), k.to(device), v.to(device), is_causal=True, window=window).cpu()
-    for i in range(Lq):
-        p = i + Lk - Lq
+    for i in range(T):
+        p = i + S - T
         lo = 0 if window is None else max(0, p - window + 1)
         assert out[0, 0, i, 0].item() == pytest.approx((lo + p) / 2, rel=1e-12, abs=1e-12), i
 
@@ -489,10 +489,10 @@ def test_causal_band_alignment(Lq, Lk, window, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_scale_argument(dtype, device):
-    B, H, Lq, Lk, D = 1, 2, 5, 11, 16
-    q = torch.randn(B, H, Lq, D).to(dtype)
-    k = torch.randn(B, H, Lk, D).to(dtype)
-    v = torch.randn(B, H, Lk, D).to(dtype)
+    B, H, T, S, D = 1, 2, 5, 11, 16
+    q = torch.randn(B, H, T, D).to(dtype)
+    k = torch.randn(B, H, S, D).to(dtype)
+    v = torch.randn(B, H, S, D).to(dtype)
     tol = unit_roundoff(dtype) * 4 + 2e-5
 
     def attention(*args, **kwargs):
@@ -505,8 +505,8 @@ def test_scale_argument(dtype, device):
     # The default is D ** -0.5, and scale=0 makes every visible key weigh the same.
     torch.testing.assert_close(attention(q, k, v), attention(q, k, v, scale=D ** -0.5))
     out0 = attention(q, k, v, scale=0.0, is_causal=True)
-    for i in range(Lq):
-        want = v[:, :, : i + Lk - Lq + 1].double().mean(2)
+    for i in range(T):
+        want = v[:, :, : i + S - T + 1].double().mean(2)
         torch.testing.assert_close(out0[:, :, i].double(), want, rtol=tol, atol=tol)
     # A different scale must give a different result (the argument is not ignored).
     assert not torch.allclose(attention(q, k, v, scale=3.0).double(), attention(q, k, v).double(), atol=1e-2)
@@ -530,13 +530,13 @@ def test_no_nan_when_everything_is_masked(device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_odd_head_dims_and_single_key(dtype, device):
-    """The smallest shapes: one key, head_dim 1 and other odd sizes, Lq = Lk = 1."""
+    """The smallest shapes: one key, head_dim 1 and other odd sizes, T = S = 1."""
     for D in (1, 3, 5, 7, 33, 65, 127):
-        for Lq, Lk in ((1, 1), (3, 1), (1, 2)):
-            q = torch.randn(1, 1, Lq, D).to(dtype)
-            k = torch.randn(1, 1, Lk, D).to(dtype)
-            v = torch.randn(1, 1, Lk, D).to(dtype)
+        for T, S in ((1, 1), (3, 1), (1, 2)):
+            q = torch.randn(1, 1, T, D).to(dtype)
+            k = torch.randn(1, 1, S, D).to(dtype)
+            v = torch.randn(1, 1, S, D).to(dtype)
             out = minivlm.attention(q.to(device), k.to(device), v.to(device)).cpu()
             exact = reference.attention(q.double(), k.double(), v.double())
             tol = unit_roundoff(dtype) * 2 + 2e-5
-            torch.testing.assert_close(out.double(), exact, rtol=tol, atol=tol, msg=f"D={D} Lq={Lq} Lk={Lk}")
+            torch.testing.assert_close(out.double(), exact, rtol=tol, atol=tol, msg=f"D={D} T={T} S={S}")

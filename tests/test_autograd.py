@@ -49,13 +49,13 @@ ATTENTION_GRADCHECK = {
 @pytest.mark.parametrize("name", list(ATTENTION_GRADCHECK))
 def test_attention_gradcheck(name, device):
     spec = ATTENTION_GRADCHECK[name]
-    B, Hq, Hkv, Lq, Lk, D = spec["shape"]
-    q, k, v = (f64(*shape, device=device) for shape in ((B, Hq, Lq, D), (B, Hkv, Lk, D), (B, Hkv, Lk, D)))
+    B, H, Hkv, T, S, D = spec["shape"]
+    q, k, v = (f64(*shape, device=device) for shape in ((B, H, T, D), (B, Hkv, S, D), (B, Hkv, S, D)))
     inputs = [q, k, v]
     if "mask" in spec:
         inputs.append(_float_mask(spec["mask"], device=device))
     elif spec.get("bool_mask"):
-        m = torch.rand(B, 1, Lq, Lk) < 0.6
+        m = torch.rand(B, 1, T, S) < 0.6
         m[:, :, 1] = False                                        # query 1 sees nothing
         inputs.append(m.to(device))
     kwargs = dict(is_causal=spec.get("is_causal", False), window=spec.get("window"), scale=spec.get("scale"))
@@ -182,12 +182,12 @@ def _decoder_attention(q, k, v, cos, sin, padding_mask):
 @pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_fullgraph_matches_eager(device):
     torch._dynamo.reset()
-    B, Hq, Hkv, Lq, Lk, D = 2, 4, 2, 3, 6, 8
+    B, H, Hkv, T, S, D = 2, 4, 2, 3, 6, 8
     gen = seed_torch(0)
-    base = [torch.randn(B, Hq, Lq, D, generator=gen), torch.randn(B, Hkv, Lk, D, generator=gen),
-            torch.randn(B, Hkv, Lk, D, generator=gen)]
+    base = [torch.randn(B, H, T, D, generator=gen), torch.randn(B, Hkv, S, D, generator=gen),
+            torch.randn(B, Hkv, S, D, generator=gen)]
     base = [t.to(device) for t in base]
-    ang = torch.arange(Lk)[:, None] * torch.tensor([1.0, 0.1, 0.01, 0.001]).repeat(2)
+    ang = torch.arange(S)[:, None] * torch.tensor([1.0, 0.1, 0.01, 0.001]).repeat(2)
     cos, sin = ang.cos().to(device), ang.sin().to(device)
     pm = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], device=device)
 

@@ -123,8 +123,8 @@ def test_good_input_is_accepted(path):
         assert mod.attention(Q, K, V).shape == Q.shape
         assert mod.attention(Q, K, V, torch.zeros(5), is_causal=True, window=1, scale=2).shape == Q.shape
         assert mod.attention(Q, K, V, torch.ones(2, 4, 3, 5, dtype=torch.bool)).shape == Q.shape
-        assert mod.attention(t(2, 4, 5, 8), K, V, is_causal=True).shape == (2, 4, 5, 8)   # Lq == Lk
-        assert mod.attention(t(2, 4, 6, 8), K, V).shape == (2, 4, 6, 8)                   # Lq > Lk, not causal
+        assert mod.attention(t(2, 4, 5, 8), K, V, is_causal=True).shape == (2, 4, 5, 8)   # T == S
+        assert mod.attention(t(2, 4, 6, 8), K, V).shape == (2, 4, 6, 8)                   # T > S, not causal
         assert mod.rope(X, COS, SIN).shape == X.shape
         assert mod.rope(X, t(2, 5, 8), t(2, 5, 8)).shape == X.shape
         assert mod.causal_mask(PM, 4).shape == (2, 1, 4, 4)

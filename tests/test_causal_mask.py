@@ -18,13 +18,13 @@ PAD_DTYPES = (torch.bool, torch.int64, torch.int32, torch.uint8, torch.int8)
 
 @st.composite
 def mask_cases(draw, dtype):
-    Lk = draw(st.one_of(st.just(1), st.sampled_from(range(1, 140))))
+    S = draw(st.one_of(st.just(1), st.sampled_from(range(1, 140))))
     return dict(
         dtype=dtype,
         B=draw(st.integers(1, 3)),
-        Lk=Lk,
-        q_len=draw(st.one_of(st.just(1), st.just(Lk), st.sampled_from(range(1, Lk + 1)))),
-        window=draw(st.one_of(st.none(), st.sampled_from(range(1, Lk + 3)))),
+        S=S,
+        q_len=draw(st.one_of(st.just(1), st.just(S), st.sampled_from(range(1, S + 1)))),
+        window=draw(st.one_of(st.none(), st.sampled_from(range(1, S + 3)))),
         pad_dtype=draw(st.sampled_from(PAD_DTYPES)),
         padding=draw(st.sampled_from(["none", "left", "right", "random", "all"])),
         layout=draw(st.sampled_from(["contiguous", "transposed", "sliced"])),
@@ -33,27 +33,27 @@ def mask_cases(draw, dtype):
 
 
 def padding_mask(case):
-    """(B, Lk) of 0/1 (or bool), 1 = real token, in the case's pattern and memory layout."""
+    """(B, S) of 0/1 (or bool), 1 = real token, in the case's pattern and memory layout."""
     gen = torch.Generator().manual_seed(case["seed"])
-    B, Lk = case["B"], case["Lk"]
-    pos = torch.arange(Lk)[None, :]
-    lengths = torch.randint(0, Lk + 1, (B, 1), generator=gen)
+    B, S = case["B"], case["S"]
+    pos = torch.arange(S)[None, :]
+    lengths = torch.randint(0, S + 1, (B, 1), generator=gen)
     pattern = case["padding"]
     if pattern == "none":
-        pm = torch.ones(B, Lk, dtype=torch.bool)
+        pm = torch.ones(B, S, dtype=torch.bool)
     elif pattern == "left":
-        pm = pos >= Lk - lengths
+        pm = pos >= S - lengths
     elif pattern == "right":
         pm = pos < lengths
     elif pattern == "all":
-        pm = torch.zeros(B, Lk, dtype=torch.bool)
+        pm = torch.zeros(B, S, dtype=torch.bool)
     else:
-        pm = torch.rand(B, Lk, generator=gen) < 0.7
+        pm = torch.rand(B, S, generator=gen) < 0.7
     pm = pm.to(case["pad_dtype"])
     if case["layout"] == "transposed":
         pm = pm.t().contiguous().t()
     elif case["layout"] == "sliced":
-        buf = torch.zeros(B, 2 * Lk, dtype=pm.dtype)
+        buf = torch.zeros(B, 2 * S, dtype=pm.dtype)
         buf[:, ::2] = pm
         buf[:, 1::2] = 1 - pm.to(torch.int64) if pm.dtype != torch.bool else ~pm   # the opposite, as bait
         pm = buf[:, ::2]
@@ -63,10 +63,10 @@ def padding_mask(case):
 def transformers_mask(pm, q_len, dtype, window):
     from transformers.masking_utils import causal_mask_function, eager_mask, sliding_window_causal_mask_function
 
-    B, Lk = pm.shape
+    B, S = pm.shape
     fn = causal_mask_function if window is None else sliding_window_causal_mask_function(window)
     # Transformers converts the 2-D attention mask to bool before building masks.
-    return eager_mask(batch_size=B, q_length=q_len, kv_length=Lk, q_offset=Lk - q_len, kv_offset=0,
+    return eager_mask(batch_size=B, q_length=q_len, kv_length=S, q_offset=S - q_len, kv_offset=0,
                       mask_function=fn, attention_mask=pm.bool(), dtype=dtype)
 
 
@@ -76,7 +76,7 @@ def check_mask(case, device="cpu"):
     got = minivlm.causal_mask(to_device(pm, device), q_len, dtype=dtype, window=window)
     assert got.device.type == torch.device(device).type
     got = got.cpu()
-    assert got.dtype == dtype and got.shape == (case["B"], 1, q_len, case["Lk"])
+    assert got.dtype == dtype and got.shape == (case["B"], 1, q_len, case["S"])
     want = reference.causal_mask(pm, q_len, dtype=dtype, window=window)
     assert torch.equal(got, want), f"differs from the reference at {(got != want).nonzero()[:5].tolist()}"
     hf = transformers_mask(pm, q_len, dtype, window)
@@ -97,9 +97,9 @@ def test_causal_mask_matches_reference_and_transformers(dtype, device, data):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("window", [None, 1, 7, 300, 4096])
 def test_causal_mask_long(dtype, window, device):
-    """Lengths past every tile size: Lk = 700, prefill (q_len = Lk) and a chunk (q_len < Lk)."""
+    """Lengths past every tile size: S = 700, prefill (q_len = S) and a chunk (q_len < S)."""
     for q_len in (700, 129, 1):
-        case = dict(dtype=dtype, B=2, Lk=700, q_len=q_len, window=window, pad_dtype=torch.int64,
+        case = dict(dtype=dtype, B=2, S=700, q_len=q_len, window=window, pad_dtype=torch.int64,
                     padding="left", layout="contiguous", seed=q_len)
         check_mask(case, device)
 

@@ -94,6 +94,10 @@ inline void convert(const src_t* src, dst_t* dst, int64_t n) {
 // each row's running maximum and sum, L = m + log(l) the log-sum-exp.
 // ---------------------------------------------------------------------------------------------------
 
+// Internal linkage, as if each attention file had written them itself: each file's copy is compiled
+// and inlined for that file alone.
+namespace {
+
 // Everything the kernels need to know about one call, with q, k, v, the mask (and in the backward pass
 // out, grad_out) already in the accumulation type acc_t and unit-stride in their last dimension.
 template <typename acc_t>
@@ -191,4 +195,5 @@ Problem<acc_t> make_problem(const at::Tensor& q, const at::Tensor& k, const at::
   return p;
 }
 
+}  // namespace
 }  // namespace minivlm::cpu

@@ -78,9 +78,9 @@ def stage_attention() -> StageResult:
     The padding mask comes from ops.causal_mask; the forward output and the gradients of q, k and v are
     compared with the reference.
     """
-    B, Hq, Hkv, L, D = 2, 8, 2, 128, 64
+    B, H, Hkv, L, D = 2, 8, 2, 128, 64
     gen = torch.Generator().manual_seed(0)
-    q = torch.randn(B, Hq, L, D, generator=gen, requires_grad=True)
+    q = torch.randn(B, H, L, D, generator=gen, requires_grad=True)
     k = torch.randn(B, Hkv, L, D, generator=gen, requires_grad=True)
     v = torch.randn(B, Hkv, L, D, generator=gen, requires_grad=True)
     mask = ops.causal_mask(left_padding(B, L), L)                    # (B, 1, L, L), 0 or finfo.min
@@ -100,7 +100,7 @@ def stage_attention() -> StageResult:
         ref_ms = median_ms(lambda: reference.attention(q, k, v, mask, is_causal=True))
     out_diff, grad_diff = max_abs_diff(out, ref_out), max_abs_diff(grads, ref_grads)
     return StageResult(
-        "attention", f"GQA {Hq}q/{Hkv}kv heads, causal + padding mask, B{B} L{L} D{D} "
+        "attention", f"GQA {H}q/{Hkv}kv heads, causal + padding mask, B{B} L{L} D{D} "
                      f"(max|diff| forward {out_diff:.1e}, gradients {grad_diff:.1e})",
         max(out_diff, grad_diff), 1e-4, ms, ref_ms)
 
@@ -119,12 +119,12 @@ def stage_rope() -> StageResult:
 
 def stage_causal_mask() -> StageResult:
     """The additive causal + padding mask, plain and with a sliding window; it must match exactly."""
-    B, q_len, Lk, window = 4, 96, 128, 32
-    padding = left_padding(B, Lk)
+    B, q_len, S, window = 4, 96, 128, 32
+    padding = left_padding(B, S)
     diff = max(max_abs_diff(ops.causal_mask(padding, q_len), reference.causal_mask(padding, q_len)),
                max_abs_diff(ops.causal_mask(padding, q_len, window=window),
                             reference.causal_mask(padding, q_len, window=window)))
-    return StageResult("causal_mask", f"B{B} q_len{q_len} Lk{Lk}, plain and window {window}", diff, 0.0,
+    return StageResult("causal_mask", f"B{B} q_len{q_len} S{S}, plain and window {window}", diff, 0.0,
                        median_ms(lambda: ops.causal_mask(padding, q_len)),
                        median_ms(lambda: reference.causal_mask(padding, q_len)))
 

@@ -113,13 +113,13 @@ def attention_cases(dtype, device, B, H, L, D, causal: bool, backward: bool) -> 
     return cases
 
 
-def decode_case(dtype, device, B, Hq, Hkv, Lk, D) -> GpuCase:
-    q = _rand(B, Hq, 1, D, dtype=dtype, device=device)
-    k, v = (_rand(B, Hkv, Lk, D, dtype=dtype, device=device) for _ in range(2))
-    nbytes = attention_bytes(B, Hq, Hkv, 1, Lk, D, k.element_size())
+def decode_case(dtype, device, B, H, Hkv, S, D) -> GpuCase:
+    q = _rand(B, H, 1, D, dtype=dtype, device=device)
+    k, v = (_rand(B, Hkv, S, D, dtype=dtype, device=device) for _ in range(2))
+    nbytes = attention_bytes(B, H, Hkv, 1, S, D, k.element_size())
     fns = {"minivlm": lambda: ops.attention(q, k, v),
            "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)}
-    return GpuCase(f"decode {str(dtype)[6:]} B{B} Hq{Hq} Hkv{Hkv} Lq1 Lk{Lk} D{D} fwd", fns, nbytes, "GB/s",
+    return GpuCase(f"decode {str(dtype)[6:]} B{B} H{H} Hkv{Hkv} T1 S{S} D{D} fwd", fns, nbytes, "GB/s",
                    lambda: (fns["minivlm"]() - fns["sdpa"]()).abs().max().item())
 
 

@@ -48,7 +48,7 @@ from .ceiling import (Work, attention_bytes, attention_flops, causal_mask_bytes,
                       fraction, measure_ceilings, rope_bytes)
 from .memory import child_main, current_rss_kib, finish_probe, peak_rss_kib, start_probe
 
-#: The reference is skipped where its (B, H, Lq, Lk) float32 score matrix would exceed this.
+#: The reference is skipped where its (B, H, T, S) float32 score matrix would exceed this.
 REFERENCE_LIMIT_BYTES = 1 << 30
 MIB = 1 << 20
 
@@ -202,57 +202,57 @@ class Case:
 
 @dataclass(frozen=True)
 class AttentionShape:
-    """q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D), float32."""
+    """q (B, H, T, D), k and v (B, Hkv, S, D), float32."""
 
     kind: str          # "prefill" or "decode"
     B: int
-    Hq: int
+    H: int
     Hkv: int
-    Lq: int
-    Lk: int
+    T: int
+    S: int
     D: int
     causal: bool
     backward: bool = True
 
     def describe(self) -> str:
-        heads = f"H{self.Hq}" if self.Hq == self.Hkv else f"Hq{self.Hq} Hkv{self.Hkv}"
-        length = f"L{self.Lq}" if self.Lq == self.Lk else f"Lq{self.Lq} Lk{self.Lk}"
+        heads = f"H{self.H}" if self.H == self.Hkv else f"H{self.H} Hkv{self.Hkv}"
+        length = f"L{self.T}" if self.T == self.S else f"T{self.T} S{self.S}"
         mode = "causal" if self.causal else "non-causal"
         return f"{self.kind} {mode} B{self.B} {heads} {length} D{self.D}"
 
     def score_bytes(self) -> int:
-        """Bytes of one float32 (B, Hq, Lq, Lk) matrix: what the reference materialises, several times."""
-        return 4 * self.B * self.Hq * self.Lq * self.Lk
+        """Bytes of one float32 (B, H, T, S) matrix: what the reference materialises, several times."""
+        return 4 * self.B * self.H * self.T * self.S
 
     def output_bytes(self) -> int:
-        """Bytes of one float32 (B, Hq, Lq, D) tensor: the O(L*D) a fused kernel needs."""
-        return 4 * self.B * self.Hq * self.Lq * self.D
+        """Bytes of one float32 (B, H, T, D) tensor: the O(L*D) a fused kernel needs."""
+        return 4 * self.B * self.H * self.T * self.D
 
     def work(self, backward: bool = False) -> Work:
         """Prefill: the FLOPs of attention's matrix products (the backward's too); decode: the bytes it must
         move, nearly all of them the keys and values read."""
         if self.kind == "decode":
-            return Work(attention_bytes(self.B, self.Hq, self.Hkv, self.Lq, self.Lk, self.D, itemsize=4), "B")
-        return Work(attention_flops(self.B, self.Hq, self.Lq, self.Lk, self.D, self.causal, backward), "FLOP")
+            return Work(attention_bytes(self.B, self.H, self.Hkv, self.T, self.S, self.D, itemsize=4), "B")
+        return Work(attention_flops(self.B, self.H, self.T, self.S, self.D, self.causal, backward), "FLOP")
 
     def tiny(self) -> "AttentionShape":
         """The same heads and head size at length 64 (at most), for warming an implementation up."""
-        lq = min(self.Lq, 64)
-        return dataclasses.replace(self, Lq=lq, Lk=min(self.Lk, 64 if self.Lq == self.Lk else 128))
+        lq = min(self.T, 64)
+        return dataclasses.replace(self, T=lq, S=min(self.S, 64 if self.T == self.S else 128))
 
 
 def attention_inputs(shape: AttentionShape, requires_grad: bool = False, seed: int = 0):
     """Random q, k, v for `shape` (the same numbers for every call with the same seed)."""
     gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(shape.B, shape.Hq, shape.Lq, shape.D, generator=gen)
-    k = torch.randn(shape.B, shape.Hkv, shape.Lk, shape.D, generator=gen)
-    v = torch.randn(shape.B, shape.Hkv, shape.Lk, shape.D, generator=gen)
+    q = torch.randn(shape.B, shape.H, shape.T, shape.D, generator=gen)
+    k = torch.randn(shape.B, shape.Hkv, shape.S, shape.D, generator=gen)
+    v = torch.randn(shape.B, shape.Hkv, shape.S, shape.D, generator=gen)
     return tuple(t.requires_grad_(requires_grad) for t in (q, k, v))
 
 
 def attention_function(impl: str, shape: AttentionShape) -> Callable:
     """fn(q, k, v) -> out for implementation `impl` ("minivlm", "reference" or "sdpa") on `shape`."""
-    causal, gqa = shape.causal, shape.Hq != shape.Hkv
+    causal, gqa = shape.causal, shape.H != shape.Hkv
     if impl == "minivlm":
         return lambda q, k, v: ops.attention(q, k, v, is_causal=causal)
     if impl == "reference":
@@ -298,7 +298,7 @@ def attention_forward_case(shape: AttentionShape, comparisons: list) -> Case:
 
 def attention_backward_case(shape: AttentionShape, comparisons: list) -> Case:
     def build():
-        grad_out = torch.randn(shape.B, shape.Hq, shape.Lq, shape.D, generator=torch.Generator().manual_seed(1))
+        grad_out = torch.randn(shape.B, shape.H, shape.T, shape.D, generator=torch.Generator().manual_seed(1))
         impls, grads = {}, {}
         for name in attention_impl_names(shape):
             inputs = attention_inputs(shape, requires_grad=True)
