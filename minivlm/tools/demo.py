@@ -100,7 +100,7 @@ def stage_attention() -> StageResult:
         ref_ms = median_ms(lambda: reference.attention(q, k, v, mask, is_causal=True))
     out_diff, grad_diff = max_abs_diff(out, ref_out), max_abs_diff(grads, ref_grads)
     return StageResult(
-        "attention", f"GQA {H}q/{Hkv}kv heads, causal + padding mask, B{B} L{L} D{D} "
+        "attention", f"GQA {H}q/{Hkv}kv heads, causal + padding mask, B{B} T{L} D{D} "
                      f"(max|diff| forward {out_diff:.1e}, gradients {grad_diff:.1e})",
         max(out_diff, grad_diff), 1e-4, ms, ref_ms)
 

@@ -100,7 +100,7 @@ def attention_cases(dtype, device, B, H, L, D, causal: bool, backward: bool) -> 
     fwd = {"minivlm": lambda: ops.attention(q, k, v, is_causal=causal), "sdpa": sdpa}
     if B * H * L * L * 4 <= REFERENCE_LIMIT_BYTES:
         fwd["reference"] = lambda: reference.attention(q, k, v, is_causal=causal)
-    label = f"attention {'causal' if causal else 'full'} {str(dtype)[6:]} B{B} H{H} L{L} D{D}"
+    label = f"attention {'causal' if causal else 'full'} {str(dtype)[6:]} B{B} H{H} T{L} D{D}"
     cases = [GpuCase(label + " fwd", fwd, flops, "TFLOP/s",
                      lambda: (ops.attention(q, k, v, is_causal=causal) - sdpa()).abs().max().item(), dtype)]
     if backward:
@@ -130,7 +130,7 @@ def rope_case(dtype, device, B, H, L, D) -> GpuCase:
     cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
     nbytes = rope_bytes(B, H, L, D, x.element_size())
     fns = {"minivlm": lambda: ops.rope(x, cos, sin), "reference": lambda: reference.rope(x, cos, sin)}
-    return GpuCase(f"rope {str(dtype)[6:]} B{B} H{H} L{L} D{D} fwd", fns, nbytes, "GB/s",
+    return GpuCase(f"rope {str(dtype)[6:]} B{B} H{H} T{L} D{D} fwd", fns, nbytes, "GB/s",
                    lambda: (fns["minivlm"]() - fns["reference"]()).abs().max().item())
 
 
@@ -141,7 +141,7 @@ def causal_mask_case(device, B, L) -> GpuCase:
     fns = {"minivlm": lambda: ops.causal_mask(pad, L),
            "reference": lambda: reference.causal_mask(pad, L),
            "torch.full": lambda: torch.full((B, 1, L, L), float("-inf"), device=device)}
-    return GpuCase(f"causal_mask B{B} L{L} float32", fns, nbytes, "GB/s",
+    return GpuCase(f"causal_mask B{B} T{L} float32", fns, nbytes, "GB/s",
                    lambda: (fns["minivlm"]() != fns["reference"]()).sum().item())
 
 

@@ -216,7 +216,7 @@ class AttentionShape:
 
     def describe(self) -> str:
         heads = f"H{self.H}" if self.H == self.Hkv else f"H{self.H} Hkv{self.Hkv}"
-        length = f"L{self.T}" if self.T == self.S else f"T{self.T} S{self.S}"
+        length = f"T{self.T}" if self.T == self.S else f"T{self.T} S{self.S}"
         mode = "causal" if self.causal else "non-causal"
         return f"{self.kind} {mode} B{self.B} {heads} {length} D{self.D}"
 
@@ -225,7 +225,7 @@ class AttentionShape:
         return 4 * self.B * self.H * self.T * self.S
 
     def output_bytes(self) -> int:
-        """Bytes of one float32 (B, H, T, D) tensor: the O(L*D) a fused kernel needs."""
+        """Bytes of one float32 (B, H, T, D) tensor: the O(T*D) a fused kernel needs."""
         return 4 * self.B * self.H * self.T * self.D
 
     def work(self, backward: bool = False) -> Work:
@@ -333,7 +333,7 @@ def rope_forward_case(dims, comparisons) -> Case:
         outputs = {name: fn(x, cos, sin) for name, fn in ROPE_IMPLS.items()}
         impls = {name: (lambda fn=fn: fn(x, cos, sin)) for name, fn in ROPE_IMPLS.items()}
         return impls, _check_against(outputs)
-    return Case("rope", "B{} H{} L{} D{}".format(*dims), "fwd", build, Work(rope_bytes(*dims, 4), "B"), comparisons)
+    return Case("rope", "B{} H{} T{} D{}".format(*dims), "fwd", build, Work(rope_bytes(*dims, 4), "B"), comparisons)
 
 
 def rope_backward_case(dims, comparisons) -> Case:
@@ -346,7 +346,7 @@ def rope_backward_case(dims, comparisons) -> Case:
             grads[name] = torch.autograd.grad(out, x, grad_out, retain_graph=True)
             impls[name] = lambda out=out, x=x: torch.autograd.grad(out, x, grad_out, retain_graph=True)
         return impls, _check_against(grads)
-    return Case("rope", "B{} H{} L{} D{}".format(*dims), "bwd", build, Work(rope_bytes(*dims, 4), "B"), comparisons)
+    return Case("rope", "B{} H{} T{} D{}".format(*dims), "bwd", build, Work(rope_bytes(*dims, 4), "B"), comparisons)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -382,7 +382,7 @@ def causal_mask_case(B: int, L: int, comparisons: list) -> Case:
             fns["eager_mask"] = lambda: eager_mask(batch_size=B, q_length=L, kv_length=L, attention_mask=padding)
         check = _max_diff(fns["minivlm"](), fns["reference"]()), "reference"
         return fns, check
-    return Case("causal_mask", f"B{B} L{L}", "fwd", build, Work(causal_mask_bytes(B, L, L, 4), "B"), comparisons)
+    return Case("causal_mask", f"B{B} T{L}", "fwd", build, Work(causal_mask_bytes(B, L, L, 4), "B"), comparisons)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -510,8 +510,8 @@ def measure_memory(shapes: list, impls: tuple, threads: int) -> list:
     for shape in shapes:
         rows.append({
             "shape": shape.describe(),
-            "O(L*D)_mib": shape.output_bytes() / MIB,
-            "O(L^2)_mib": shape.score_bytes() / MIB,
+            "O(T*D)_mib": shape.output_bytes() / MIB,
+            "O(T*S)_mib": shape.score_bytes() / MIB,
             "impls": {impl: finish_probe(probes[shape, impl]) if (shape, impl) in probes else None
                       for impl in ("minivlm", "reference", "sdpa")},
         })
@@ -619,11 +619,11 @@ def print_page_faults(results: list, threshold: int = 1024) -> None:
 def print_memory(rows: list) -> None:
     print("\npeak extra memory of one attention forward, MiB: the rise of the peak RSS (VmHWM, else ru_maxrss)")
     print("above the inputs, each implementation in a fresh process (see minivlm.tools.bench.memory);")
-    print("O(L*D) = one (B,H,L,D) float32 tensor, O(L^2) = one (B,H,L,L) float32 score matrix")
-    header = ["shape", "O(L*D)", "O(L^2)", "minivlm", "reference", "sdpa"]
+    print("O(T*D) = one (B,H,T,D) float32 tensor, O(T*S) = one (B,H,T,S) float32 score matrix (here S = T)")
+    header = ["shape", "O(T*D)", "O(T*S)", "minivlm", "reference", "sdpa"]
     table = [header]
     for r in rows:
-        cells = [r["shape"], f"{r['O(L*D)_mib']:.1f}", f"{r['O(L^2)_mib']:.0f}"]
+        cells = [r["shape"], f"{r['O(T*D)_mib']:.1f}", f"{r['O(T*S)_mib']:.0f}"]
         for impl in header[3:]:
             m = r["impls"][impl]
             if m is None:
@@ -684,7 +684,7 @@ def print_header(env: dict, rope_dims, rope_ms: float, suite: Suite, quick: bool
     print(f"minivlm {env['minivlm']} kernel benchmark{' (--quick: small shapes)' if quick else ''}")
     print(f"torch {env['torch']}, transformers {env['transformers'] or '-'}, threads {env['threads']}")
     print(f"extension vector ISA: {env['extension_isa']} (torch's CPU capability: {env['cpu_capability']})")
-    print("ops.rope B{} H{} L{} D{} float32 on the {} path: {} ms".format(
+    print("ops.rope B{} H{} T{} D{} float32 on the {} path: {} ms".format(
         *rope_dims, env["extension_isa"], fmt_ms(rope_ms)))
     print(f"{suite.reps} repetitions after {suite.warmup} warm-up, implementations alternating within each")
     for line in ceiling_lines(ceilings):
