@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .models._config import positive_ints
+from .models._config import invalid, positive_ints
 from .models.llava_next import image_feature_count, select_best_resolution
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -434,10 +434,6 @@ def _is_size(value, shortest_edge: bool) -> bool:
         _positive_int(value.get("height")) and _positive_int(value.get("width"))))
 
 
-def _bad(p, name, expected) -> ValueError:
-    return ValueError(f"{type(p).__name__}: {name} must be {expected}, got {getattr(p, name)!r}")
-
-
 def _check_settings(p, *, shortest_edge=True, crop=False, pinpoints=False, channels=False):
     """A processor's settings: size ({"shortest_edge"} or {"height", "width"}, or only the latter), and where
     the processor reads them crop_size, image_grid_pinpoints and image_num_channels; then the rescale and
@@ -445,24 +441,24 @@ def _check_settings(p, *, shortest_edge=True, crop=False, pinpoints=False, chann
     pins = getattr(p, "image_grid_pinpoints", None)
     if pinpoints and not (isinstance(pins, (list, tuple)) and pins and all(
             isinstance(pin, (list, tuple)) and len(pin) == 2 and all(_positive_int(x) for x in pin) for pin in pins)):
-        raise _bad(p, "image_grid_pinpoints", "a non-empty list of [height, width] pairs of positive ints")
+        raise invalid(p, "image_grid_pinpoints", "a non-empty list of [height, width] pairs of positive ints")
     if not _is_size(p.size, shortest_edge):
-        raise _bad(p, "size", ('an int or a dict with "shortest_edge", or "height" and "width" (positive ints)'
+        raise invalid(p, "size", ('an int or a dict with "shortest_edge", or "height" and "width" (positive ints)'
                                if shortest_edge else 'an int or a dict with "height" and "width" (positive ints)'))
     if crop and not _is_size(p.crop_size, shortest_edge=False):
-        raise _bad(p, "crop_size", 'an int or a dict with "height" and "width" (positive ints)')
+        raise invalid(p, "crop_size", 'an int or a dict with "height" and "width" (positive ints)')
     if channels and p.image_num_channels != 3:
-        raise _bad(p, "image_num_channels", "3 (the images are RGB)")
+        raise invalid(p, "image_num_channels", "3 (the images are RGB)")
     for name in ("image_mean", "image_std"):
         value = getattr(p, name)
         if not isinstance(value, (list, tuple)) or len(value) != 3:
-            raise _bad(p, name, "3 numbers, one per RGB channel")
+            raise invalid(p, name, "3 numbers, one per RGB channel")
     if any(s == 0 for s in p.image_std):
-        raise _bad(p, "image_std", "non-zero")
+        raise invalid(p, "image_std", "non-zero")
     if not isinstance(p.rescale_factor, (int, float)) or isinstance(p.rescale_factor, bool):
-        raise _bad(p, "rescale_factor", "a number")
+        raise invalid(p, "rescale_factor", "a number")
     if p.resample not in {int(r) for r in Image.Resampling}:
-        raise _bad(p, "resample", f"a PIL resampling filter, one of {sorted(int(r) for r in Image.Resampling)}")
+        raise invalid(p, "resample", f"a PIL resampling filter, one of {sorted(int(r) for r in Image.Resampling)}")
 
 
 def _check_images(p, images) -> list:

@@ -16,8 +16,10 @@ def known_fields(cls, d: dict) -> dict:
     return {k: v for k, v in d.items() if k in names}
 
 
-def _fail(config, name, expected):
-    raise ValueError(f"{type(config).__name__}: {name} must be {expected}, got {getattr(config, name)!r}")
+def invalid(config, name, expected) -> ValueError:
+    """The ValueError for a field of config (a dataclass, or any object with attributes) that is not what
+    it must be: `<Class>: <name> must be <expected>, got <value>`."""
+    return ValueError(f"{type(config).__name__}: {name} must be {expected}, got {getattr(config, name)!r}")
 
 
 def positive_ints(config, *names):
@@ -25,7 +27,7 @@ def positive_ints(config, *names):
     for name in names:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            _fail(config, name, "a positive int")
+            raise invalid(config, name, "a positive int")
 
 
 def positive_numbers(config, *names):
@@ -33,14 +35,14 @@ def positive_numbers(config, *names):
     for name in names:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-            _fail(config, name, "a positive number")
+            raise invalid(config, name, "a positive number")
 
 
 def bools(config, *names):
     """Each field named is True or False."""
     for name in names:
         if not isinstance(getattr(config, name), bool):
-            _fail(config, name, "a bool")
+            raise invalid(config, name, "a bool")
 
 
 def divides(config, divisor: str, name: str):
@@ -53,7 +55,7 @@ def divides(config, divisor: str, name: str):
 def one_of(config, name: str, choices):
     """Field `name` is one of `choices`."""
     if getattr(config, name) not in choices:
-        _fail(config, name, f"one of {list(choices)}")
+        raise invalid(config, name, f"one of {list(choices)}")
 
 
 def in_vocab(config, *names, vocab: str = "vocab_size"):
@@ -62,7 +64,7 @@ def in_vocab(config, *names, vocab: str = "vocab_size"):
     for name in names:
         value, size = getattr(config, name), getattr(config, vocab)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < size:
-            _fail(config, name, f"an int in [0, {vocab}={size})")
+            raise invalid(config, name, f"an int in [0, {vocab}={size})")
 
 
 def non_negative_ints(config, *names):
@@ -70,4 +72,4 @@ def non_negative_ints(config, *names):
     for name in names:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            _fail(config, name, "an int >= 0")
+            raise invalid(config, name, "an int >= 0")
