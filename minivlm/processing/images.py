@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .models._config import invalid, positive_ints
-from .models.llava_next import image_feature_count, select_best_resolution
+from ..models._config import invalid, positive_ints
+from ..models.llava_next import image_feature_count, select_best_resolution
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
