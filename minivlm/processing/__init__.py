@@ -3,11 +3,22 @@ processors value for value.
 
 - `images.py`: the image processors (PIL images -> pixel_values): LLaVA-NeXT's anyres crops, BLIP-2's
   resize, CLIP's (Kosmos-2, AltCLIP), IDEFICS's; and IDEFICS's image attention mask.
+- `tokenizer.py`: `Tokenizer`, a checkpoint's tokenizer.json run by the `tokenizers` library with the
+  special tokens and pipeline Transformers reads; encode, pad, decode.
+- `chat_template.py`: reading a checkpoint's chat templates and rendering them as Transformers does.
+- `base.py`: `Processor`, what the model processors share (from_pretrained, apply_chat_template, decode).
+- one processor per model, text and images -> the model's inputs: `LlavaNextProcessor` (llava_next.py),
+  `Blip2Processor` (blip2.py), `AltCLIPProcessor` (altclip.py).
 """
 from .images import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, BlipImageProcessor, CLIPImageProcessor,
                      IdeficsImageProcessor, ImageProcessor, LlavaNextImageProcessor, idefics_image_attention_mask,
                      image_feature_count)
+from .tokenizer import Tokenizer
+from .base import Processor
+from .altclip import AltCLIPProcessor
+from .blip2 import Blip2Processor
+from .llava_next import LlavaNextProcessor
 
-__all__ = ["ImageProcessor", "LlavaNextImageProcessor", "BlipImageProcessor", "CLIPImageProcessor",
+__all__ = ["Tokenizer", "Processor", "LlavaNextProcessor", "Blip2Processor", "AltCLIPProcessor", "ImageProcessor", "LlavaNextImageProcessor", "BlipImageProcessor", "CLIPImageProcessor",
            "image_feature_count", "IdeficsImageProcessor", "idefics_image_attention_mask", "OPENAI_CLIP_MEAN",
            "OPENAI_CLIP_STD"]
