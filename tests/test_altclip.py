@@ -205,6 +205,11 @@ def test_tokenize_labels(tmp_path):
     assert ids.tolist() == [[BOS, EOS]]                # truncation keeps the special tokens
     ids, _ = tokenize_labels(path, ["cat", "small dog"], template="{}", pad_id=99)
     assert ids[0].tolist() == [BOS, cat, EOS, 99]
+    # the same from the folder, and from a Tokenizer read once
+    from minivlm.processing import Tokenizer
+    for tokenizer in (tmp_path, Tokenizer.from_pretrained(tmp_path)):
+        again, again_mask = tokenize_labels(tokenizer, labels)
+        assert torch.equal(again, reference["input_ids"]) and torch.equal(again_mask, reference["attention_mask"])
 
 
 def test_both_key_spellings_load(checkpoint, model, tmp_path):
@@ -295,7 +300,7 @@ def test_bad_inputs(model, tmp_path):
     with pytest.raises(ValueError, match="hidden_act"):
         AltCLIPConfig.from_dict({"text_config": {"hidden_act": "mish"}})
     path = build_tokenizer(tmp_path / "tokenizer.json")
-    with pytest.raises(FileNotFoundError, match="tokenizer_json"):
+    with pytest.raises(FileNotFoundError, match="tokenizer must be a Tokenizer, a checkpoint folder or the path"):
         tokenize_labels(tmp_path / "absent.json", ["cat"])
     with pytest.raises(TypeError, match="labels"):
         tokenize_labels(path, [])

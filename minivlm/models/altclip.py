@@ -204,19 +204,24 @@ class AltCLIPModel(Model):
         return self(label_ids, pixel_values, attention_mask=label_mask).logits_per_image.softmax(dim=-1)
 
 
-def tokenize_labels(tokenizer_json, labels, template: str = "a photo of a {}", *, pad_id: Optional[int] = None,
+def tokenize_labels(tokenizer, labels, template: str = "a photo of a {}", *, pad_id: Optional[int] = None,
                     max_length: Optional[int] = None):
-    """Tokenize candidate labels with a checkpoint's tokenizer.json (the `tokenizers` library), each put
-    into `template` first, with the tokenizer's special tokens (<s> ... </s> for XLM-R).
+    """Tokenize candidate labels, each put into `template` first, with the checkpoint's tokenizer and its
+    special tokens (<s> ... </s> for XLM-R): a thin use of minivlm.processing.Tokenizer.
 
+    tokenizer: a minivlm.processing.Tokenizer, a checkpoint folder, or the path of its tokenizer.json.
     Returns (input_ids, attention_mask), both int64 (B_t, T), right-padded to the longest prompt with pad_id
-    (default: the tokenizer's padding id, else the id of "<pad>"). max_length truncates longer prompts.
+    (default: the tokenizer's pad token, else the id of "<pad>"). max_length
+    truncates longer prompts (the special tokens kept).
     """
-    from tokenizers import Tokenizer
+    from ..processing.tokenizer import Tokenizer
 
-    if not isinstance(tokenizer_json, (str, os.PathLike)) or not os.path.isfile(tokenizer_json):
-        raise FileNotFoundError(f"tokenize_labels: tokenizer_json must be the path of a tokenizer.json file, "
-                                f"got {tokenizer_json!r}")
+    if not isinstance(tokenizer, Tokenizer):
+        path = tokenizer
+        if not isinstance(path, (str, os.PathLike)) or not os.path.exists(path):
+            raise FileNotFoundError(f"tokenize_labels: tokenizer must be a Tokenizer, a checkpoint folder or the "
+                                    f"path of a tokenizer.json file, got {path!r}")
+        tokenizer = Tokenizer.from_pretrained(path if os.path.isdir(path) else os.path.dirname(os.fspath(path)) or ".")
     if isinstance(labels, str):
         labels = [labels]
     if not isinstance(labels, (list, tuple)) or not labels or not all(isinstance(s, str) for s in labels):
@@ -226,19 +231,12 @@ def tokenize_labels(tokenizer_json, labels, template: str = "a photo of a {}", *
                          f"got {template!r}")
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
         raise ValueError(f"tokenize_labels: max_length must be a positive int or None, got {max_length!r}")
-    tokenizer = Tokenizer.from_file(os.fspath(tokenizer_json))
     if pad_id is None:
-        padding = tokenizer.padding
-        pad_id = padding["pad_id"] if padding else tokenizer.token_to_id("<pad>")
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token is not None else tokenizer.backend.token_to_id("<pad>")
         if pad_id is None:
-            raise ValueError(f"tokenize_labels: {tokenizer_json} sets no padding and has no '<pad>' token; "
-                             f"pass pad_id")
-    tokenizer.no_padding()
-    if max_length is None:
-        tokenizer.no_truncation()
-    else:
-        tokenizer.enable_truncation(max_length)
-    rows = [e.ids for e in tokenizer.encode_batch([template.format(s) for s in labels], add_special_tokens=True)]
+            raise ValueError("tokenize_labels: the tokenizer has no pad token and no '<pad>'; pass pad_id")
+    rows = tokenizer([template.format(s) for s in labels], truncation=max_length is not None,
+                     max_length=max_length)["input_ids"]
     T = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
     attention_mask = torch.zeros(len(rows), T, dtype=torch.long)

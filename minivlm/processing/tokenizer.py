@@ -95,7 +95,9 @@ class Tokenizer:
             raise ValueError(f"Tokenizer: truncation_side must be 'left' or 'right', got {truncation_side!r}")
         self.padding_side, self.truncation_side = padding_side, truncation_side
         self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
-        self.model_max_length = model_max_length
+        # Transformers writes a huge number (int(1e30)) for "no limit": keep None for that.
+        self.model_max_length = model_max_length if isinstance(model_max_length, int) and \
+            model_max_length < 2 ** 31 else None
         self.chat_template = chat_template
         # Every special token is an added special token of the backend (those not added yet are added now).
         added = {t.content for t in backend.get_added_tokens_decoder().values()}
@@ -128,12 +130,17 @@ class Tokenizer:
         tokenizer_class = _tokenizer_class(config.get("tokenizer_class"), model_config.get("model_type"), spec)
 
         special, extra, model_specific = _special_tokens(config, folder, tokenizer_class)
+        # Padding saved in tokenizer.json gives the pad token and side where tokenizer_config.json does not.
+        file_padding = backend.padding or {}
+        if file_padding.get("pad_token") and "pad_token" not in config:
+            special["pad_token"] = file_padding["pad_token"]
         backend = _class_pipeline(tokenizer_class, spec, backend, config, special)
 
         from .chat_template import read_chat_template
         return cls(backend, special_tokens=special, extra_special_tokens=extra,
                    model_specific_tokens=model_specific,
-                   padding_side=config.get("padding_side") or _PADDING_SIDE.get(tokenizer_class, "right"),
+                   padding_side=config.get("padding_side") or file_padding.get("direction")
+                   or _PADDING_SIDE.get(tokenizer_class, "right"),
                    truncation_side=config.get("truncation_side") or "right",
                    clean_up_tokenization_spaces=config.get("clean_up_tokenization_spaces", False),
                    model_max_length=config.get("model_max_length"),
