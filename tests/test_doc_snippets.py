@@ -3,7 +3,8 @@
 Each block runs alone, in a fresh namespace (so every block must be complete in itself), in a temporary
 working directory that holds what the blocks name: tiny random-weight checkpoint folders built by the tests'
 builders (llava-next-folder, blip2-folder, kosmos2-folder, idefics-folder, altclip-folder; each with its
-preprocessor_config.json and a tiny word-level tokenizer.json) and a few small pictures (photo.jpg,
+preprocessor_config.json, processor settings, and a tiny word-level tokenizer.json with its
+tokenizer_config.json) and a few small pictures (photo.jpg,
 cat.jpg, dog.jpg, snowman.jpg). Install and shell blocks (```bash) are not Python and are left out. A block
 that uses CUDA is skipped where torch sees no GPU.
 """
@@ -65,20 +66,33 @@ def write_json(path, data):
     path.write_text(json.dumps(data))
 
 
+def write_tokenizer_config(folder, **tokens):
+    """tokenizer_config.json naming the special tokens (as a hub folder does)."""
+    write_json(folder / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast", **tokens})
+
+
 def build_llava_next(folder):
     save(_llava.hf_model(_llava.hf_config()), folder)
     write_json(folder / "preprocessor_config.json",
                {"image_grid_pinpoints": _llava.PINPOINTS, "size": {"shortest_edge": _llava.CROP},
                 "crop_size": {"height": _llava.CROP, "width": _llava.CROP}})
+    # The processor's settings, as LLaVA-NeXT checkpoints write them (the CLS counted, then dropped).
+    write_json(folder / "processor_config.json",
+               {"patch_size": _llava.CONFIG["vision_config"]["patch_size"], "vision_feature_select_strategy": "default",
+                "num_additional_image_tokens": 1, "image_token": "<image>"})
     write_tokenizer(folder, 128, {"<pad>": _llava.PAD, "<s>": _llava.BOS, "</s>": _llava.EOS, "<unk>": 3,
                                   "<image>": _llava.IMAGE_TOKEN}, template="<s> $A")
+    write_tokenizer_config(folder, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           padding_side="left")
 
 
 def build_blip2(folder):
     save(_blip2.hf_model(_blip2.hf_config("opt")), folder)
     write_json(folder / "preprocessor_config.json", {"size": {"height": _blip2.IMAGE, "width": _blip2.IMAGE}})
+    write_json(folder / "processor_config.json", {"num_query_tokens": _blip2.NUM_QUERIES})
     write_tokenizer(folder, 128, {"<pad>": _blip2.OPT_PAD, "</s>": _blip2.OPT_EOS, "<unk>": 3,
                                   "<image>": _blip2.IMAGE_TOKEN}, template="</s> $A")
+    write_tokenizer_config(folder, bos_token="</s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
 
 
 def build_kosmos2(folder):
@@ -103,6 +117,7 @@ def build_altclip(folder):
     write_json(folder / "preprocessor_config.json",
                {"size": {"shortest_edge": _altclip.IMAGE}, "crop_size": _altclip.IMAGE})
     _altclip.build_tokenizer(folder / "tokenizer.json")
+    write_tokenizer_config(folder, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
 
 
 FOLDERS = {"llava-next-folder": build_llava_next, "blip2-folder": build_blip2, "kosmos2-folder": build_kosmos2,

@@ -3,6 +3,7 @@
     minivlm bench kernels [--json PATH] [--quick] [--threads N] [--reps N]
     minivlm bench kernels --device cuda [--json PATH] [--quick] [--reps N]
     minivlm bench model NAME [--json PATH] [--quick] [--threads N] [--reps N]
+    minivlm bench processor NAME [--json PATH] [--quick] [--threads N] [--reps N]
     minivlm demo [--threads N]
     minivlm --version
 
@@ -20,9 +21,11 @@ from minivlm import __version__
 BENCHMARKS = {
     "kernels": "minivlm.tools.bench.kernels",
     "model": "minivlm.tools.bench.models",
+    "processor": "minivlm.tools.bench.processor",
 }
-#: The models `minivlm bench model NAME` knows.
+#: The models `minivlm bench model NAME` knows, and the processors `minivlm bench processor NAME` knows.
 BENCH_MODELS = ("llava_next", "blip2", "blip2_t5", "kosmos2", "idefics", "altclip")
+BENCH_PROCESSORS = ("llava_next", "blip2", "kosmos2", "idefics", "altclip")
 
 
 def positive_int(text: str) -> int:
@@ -50,6 +53,11 @@ def run_bench(args) -> int:
             raise SystemExit(f"minivlm bench model: NAME must be one of {', '.join(BENCH_MODELS)}, "
                              f"got {args.name!r}")
         extra["name"] = args.name
+    elif args.what == "processor":
+        if args.name not in BENCH_PROCESSORS:
+            raise SystemExit(f"minivlm bench processor: NAME must be one of {', '.join(BENCH_PROCESSORS)}, "
+                             f"got {args.name!r}")
+        extra["name"] = args.name
     elif args.name is not None:
         raise SystemExit(f"minivlm bench {args.what}: takes no NAME, got {args.name!r}")
     return run(json_path=args.json, quick=args.quick, threads=args.threads, reps=args.reps, **extra)
@@ -66,9 +74,11 @@ def add_bench_parser(subparsers) -> None:
         "bench", help="time minivlm against its reference and PyTorch / Transformers",
         description="Time minivlm's kernels side by side with the reference math and the library "
                     "implementations they replace, and check them against the performance targets.")
-    p.add_argument("what", choices=list(BENCHMARKS), help="what to benchmark: the kernels, or a whole model")
+    p.add_argument("what", choices=list(BENCHMARKS),
+                   help="what to benchmark: the kernels, a whole model, or a processor call")
     p.add_argument("name", nargs="?", metavar="NAME",
-                   help=f"with 'model': which one ({', '.join(BENCH_MODELS)})")
+                   help=f"with 'model': which one ({', '.join(BENCH_MODELS)}); with 'processor': "
+                        f"{', '.join(BENCH_PROCESSORS)}")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the kernels run (cuda: the GPU kernels against SDPA's flash backend)")
     p.add_argument("--json", metavar="PATH", help="also write every number to PATH as JSON")
