@@ -234,3 +234,30 @@ def test_altclip_labels_and_images(altclip):
     _assert_same(mv(images=images), hf(images=images, return_tensors="pt"))
     with pytest.raises(ValueError, match="give text, images or both"):
         mv()
+
+
+# -- saving ----------------------------------------------------------------------------------------
+
+def test_save_pretrained_round_trips(llava, blip2, altclip, tmp_path):
+    """minivlm saves each processor; Transformers' processor and minivlm's read the folder back, and both
+    give the inputs the original Transformers processor gives."""
+    import json
+
+    import transformers
+
+    images = [_image(20, 50, 1), _image(33, 33, 2)]
+    cases = [("llava", llava, transformers.LlavaNextProcessor, LlavaNextProcessor,
+              dict(text=["<image> a", "b <image>"], images=images, padding=True)),
+             ("blip2", blip2[1:], transformers.Blip2Processor, Blip2Processor,
+              dict(text=["a photo of", "two"], images=images, padding=True)),
+             ("altclip", altclip, transformers.AltCLIPProcessor, AltCLIPProcessor,
+              dict(text=["a photo of", "two"], images=images, padding=True))]
+    for name, (hf, mv), hf_class, mv_class, kwargs in cases:
+        folder = tmp_path / name
+        mv.save_pretrained(folder)
+        config = json.loads((folder / "processor_config.json").read_text())
+        assert config["processor_class"] == hf_class.__name__
+        assert config["image_processor"]["image_processor_type"] == type(mv.image_processor).__name__
+        expected = hf(**kwargs, return_tensors="pt")
+        _assert_same(mv_class.from_pretrained(folder)(**kwargs, return_tensors="pt"), expected, name)
+        _assert_same(dict(hf_class.from_pretrained(str(folder))(**kwargs, return_tensors="pt")), expected, name)

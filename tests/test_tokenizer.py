@@ -203,3 +203,29 @@ def test_bad_arguments(pairs):
         mv.decode([1, -2])
     with pytest.raises(ValueError, match="rows must be 2-D"):
         mv.batch_decode(torch.zeros(3, dtype=torch.long))
+
+
+# -- saving --------------------------------------------------------------------------------------------
+
+def test_save_pretrained_round_trips(pairs, tmp_path):
+    """minivlm saves what it read; both libraries read the new folder back to the same ids and text."""
+    import transformers
+
+    for name, (hf, mv) in pairs.items():
+        folder = tmp_path / name
+        written = mv.save_pretrained(folder)
+        assert {p.name for p in written} == {"tokenizer.json", "tokenizer_config.json"}
+        again, hf_again = Tokenizer.from_pretrained(folder), transformers.AutoTokenizer.from_pretrained(str(folder))
+        assert type(hf_again).__name__ == again.tokenizer_class == mv.tokenizer_class, name
+        for text in _tokenizers.TEXTS:
+            ids = hf(text)["input_ids"]
+            assert again(text)["input_ids"] == hf_again(text)["input_ids"] == ids, (name, text)
+            assert again.decode(ids, skip_special_tokens=True) == hf_again.decode(ids, skip_special_tokens=True)
+        assert again.all_special_tokens == hf_again.all_special_tokens == mv.all_special_tokens, name
+        assert again.padding_side == hf_again.padding_side == mv.padding_side, name
+
+
+def test_save_pretrained_refuses_a_file(pairs, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file; expected a folder to save into"):
+        pairs["llama"][1].save_pretrained(tmp_path / "file")

@@ -58,6 +58,31 @@ class Processor:
         settings = {k: config[k] for k in cls.settings if config.get(k) is not None}
         return cls(tokenizer, image_processor, **settings)   # the chat template: the tokenizer's (the same files)
 
+    def save_pretrained(self, path) -> list:
+        """Write the folder Transformers' processor save_pretrained writes: the tokenizer's files
+        (tokenizer.json, tokenizer_config.json), processor_config.json (the processor's settings at the top,
+        the image settings nested under "image_processor") and the chat template (chat_template.jinja).
+        Both libraries' from_pretrained read it back to the same processor. Returns the paths written."""
+        import json
+
+        from .tokenizer import _output_folder
+
+        folder = _output_folder(path, f"{type(self).__name__}.save_pretrained")
+        tokenizer = self.tokenizer
+        template, tokenizer.chat_template = tokenizer.chat_template, self.chat_template
+        try:
+            written = tokenizer.save_pretrained(folder)
+        finally:
+            tokenizer.chat_template = template
+        config = {name: getattr(self, name) for name in self.settings if getattr(self, name) is not None}
+        if self.image_processor is not None:
+            config["image_processor"] = self.image_processor.to_dict()
+        config["processor_class"] = type(self).__name__
+        with open(folder / "processor_config.json", "w", encoding="utf-8") as f:
+            json.dump(dict(sorted(config.items())), f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        return written + [folder / "processor_config.json"]
+
     # -- text ---------------------------------------------------------------------------------------
 
     def apply_chat_template(self, conversation, *, add_generation_prompt: bool = False,

@@ -70,6 +70,14 @@ class ImageProcessor:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in settings.items() if k in names and v is not None})
 
+    def to_dict(self) -> dict:
+        """The settings as preprocessor_config.json (or processor_config.json's "image_processor") holds
+        them, with the class name Transformers reads them by."""
+        from dataclasses import asdict
+
+        settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if v is not None}
+        return dict(sorted({**settings, "image_processor_type": type(self).__name__}.items()))
+
     def _to_rgb(self, image: Image.Image) -> Image.Image:
         """RGB as Transformers converts (the images were checked: with do_convert_rgb False they are RGB)."""
         if not self.do_convert_rgb:

@@ -80,11 +80,13 @@ class Tokenizer:
                  model_specific_tokens: Optional[dict] = None, padding_side: str = "right",
                  truncation_side: str = "right", clean_up_tokenization_spaces: bool = False,
                  model_max_length: Optional[int] = None, chat_template=None,
-                 tokenizer_class: str = "TokenizersBackend"):
+                 tokenizer_class: str = "TokenizersBackend", saved_config: Optional[dict] = None):
         from tokenizers import AddedToken
 
         self.backend = backend
         self.tokenizer_class = tokenizer_class
+        # tokenizer_config.json as read (what save_pretrained writes back, with the current settings)
+        self.saved_config = dict(saved_config or {})
         for name in SPECIAL_TOKEN_NAMES:
             setattr(self, name, special_tokens.get(name))
         self.extra_special_tokens = list(extra_special_tokens)
@@ -144,7 +146,7 @@ class Tokenizer:
                    truncation_side=config.get("truncation_side") or "right",
                    clean_up_tokenization_spaces=config.get("clean_up_tokenization_spaces", False),
                    model_max_length=config.get("model_max_length"),
-                   chat_template=read_chat_template(folder), tokenizer_class=tokenizer_class)
+                   chat_template=read_chat_template(folder), tokenizer_class=tokenizer_class, saved_config=config)
 
     # -- special tokens -----------------------------------------------------------------------------
 
@@ -295,6 +297,37 @@ class Tokenizer:
                                     continue_final_message=continue_final_message, tools=tools,
                                     documents=documents, **{**special, **self.model_specific_tokens, **variables})
         return self.encode(text, add_special_tokens=False) if tokenize else text
+
+    # -- saving -------------------------------------------------------------------------------------
+
+    def save_pretrained(self, path) -> list:
+        """Write tokenizer.json, tokenizer_config.json and the chat template (chat_template.jinja; named
+        templates besides the default in additional_chat_templates/NAME.jinja), as Transformers' tokenizer
+        save_pretrained writes them, so that both libraries read the folder back to the same tokenizer.
+        Returns the paths written."""
+        from .chat_template import write_chat_template
+
+        folder = _output_folder(path, "Tokenizer.save_pretrained")
+        written = [folder / "tokenizer.json", folder / "tokenizer_config.json"]
+        self.backend.save(str(written[0]))
+        config = {k: v for k, v in self.saved_config.items()
+                  if k not in ("chat_template", "added_tokens_decoder", "is_local", "local_files_only", "name_or_path")}
+        config.update({name: getattr(self, name) for name in SPECIAL_TOKEN_NAMES if getattr(self, name) is not None})
+        config.update(self.model_specific_tokens)
+        if self.extra_special_tokens:
+            config["extra_special_tokens"] = list(self.extra_special_tokens)
+        config.pop("additional_special_tokens", None)
+        if self.padding_side != _PADDING_SIDE.get(self.tokenizer_class, "right") or "padding_side" in config:
+            config["padding_side"] = self.padding_side
+        config.update(backend="tokenizers", clean_up_tokenization_spaces=self.clean_up_tokenization_spaces,
+                      model_max_length=self.model_max_length if self.model_max_length is not None else int(1e30),
+                      tokenizer_class=self.tokenizer_class)   # the class it loads as, as Transformers writes
+        with open(written[1], "w", encoding="utf-8") as f:
+            json.dump(dict(sorted(config.items())), f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        if self.chat_template is not None:
+            written += write_chat_template(folder, self.chat_template)
+        return written
 
     def __repr__(self):
         return (f"Tokenizer({self.tokenizer_class}, {len(self)} tokens, padding_side={self.padding_side!r}, "
@@ -460,6 +493,15 @@ def _check_folder(path, caller: str) -> Path:
             f"get the folder first (e.g. `huggingface-cli download {text} --local-dir {text.split('/')[1]}`) "
             f"and pass its path")
     raise FileNotFoundError(f"{caller}: {text!r} is not a folder; expected a local checkpoint folder")
+
+
+def _output_folder(path, caller: str) -> Path:
+    """The folder to save into, made where missing; a path that is a file is refused."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{caller}: {str(path)!r} is a file; expected a folder to save into")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _no_tokenizer_json(folder: Path) -> str:
