@@ -182,10 +182,12 @@ def test_bad_images():
     processor = LlavaNextImageProcessor(**TINY)
     with pytest.raises(TypeError, match=r"images\[1\] must be a PIL.Image.Image, got ndarray"):
         processor([picture(10, 10), np.zeros((10, 10, 3), dtype=np.uint8)])
+    with pytest.raises(TypeError, match="images must be a PIL image or a non-empty list of them, got 3"):
+        processor(3)
     with pytest.raises(TypeError, match="images must be a PIL image or a non-empty list"):
         processor([])
-    with pytest.raises(TypeError, match="images must be a PIL image or a non-empty list"):
-        processor("cat.png")
+    with pytest.raises(FileNotFoundError, match=r"images\[0\] is 'cat.png', which is not a file"):
+        processor("cat.png")     # a path is opened; this one does not exist
     with pytest.raises(ValueError, match="do_convert_rgb is False, so images must be RGB, got mode 'RGBA'"):
         LlavaNextImageProcessor(**TINY, do_convert_rgb=False)(picture(10, 10, "RGBA"))
     with pytest.raises(ValueError, match=r"give \[5, 3\] crops each and do_pad is False"):
@@ -489,8 +491,10 @@ def test_idefics_bad_input():
         processor([])
     with pytest.raises(TypeError, match="images must be a non-empty list with one entry per sample"):
         processor("cat.png")
-    with pytest.raises(TypeError, match=r"images\[1\] must be a list of PIL images or a PIL image, got str"):
-        processor([[picture(10, 10)], "cat.png"])
+    with pytest.raises(TypeError, match=r"images\[1\] must be a list of PIL images or a PIL image, got int"):
+        processor([[picture(10, 10)], 3])
+    with pytest.raises(FileNotFoundError, match=r"images\[1\]\[0\] is 'cat.png', which is not a file"):
+        processor([[picture(10, 10)], "cat.png"])     # a path is opened; this one does not exist
     with pytest.raises(TypeError, match=r"images\[0\]\[1\] must be a PIL.Image.Image, got ndarray"):
         processor([[picture(10, 10), np.zeros((10, 10, 3), dtype=np.uint8)]])
     with pytest.raises(ValueError, match="do_convert_rgb is False, so images must be RGB, got mode 'L'"):

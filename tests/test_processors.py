@@ -261,3 +261,30 @@ def test_save_pretrained_round_trips(llava, blip2, altclip, tmp_path):
         expected = hf(**kwargs, return_tensors="pt")
         _assert_same(mv_class.from_pretrained(folder)(**kwargs, return_tensors="pt"), expected, name)
         _assert_same(dict(hf_class.from_pretrained(str(folder))(**kwargs, return_tensors="pt")), expected, name)
+
+
+def test_images_given_as_paths(llava, tmp_path):
+    """A path is opened with PIL (the same pixels as the opened image); a file that is not an image, or no
+    file at all, is an error naming the path."""
+    hf, mv = llava
+    image = _image(20, 50, 1)
+    image.save(tmp_path / "photo.png")
+    _assert_same(mv(text="<image> a", images=str(tmp_path / "photo.png"), return_tensors="pt"),
+                 hf(text="<image> a", images=image, return_tensors="pt"))
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ValueError, match=r"images\[0\] '.*broken.jpg' cannot be decoded as an image"):
+        mv(text="<image>", images=tmp_path / "broken.jpg")
+    with pytest.raises(FileNotFoundError, match=r"images\[0\] is '.*absent.png', which is not a file"):
+        mv(text="<image>", images=str(tmp_path / "absent.png"))
+
+
+def test_a_prompt_longer_than_the_positions(tmp_path):
+    """A tokenizer with a model_max_length refuses a longer prompt, unless asked to truncate."""
+    from minivlm.processing import Tokenizer
+
+    _tokenizers.xlm_roberta(tmp_path, model_max_length=8)
+    tok = Tokenizer.from_pretrained(tmp_path)
+    assert tok.model_max_length == 8
+    with pytest.raises(ValueError, match=r"a prompt is \d+ tokens long, more than the model's 8 positions"):
+        tok("a photo of a cat sitting on a red sofa")
+    assert len(tok("a photo of a cat sitting on a red sofa", truncation=True)["input_ids"]) == 8

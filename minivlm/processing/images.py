@@ -469,22 +469,46 @@ def _check_settings(p, *, shortest_edge=True, crop=False, pinpoints=False, chann
         raise invalid(p, "resample", f"a PIL resampling filter, one of {sorted(int(r) for r in Image.Resampling)}")
 
 
+def open_image(image, where: str = "image", caller: str = "minivlm"):
+    """A PIL image as it is; a path (str or os.PathLike) opened and decoded with PIL. A missing file is a
+    FileNotFoundError, a file PIL cannot decode a ValueError, each naming the path."""
+    import os
+
+    if not isinstance(image, (str, os.PathLike)):
+        return image
+    if not os.path.isfile(image):
+        raise FileNotFoundError(f"{caller}: {where} is {str(image)!r}, which is not a file")
+    try:
+        with Image.open(image) as opened:
+            opened.load()
+            return opened.copy()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{caller}: {where} {str(image)!r} cannot be decoded as an image "
+                         f"({type(error).__name__}: {error})") from error
+
+
 def _check_images(p, images) -> list:
-    """One PIL image or a non-empty list of them -> a list; a TypeError naming what arrived otherwise."""
-    if isinstance(images, Image.Image):
+    """One PIL image (or image path) or a non-empty list of them -> a list of PIL images; a TypeError naming
+    what arrived otherwise."""
+    import os
+
+    if isinstance(images, (Image.Image, str, os.PathLike)):
         images = [images]
     if not isinstance(images, (list, tuple)) or not images:
         raise TypeError(f"{type(p).__name__}: images must be a PIL image or a non-empty list of them, "
                         f"got {images!r:.80}")
+    images = [open_image(image, f"images[{i}]", type(p).__name__) for i, image in enumerate(images)]
     for i, image in enumerate(images):
         _check_image(p, image, f"images[{i}]")
     _check_rgb(p, images)
-    return list(images)
+    return images
 
 
 def _check_samples(p, images) -> list:
-    """IDEFICS's images, normalised to a list of B lists of PIL images; a TypeError naming what arrived
-    otherwise."""
+    """IDEFICS's images, normalised to a list of B lists of PIL images (paths opened); a TypeError naming
+    what arrived otherwise."""
+    import os
+
     if isinstance(images, Image.Image):
         images = [[images]]
     if not isinstance(images, (list, tuple)) or not images:
@@ -492,10 +516,11 @@ def _check_samples(p, images) -> list:
                         f"(a list of PIL images, or one PIL image), got {images!r:.80}")
     samples = []
     for b, sample in enumerate(images):
-        sample = [sample] if isinstance(sample, Image.Image) else sample
+        sample = [sample] if isinstance(sample, (Image.Image, str, os.PathLike)) else sample
         if not isinstance(sample, (list, tuple)):
             raise TypeError(f"IdeficsImageProcessor: images[{b}] must be a list of PIL images or a PIL image, "
                             f"got {type(sample).__name__}")
+        sample = [open_image(image, f"images[{b}][{i}]", type(p).__name__) for i, image in enumerate(sample)]
         for i, image in enumerate(sample):
             _check_image(p, image, f"images[{b}][{i}]")
         samples.append(list(sample))

@@ -241,6 +241,12 @@ class Tokenizer:
             rows = [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
         finally:
             self.backend.no_truncation()
+        if not truncation and self.model_max_length is not None:
+            longest = max(len(r) for r in rows)
+            if longest > self.model_max_length:
+                raise ValueError(f"Tokenizer: a prompt is {longest} tokens long, more than the model's "
+                                 f"{self.model_max_length} positions (model_max_length); shorten it, or pass "
+                                 f"truncation=True to cut it")
         masks = [[1] * len(r) for r in rows]
         if padding in (True, "longest", "max_length") and not (single and padding != "max_length"):
             length = max_length if padding == "max_length" else max(len(r) for r in rows)
