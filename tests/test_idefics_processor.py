@@ -269,9 +269,9 @@ def test_bad_input(folders, pairs, tmp_path):
         mv(text=[["User:", " https://example.com/cat.jpg", "hi"]])
     with pytest.raises(ValueError, match="add_end_of_utterance_token=True, but the tokenizer has no <end_of_utterance>"):
         base(text=["a", "b"], add_end_of_utterance_token=True)
-    with pytest.raises(TypeError, match="add_eos_token must be a bool"):
+    with pytest.raises(TypeError, match="add_eos_token must be a bool, got 'yes'"):
         mv(text="a", add_eos_token="yes")
-    with pytest.raises(TypeError, match="add_end_of_utterance_token must be a bool"):
+    with pytest.raises(TypeError, match="add_end_of_utterance_token must be a bool or None, got 1"):
         mv(text="a", add_end_of_utterance_token=1)
     with pytest.raises(ValueError, match="return_tensors must be 'pt'"):
         mv(text="a", return_tensors="np")

@@ -70,7 +70,8 @@ class IdeficsProcessor(Processor):
         if tokenizer.bos_token is None:
             raise ValueError("IdeficsProcessor: the tokenizer has no bos_token; every IDEFICS sample starts "
                              "with it")
-        self.image_token_id = tokenizer.convert_tokens_to_ids(tokenizer.model_specific_tokens.get("image_token", IMAGE))
+        image_token = tokenizer.model_specific_tokens.get("image_token", IMAGE)   # the tokenizer's name wins
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
 
     def __call__(self, text=None, images=None, *, add_end_of_utterance_token=None, add_eos_token: bool = False,
                  padding="longest", return_tensors="pt", **tokenizer_kwargs) -> dict:
@@ -83,10 +84,10 @@ class IdeficsProcessor(Processor):
                              f"got {return_tensors!r}")
         if add_end_of_utterance_token is None:
             add_end_of_utterance_token = False   # Transformers 5.23's "trained with it" (see the docstring)
-        for name, value in (("add_end_of_utterance_token", add_end_of_utterance_token),
-                            ("add_eos_token", add_eos_token)):
+        for name, value, allowed in (("add_end_of_utterance_token", add_end_of_utterance_token, "a bool or None"),
+                                     ("add_eos_token", add_eos_token, "a bool")):
             if not isinstance(value, bool):
-                raise TypeError(f"IdeficsProcessor: {name} must be a bool (or None), got {value!r}")
+                raise TypeError(f"IdeficsProcessor: {name} must be {allowed}, got {value!r}")
         if add_end_of_utterance_token and self.tokenizer.backend.token_to_id(END_OF_UTTERANCE) is None:
             raise ValueError(f"IdeficsProcessor: add_end_of_utterance_token=True, but the tokenizer has no "
                              f"{END_OF_UTTERANCE} token (only the instruct checkpoints' tokenizers hold it)")
