@@ -375,3 +375,23 @@ def test_subfolders_are_created(checkpoints, tmp_path):
     minivlm.from_pretrained(folder).save_pretrained(tmp_path / "a" / "b")
     assert (tmp_path / "a" / "b" / "model.safetensors").is_file()
     shutil.rmtree(tmp_path / "a")
+
+
+def test_xlm_roberta_tower(tmp_path):
+    """The XLM-R encoder alone (a Model, though from_pretrained has no model_type for it): Transformers'
+    XLMRobertaModel (without its pooler, which minivlm does not have) loads it to the same states."""
+    import transformers
+    from minivlm.models.xlm_roberta import XLMRobertaConfig, XLMRobertaModel
+    config = XLMRobertaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=64, max_position_embeddings=40)
+    torch.manual_seed(0)
+    ours = XLMRobertaModel(config).eval()
+    ours.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["architectures"] == ["XLMRobertaModel"] and saved["model_type"] == "xlm-roberta"
+    assert XLMRobertaConfig.from_dict(saved) == config
+    theirs = transformers.XLMRobertaModel.from_pretrained(tmp_path, add_pooling_layer=False).eval()
+    ids = torch.randint(2, 50, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        mine = ours(ids)
+        assert_close_rel(getattr(mine, "last_hidden_state", mine), theirs(ids).last_hidden_state, "XLM-R", RTOL32)
