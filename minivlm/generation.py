@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional, Union
 
@@ -76,6 +76,18 @@ class GenerationConfig:
         for token in self.eos_token_id or []:
             _check_id("GenerationConfig: eos_token_id", token)
         _check_int("GenerationConfig: max_new_tokens", self.max_new_tokens, 1)
+
+    def to_dict(self) -> dict:
+        """generation_config.json as Transformers writes it: each setting that differs from the default (one
+        eos id as an int), Transformers' own defaults for what minivlm does not have, and
+        `_from_model_config` when nothing but the model's token ids is set; from_dict reads it back."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+        if isinstance(d.get("eos_token_id"), list) and len(d["eos_token_id"]) == 1:
+            d["eos_token_id"] = d["eos_token_id"][0]
+        d.update(output_attentions=False, output_hidden_states=False, use_cache=True)
+        if set(d) <= set(TOKEN_FIELDS) | {"output_attentions", "output_hidden_states", "use_cache"}:
+            d["_from_model_config"] = True
+        return dict(sorted(d.items()))
 
     @classmethod
     def from_dict(cls, d: dict) -> "GenerationConfig":

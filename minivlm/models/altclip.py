@@ -54,7 +54,12 @@ from torch import nn
 
 from .._checks import rejects_unknown_kwargs
 from .base import Model
-from ._config import known_fields, positive_ints
+from ._config import known_fields, positive_ints, to_transformers_dict
+
+# The settings of Transformers' AltCLIP configs that minivlm does not use, at their defaults.
+TEXT_DEFAULTS = dict(attention_probs_dropout_prob=0, bos_token_id=0, eos_token_id=2, hidden_dropout_prob=0.1,
+                     initializer_factor=0.02, initializer_range=0.02)
+TRANSFORMERS_DEFAULTS = dict(initializer_factor=1.0)
 from .clip import CLIPVisionConfig, CLIPVisionModel, CLIPVisionOutput
 from .xlm_roberta import XLMRobertaConfig, XLMRobertaModel
 
@@ -79,6 +84,10 @@ class AltCLIPTextConfig(XLMRobertaConfig):
         super().validate()
         positive_ints(self, "project_dim")
 
+    def to_dict(self) -> dict:
+        """The text_config dict Transformers writes; from_dict reads it back to an equal config."""
+        return to_transformers_dict(self, "altclip_text_model", TEXT_DEFAULTS)
+
 
 @dataclass
 class AltCLIPConfig:
@@ -88,12 +97,19 @@ class AltCLIPConfig:
     vision_config: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
     projection_dim: int = 768              # E_proj, the shared image-text embedding width
     logit_scale_init_value: float = 2.6592  # log(1 / 0.07), the initial temperature; a checkpoint's logit_scale wins
+    # config.json's settings minivlm does not use (dropout, init ranges, ...), written back by to_dict
+    unread: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> "AltCLIPConfig":
         """Read a config.json dict (with the older files' text_config_dict / vision_config_dict: see
         _read_config)."""
         return _read_config(cls, d)
+
+    def to_dict(self) -> dict:
+        """The config.json dict Transformers writes; from_dict reads it back to an equal config."""
+        return to_transformers_dict(self, "altclip", TRANSFORMERS_DEFAULTS,
+                                    vision_config=self.vision_config.to_dict("altclip_vision_model"))
 
     def validate(self):
         _validate_config(self)
@@ -155,6 +171,8 @@ class AltCLIPModel(Model):
         (r"^(vision_model\.encoder\.)layer\.(\d+)\.", r"\1layers.\2."),          # Transformers' save_pretrained
         (r"^(text_model\.roberta\.encoder\.)layers\.(\d+)\.", r"\1layer.\2."),   # Transformers' in-memory state dict
     ]
+    # Transformers' save_pretrained spells the vision layers `layer` (the inverse of the first rename).
+    save_renames = [(r"^(vision_model\.encoder\.)layers\.(\d+)\.", r"\1layer.\2.")]
     # RoBERTa's all-zero token-type buffer, which some Transformers versions saved; not a weight.
     checkpoint_ignore = [r"(^|\.)embeddings\.token_type_ids$"]
 
@@ -251,7 +269,7 @@ def tokenize_labels(tokenizer, labels, template: str = "a photo of a {}", *, pad
 def _read_config(cls, d: dict) -> AltCLIPConfig:
     """The config of a config.json dict. Older files (BAAI/AltCLIP's) may also carry `text_config_dict` and
     `vision_config_dict`; as in Transformers, their values override those of text_config / vision_config."""
-    top = known_fields(cls, d)
+    top = known_fields(cls, d, aliases=("text_config_dict", "vision_config_dict"))
     subs = {}
     for name in ("text_config", "vision_config"):
         sub, override = d.get(name) or {}, d.get(f"{name}_dict") or {}

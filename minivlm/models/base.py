@@ -1,5 +1,5 @@
-"""The contract every minivlm model follows: what `minivlm.from_pretrained` (minivlm/loading.py) and
-`generate` (minivlm/generation.py) rely on, and nothing more. docs/adding_a_model.md walks through it.
+"""The contract every minivlm model follows: what `minivlm.from_pretrained` (minivlm/loading.py),
+`save_pretrained` (minivlm/saving.py) and `generate` (minivlm/generation.py) rely on, and nothing more. docs/adding_a_model.md walks through it.
 
 A model is an `nn.Module` subclass of `Model` (a tower or encoder: built and loaded) or of
 `GenerativeModel` (a model with a language head: also generates text). Each says, as class attributes:
@@ -12,10 +12,14 @@ A model is an `nn.Module` subclass of `Model` (a tower or encoder: built and loa
     checkpoint_ignore   [pattern]: checkpoint keys the model does not keep (e.g. buffers Transformers saves)
     keep_in_float32     names of submodules or parameters kept in float32 when the model is loaded in
                         float16 or bfloat16 (a value the model computes in float32, as Transformers does)
+    save_renames        [(pattern, replacement)]: re.sub'ed (the first that matches) on each parameter name
+                        to give the name Transformers' save_pretrained writes, where the two differ
 
-and, as a method, `tied_weights() -> {target: source}`: parameters the config ties (the target is the
-source's parameter under a second name, e.g. lm_head.weight and the token embedding). A composite model
-(BLIP-2 around OPT or T5) may make any of these a property computed from its parts.
+and, as methods, `tied_weights() -> {target: source}`: parameters the config ties (the target is the
+source's parameter under a second name, e.g. lm_head.weight and the token embedding), and
+`architecture() -> str`, the Transformers class config.json names (default: the class's own name). A
+composite model (BLIP-2 around OPT or T5) may make any of these a property computed from its parts.
+Saving also needs `self.config.to_dict()`: config.json's dict in Transformers' spelling.
 
 A `GenerativeModel` adds, for `generate`:
 
@@ -52,10 +56,22 @@ class Model(nn.Module):
     checkpoint_renames: ClassVar[list] = []
     checkpoint_ignore: ClassVar[list] = []
     keep_in_float32: ClassVar[list] = []
+    save_renames: ClassVar[list] = []
 
     def tied_weights(self) -> dict[str, str]:
         """{target parameter name: source parameter name} for the weights the config ties; none here."""
         return {}
+
+    def architecture(self) -> str:
+        """The Transformers class that loads this model's folder (config.json's `architectures`)."""
+        return type(self).__name__
+
+    def save_pretrained(self, path, *, max_shard_size="50GB"):
+        """Write the model to the folder `path` as Transformers' save_pretrained does: config.json, the
+        weights as safetensors (one file, or shards of at most max_shard_size with an index), and
+        generation_config.json for a model that generates. See minivlm/saving.py."""
+        from ..saving import save_pretrained
+        return save_pretrained(self, path, max_shard_size=max_shard_size)
 
 
 class GenerativeModel(Model, GenerationMixin):

@@ -44,7 +44,13 @@ from .. import ops
 from .._checks import check_token_ids, rejects_unknown_kwargs
 from .base import GenerativeModel
 from ._common import ModelOutput, activation, causal_lm_loss
-from ._config import divides, known_fields, positive_ints, positive_numbers
+from ._config import divides, known_fields, positive_ints, positive_numbers, to_transformers_dict
+
+# The settings of Transformers' BLIP-2 configs that minivlm does not use, at their defaults.
+VISION_DEFAULTS = dict(attention_dropout=0.0, initializer_range=1e-10)
+QFORMER_DEFAULTS = dict(attention_probs_dropout_prob=0.1, hidden_dropout_prob=0.1, initializer_range=0.02,
+                        max_position_embeddings=512, pad_token_id=0, vocab_size=30522)
+TRANSFORMERS_DEFAULTS = dict(image_text_hidden_size=256, initializer_factor=1.0, initializer_range=0.02)
 from .clip import CLIPMLP   # fc1 -> act -> fc2, the same MLP (and parameter names) as CLIP's
 
 LANGUAGE_MODELS = {"opt": "decoder-only (OPT)", "t5": "encoder-decoder (T5 / Flan-T5)"}
@@ -66,6 +72,8 @@ class Blip2VisionConfig:
     hidden_act: str = "gelu"         # MLP activation (exact, erf GELU)
     layer_norm_eps: float = 1e-6     # epsilon of every LayerNorm
     qkv_bias: bool = True            # the fused qkv projection has a bias (EVA: q and v biases, k's is 0)
+    # config.json's settings minivlm does not use (dropout, init ranges, ...), written back by to_dict
+    unread: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         self.validate()
@@ -73,6 +81,10 @@ class Blip2VisionConfig:
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> "Blip2VisionConfig":
         return cls(**known_fields(cls, {} if d is None else d))
+
+    def to_dict(self) -> dict:
+        """The vision_config dict Transformers writes; from_dict reads it back to an equal config."""
+        return to_transformers_dict(self, "blip_2_vision_model", VISION_DEFAULTS)
 
     def validate(self):
         _validate_vision_config(self)
@@ -94,12 +106,18 @@ class Blip2QFormerConfig:
     cross_attention_frequency: int = 2   # layer i cross-attends to the image when i % frequency == 0
     encoder_hidden_size: int = 1408      # E_v, the image features' width (Blip2Config.from_dict sets it)
     use_qformer_text_input: bool = False  # text FFNs (for retrieval); their weights are unused here
+    # config.json's settings minivlm does not use (dropout, init ranges, ...), written back by to_dict
+    unread: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> "Blip2QFormerConfig":
         config = cls(**known_fields(cls, {} if d is None else d))
         config.validate()
         return config
+
+    def to_dict(self) -> dict:
+        """The qformer_config dict Transformers writes; from_dict reads it back to an equal config."""
+        return to_transformers_dict(self, "blip_2_qformer", QFORMER_DEFAULTS)
 
     def validate(self):
         _validate_qformer_config(self)
@@ -115,11 +133,22 @@ class Blip2Config:
     image_token_index: Optional[int] = None  # the placeholder id the queries replace (file: also image_token_id)
     # Derived as Transformers does, whatever the file says: True for a causal LM (OPT), False for T5.
     use_decoder_only_language_model: bool = True
+    # config.json's settings minivlm does not use (dropout, init ranges, ...), written back by to_dict
+    unread: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Blip2Config":
         """Read a config.json dict: the three sub-configs, as Transformers reads them."""
         return _read_blip2_config(cls, d)
+
+    def to_dict(self) -> dict:
+        """The config.json dict Transformers writes (is_encoder_decoder only around T5, where it is true);
+        from_dict reads it back to an equal config."""
+        self.validate()      # a default text_config is built here
+        text = self.text_config.to_dict()
+        text.pop("is_encoder_decoder", None)    # a T5 nested here is written without it; BLIP-2 says it
+        extra = {} if self.use_decoder_only_language_model else {"is_encoder_decoder": True}
+        return to_transformers_dict(self, "blip-2", TRANSFORMERS_DEFAULTS, text_config=text, **extra)
 
     def validate(self):
         if self.text_config is None:
@@ -534,7 +563,8 @@ def _read_blip2_config(cls, d: dict) -> Blip2Config:
         image_token = d.get("image_token_id")
     config = cls(vision_config=vision, qformer_config=qformer, text_config=text,
                  num_query_tokens=d.get("num_query_tokens", 32), image_token_index=image_token,
-                 use_decoder_only_language_model=text_dict["model_type"] == "opt")
+                 use_decoder_only_language_model=text_dict["model_type"] == "opt",
+                 unread=known_fields(cls, d, aliases=("image_token_id",))["unread"])
     config.validate()
     return config
 

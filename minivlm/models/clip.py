@@ -17,7 +17,7 @@ IDEFICS (with hidden_act "gelu") import this same tower.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -27,7 +27,14 @@ from .. import ops
 from .._checks import rejects_unknown_kwargs
 from .base import Model
 from ._common import activation
-from ._config import divides, known_fields, positive_ints, positive_numbers
+from ._config import divides, known_fields, positive_ints, positive_numbers, to_transformers_dict
+
+# The settings of Transformers' vision configs that minivlm does not use, at their defaults, by the
+# model_type a vision tower is saved as (CLIP's own, or as a part of AltCLIP, Kosmos-2, IDEFICS).
+_UNUSED = dict(attention_dropout=0.0, initializer_factor=1.0, initializer_range=0.02)
+TRANSFORMERS_DEFAULTS = {"clip_vision_model": dict(_UNUSED, projection_dim=512),
+                         "altclip_vision_model": dict(_UNUSED, projection_dim=512),
+                         "kosmos_2_vision_model": _UNUSED, "idefics_vision": _UNUSED}
 
 
 @dataclass
@@ -43,12 +50,23 @@ class CLIPVisionConfig:
     patch_size: int = 32              # p, side of one patch; P = (R / p)^2 patches per image
     hidden_act: str = "quick_gelu"    # MLP activation: quick_gelu for OpenAI CLIP, gelu for IDEFICS's tower
     layer_norm_eps: float = 1e-5      # epsilon of every LayerNorm
+    # config.json's settings minivlm does not use (dropout, init ranges, ...), written back by to_dict
+    unread: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CLIPVisionConfig":
         """Read a vision config dict (as found under "vision_config" in a VLM's config.json) or a whole
         CLIP config.json; see _read_config."""
         return _read_config(cls, d)
+
+    def to_dict(self, model_type: str = "clip_vision_model") -> dict:
+        """The config.json dict Transformers writes for this tower as `model_type` (a key of
+        TRANSFORMERS_DEFAULTS; IDEFICS names hidden_size embed_dim); from_dict reads it back."""
+        if model_type not in TRANSFORMERS_DEFAULTS:
+            raise ValueError(f"CLIPVisionConfig.to_dict: model_type must be one of {sorted(TRANSFORMERS_DEFAULTS)}, "
+                             f"got {model_type!r}")
+        rename = {"hidden_size": "embed_dim"} if model_type == "idefics_vision" else None
+        return to_transformers_dict(self, model_type, TRANSFORMERS_DEFAULTS[model_type], rename=rename)
 
     def validate(self):
         _validate_config(self)

@@ -54,7 +54,12 @@ from .. import ops
 from .._checks import check_token_ids, has_padding, rejects_unknown_kwargs
 from .base import GenerativeModel
 from ._common import ModelOutput, RMSNorm, causal_lm_loss
-from ._config import divides, known_fields, non_negative_ints, one_of, positive_ints
+from ._config import divides, known_fields, non_negative_ints, one_of, positive_ints, to_transformers_dict
+
+# The settings of Transformers' IdeficsConfig that minivlm does not use, at their defaults.
+TRANSFORMERS_DEFAULTS = dict(dropout=0.0, freeze_lm_head=False, freeze_text_layers=True,
+                             freeze_text_module_exceptions=[], freeze_vision_layers=True,
+                             freeze_vision_module_exceptions=[], initializer_range=0.02, use_cache=True)
 from .clip import CLIPVisionConfig, CLIPVisionModel
 from .cache import ImageCache, cached_tokens
 from .llama import (LlamaConfig, LlamaDecoderLayer, LlamaMLP, LlamaRotaryEmbedding, check_logits_to_keep,
@@ -76,12 +81,18 @@ class IdeficsPerceiverConfig:
     resampler_n_heads: int = 16            # H of the resampler's attention
     resampler_head_dim: int = 96           # D of the resampler's attention
     qk_layer_norms_perceiver: bool = False   # LayerNorm(D) on q and k
+    # config.json's settings minivlm does not use (dropout, init ranges, ...), written back by to_dict
+    unread: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> "IdeficsPerceiverConfig":
         config = cls(**known_fields(cls, d or {}))
         positive_ints(config, "resampler_n_latents", "resampler_depth", "resampler_n_heads", "resampler_head_dim")
         return config
+
+    def to_dict(self) -> dict:
+        """The perceiver_config dict Transformers writes (its model_type is spelled so there)."""
+        return to_transformers_dict(self, "idefics_perciever", {"use_resampler": False})
 
 
 @dataclass
@@ -110,6 +121,8 @@ class IdeficsConfig:
     pad_token_id: Optional[int] = 0
     bos_token_id: Optional[int] = 1
     eos_token_id: Union[int, list, None] = 2
+    # config.json's settings minivlm does not use (dropout, init ranges, ...), written back by to_dict
+    unread: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         _validate_idefics_config(self)
@@ -127,6 +140,12 @@ class IdeficsConfig:
     def from_dict(cls, d: dict) -> "IdeficsConfig":
         """Read a config.json dict, with IdeficsVisionConfig's names and the rotary settings in either spelling."""
         return _read_idefics_config(cls, d)
+
+    def to_dict(self) -> dict:
+        """The config.json dict Transformers writes (the vision tower's width as embed_dim); from_dict
+        reads it back to an equal config."""
+        return to_transformers_dict(self, "idefics", TRANSFORMERS_DEFAULTS,
+                                    vision_config=self.vision_config.to_dict("idefics_vision"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -473,7 +492,7 @@ def _set(model: nn.Module, name: str, param: nn.Parameter):
 def _read_idefics_config(cls, d: dict) -> IdeficsConfig:
     """An IdeficsConfig from a config.json dict: the vision config in CLIPVisionConfig's names (embed_dim is
     hidden_size) over IDEFICS's defaults, the perceiver config, the rotary settings as LlamaConfig reads them."""
-    kwargs = known_fields(cls, d)
+    kwargs = known_fields(cls, d, aliases=("rope_theta", "rope_scaling"))
     for name in ("vision_config", "perceiver_config", "rope_parameters"):
         kwargs.pop(name, None)
     vision = dict(d.get("vision_config") or {})

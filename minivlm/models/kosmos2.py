@@ -63,7 +63,11 @@ from .. import ops
 from .._checks import check_token_ids, has_padding, rejects_unknown_kwargs
 from .base import GenerativeModel
 from ._common import ModelOutput, activation, causal_lm_loss
-from ._config import bools, divides, in_vocab, known_fields, positive_ints, positive_numbers
+from ._config import bools, divides, in_vocab, known_fields, positive_ints, positive_numbers, to_transformers_dict
+
+# The settings of Transformers' Kosmos2TextConfig that minivlm does not use, at their defaults.
+TEXT_DEFAULTS = dict(activation_dropout=0.0, attention_dropout=0.1, dropout=0.1, init_std=0.02, layerdrop=0.0,
+                     use_cache=True)
 from .clip import CLIPVisionConfig, CLIPVisionModel, CLIPVisionOutput
 from .cache import KVCache, cached_tokens
 
@@ -91,10 +95,16 @@ class Kosmos2TextConfig:
     pad_token_id: Optional[int] = 1       # the zero row of the position table, and the position offset
     bos_token_id: Optional[int] = 0
     eos_token_id: Union[int, list, None] = 2
+    # config.json's settings minivlm does not use (dropout, init ranges, ...), written back by to_dict
+    unread: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Kosmos2TextConfig":
         return _read_text_config(cls, d)
+
+    def to_dict(self) -> dict:
+        """The text_config dict Transformers writes; from_dict reads it back to an equal config."""
+        return to_transformers_dict(self, "kosmos_2_text_model", TEXT_DEFAULTS)
 
     def validate(self):
         _validate_text_config(self)
@@ -111,10 +121,17 @@ class Kosmos2Config:
     text_config: Kosmos2TextConfig = field(default_factory=Kosmos2TextConfig)
     latent_query_num: int = 64            # Q, image embeddings per image (and image positions per prompt)
     tie_word_embeddings: bool = True      # lm_head shares embed_tokens' weight (so does text_config's flag)
+    # config.json's settings minivlm does not use (dropout, init ranges, ...), written back by to_dict
+    unread: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Kosmos2Config":
         return _read_config(cls, d)
+
+    def to_dict(self) -> dict:
+        """The config.json dict Transformers writes; from_dict reads it back to an equal config."""
+        return to_transformers_dict(self, "kosmos-2", {},
+                                    vision_config=self.vision_config.to_dict("kosmos_2_vision_model"))
 
     def validate(self):
         _validate_config(self)
@@ -371,7 +388,7 @@ TEXT_ALIASES = {"hidden_size": "embed_dim", "num_hidden_layers": "layers", "num_
 
 def _read_text_config(cls, d: dict) -> Kosmos2TextConfig:
     """The fields of cls in d, each also under its generic name (TEXT_ALIASES) when d lacks its own."""
-    kwargs = known_fields(cls, d)
+    kwargs = known_fields(cls, d, aliases=TEXT_ALIASES)
     for alias, name in TEXT_ALIASES.items():
         if alias in d and name not in d:
             kwargs[name] = d[alias]

@@ -36,13 +36,16 @@ from .. import ops
 from .._checks import check_token_ids, has_padding, rejects_unknown_kwargs
 from .base import GenerativeModel, Model
 from ._common import ModelOutput, activation, causal_lm_loss
-from ._config import divides, known_fields, non_negative_ints, one_of, positive_ints
+from ._config import divides, known_fields, non_negative_ints, one_of, positive_ints, to_transformers_dict
 from .cache import KVCache, cached_tokens
 
 ROPE_TYPES = ("default", "linear", "llama3")
 # Defaults of Transformers' MistralConfig where they differ from LlamaConfig's.
 MISTRAL_DEFAULTS = dict(intermediate_size=14336, num_key_value_heads=8, max_position_embeddings=4096 * 32,
                         sliding_window=4096)
+# The settings of Transformers' LlamaConfig / MistralConfig that minivlm does not use, at their defaults.
+TRANSFORMERS_DEFAULTS = {"llama": dict(attention_dropout=0.0, initializer_range=0.02, pretraining_tp=1, use_cache=True),
+                         "mistral": dict(attention_dropout=0.0, initializer_range=0.02, use_cache=True)}
 
 
 @dataclass
@@ -67,6 +70,8 @@ class LlamaConfig:
     bos_token_id: Optional[int] = 1
     eos_token_id: Union[int, list, None] = 2
     pad_token_id: Optional[int] = None
+    # config.json's settings minivlm does not use (dropout, init ranges, ...), written back by to_dict
+    unread: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         positive_ints(self, "hidden_size", "num_attention_heads")     # the defaults below divide by them
@@ -82,6 +87,12 @@ class LlamaConfig:
     def from_dict(cls, d: dict) -> "LlamaConfig":
         """Read a config.json dict; omitted fields get Transformers' defaults for its model_type."""
         return cls(**read_llama_fields(cls, d))
+
+    def to_dict(self) -> dict:
+        """The config.json dict Transformers writes (Llama has no sliding_window, Mistral no biases);
+        from_dict reads it back to an equal config."""
+        drop = ("sliding_window",) if self.model_type == "llama" else ("attention_bias", "mlp_bias")
+        return to_transformers_dict(self, self.model_type, TRANSFORMERS_DEFAULTS[self.model_type], drop=drop)
 
 
 def rope_inv_freq(config: LlamaConfig, device=None) -> torch.Tensor:
@@ -243,6 +254,10 @@ class LlamaForCausalLM(GenerativeModel):
     config_class = LlamaConfig
     # Hub Llama/Mistral checkpoints already use this module's names (model.*, lm_head.*): no renames.
 
+    def architecture(self) -> str:
+        """Transformers' class for the folder: MistralForCausalLM for a Mistral config."""
+        return "MistralForCausalLM" if self.config.model_type == "mistral" else "LlamaForCausalLM"
+
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.config = config
@@ -278,7 +293,7 @@ class LlamaForCausalLM(GenerativeModel):
 def read_llama_fields(cls, d: dict) -> dict:
     """LlamaConfig's fields from a config.json dict, as Transformers reads them: Mistral's own defaults
     and no biases, Llama without a sliding window, the rotary settings in either spelling."""
-    kwargs = known_fields(cls, d)
+    kwargs = known_fields(cls, d, aliases=("rope_theta", "rope_scaling"))
     kwargs.pop("rope_parameters", None)
     if d.get("model_type", "llama") == "mistral":
         kwargs = {**MISTRAL_DEFAULTS, **kwargs}

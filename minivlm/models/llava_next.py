@@ -32,7 +32,7 @@ from torch import nn
 from .._checks import check_token_ids, rejects_unknown_kwargs
 from .base import GenerativeModel
 from ._common import activation
-from ._config import known_fields, one_of
+from ._config import known_fields, one_of, to_transformers_dict
 from .clip import CLIPVisionConfig, CLIPVisionModel
 from .llama import LlamaConfig, LlamaForCausalLM
 
@@ -55,6 +55,8 @@ class LlavaNextConfig:
     tie_word_embeddings: bool = False                    # lm_head shares the input embedding
     # (height, width) resolutions an image may be tiled at, in pixels; each a multiple of the crop side R
     image_grid_pinpoints: list = field(default_factory=lambda: [list(p) for p in DEFAULT_GRID_PINPOINTS])
+    # config.json's settings minivlm does not use (dropout, init ranges, ...), written back by to_dict
+    unread: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> "LlavaNextConfig":
@@ -62,6 +64,11 @@ class LlavaNextConfig:
         config = _read_llava_next_config(cls, d)
         config.validate()
         return config
+
+    def to_dict(self) -> dict:
+        """The config.json dict Transformers writes (image_seq_length, unused here, at its default unless
+        read); from_dict reads it back to an equal config."""
+        return to_transformers_dict(self, "llava_next", {"image_seq_length": 576})
 
     def validate(self):
         _validate_llava_next_config(self)
@@ -270,7 +277,7 @@ def _size_pair(image_size) -> tuple[int, int]:
 def _read_llava_next_config(cls, d: dict) -> LlavaNextConfig:
     """A LlavaNextConfig from a config.json dict: image_token_id (the newer spelling) for image_token_index,
     LLaVA-NeXT's own vision defaults, a "llama" decoder unless the text_config says otherwise."""
-    kwargs = known_fields(cls, d)
+    kwargs = known_fields(cls, d, aliases=("image_token_id",))
     vision = {**LLAVA_VISION_DEFAULTS, **(kwargs.pop("vision_config", None) or {})}
     text = {"model_type": "llama", **(kwargs.pop("text_config", None) or {})}
     if "image_token_id" in d and "image_token_index" not in d:

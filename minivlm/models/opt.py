@@ -34,7 +34,7 @@ The config's checks and the input checks are at the bottom of the file.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import torch
@@ -44,10 +44,14 @@ from .. import ops
 from .._checks import check_token_ids, has_padding, in_decode_step, rejects_unknown_kwargs
 from .base import GenerativeModel
 from ._common import ModelOutput, activation, causal_lm_loss
-from ._config import bools, divides, known_fields, positive_ints
+from ._config import bools, divides, known_fields, positive_ints, to_transformers_dict
 from .cache import KVCache, cached_tokens
 
 POSITION_OFFSET = 2   # position p reads row p + 2 of embed_positions (rows 0 and 1: fairseq's padding legacy)
+
+
+# The settings of Transformers' OPTConfig that minivlm does not use, at their defaults.
+TRANSFORMERS_DEFAULTS = dict(attention_dropout=0.0, dropout=0.1, init_std=0.02, layerdrop=0.0, use_cache=True)
 
 
 @dataclass
@@ -71,6 +75,8 @@ class OPTConfig:
     pad_token_id: Optional[int] = 1
     bos_token_id: Optional[int] = 2
     eos_token_id: Union[int, list, None] = 2
+    # config.json's settings minivlm does not use (dropout, init ranges, ...), written back by to_dict
+    unread: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         if self.word_embed_proj_dim is None:
@@ -85,6 +91,10 @@ class OPTConfig:
     def from_dict(cls, d: dict) -> "OPTConfig":
         """Read a config.json dict (or BLIP-2's text_config); omitted fields get Transformers' defaults."""
         return cls(**known_fields(cls, d))
+
+    def to_dict(self) -> dict:
+        """The config.json dict Transformers writes; from_dict reads it back to an equal config."""
+        return to_transformers_dict(self, "opt", TRANSFORMERS_DEFAULTS)
 
 
 class OPTAttention(nn.Module):

@@ -46,7 +46,7 @@ The config's checks and the input checks are at the bottom of the file.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import torch
@@ -57,7 +57,11 @@ from .. import ops
 from .._checks import check_token_ids, in_decode_step, rejects_unknown_kwargs
 from .base import GenerativeModel
 from ._common import ModelOutput, RMSNorm, activation
-from ._config import bools, known_fields, positive_ints, positive_numbers
+from ._config import bools, known_fields, positive_ints, positive_numbers, to_transformers_dict
+
+# The settings of Transformers' T5Config that minivlm does not use, at their defaults.
+TRANSFORMERS_DEFAULTS = dict(classifier_dropout=0.0, dropout_rate=0.1, initializer_factor=1.0, is_decoder=False,
+                             is_encoder_decoder=True, use_cache=True)
 from .cache import CrossAttentionCache, cached_tokens
 
 
@@ -87,6 +91,8 @@ class T5Config:
     eos_token_id: Union[int, list, None] = 1
     bos_token_id: Optional[int] = None
     decoder_start_token_id: Optional[int] = None    # first decoder input; None = pad_token_id (T5's convention)
+    # config.json's settings minivlm does not use (dropout, init ranges, ...), written back by to_dict
+    unread: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         if self.num_decoder_layers is None:
@@ -126,6 +132,14 @@ class T5Config:
             if kwargs.get(name) is None:        # null in the file: the default, as Transformers
                 kwargs.pop(name, None)
         return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        """The config.json dict Transformers writes: scale_decoder_outputs beside tie_word_embeddings (true
+        once built), the derived dense_act_fn and is_gated_act, no bos_token_id when there is none;
+        from_dict reads it back to an equal config."""
+        drop = ("bos_token_id",) if self.bos_token_id is None else ()
+        return to_transformers_dict(self, "t5", TRANSFORMERS_DEFAULTS, drop=drop, dense_act_fn=self.dense_act_fn,
+                                    is_gated_act=self.is_gated_act)
 
 
 def relative_position_bucket(relative_position: torch.Tensor, bidirectional: bool, num_buckets: int,

@@ -33,7 +33,7 @@ dropout, the decoder/cross-attention variants and the relative position types ar
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -43,7 +43,12 @@ from .. import ops
 from .._checks import check_token_ids
 from .base import Model
 from ._common import activation
-from ._config import divides, in_vocab, known_fields, positive_ints, positive_numbers
+from ._config import divides, in_vocab, known_fields, positive_ints, positive_numbers, to_transformers_dict
+
+# The settings of Transformers' XLMRobertaConfig that minivlm does not use, at their defaults.
+TRANSFORMERS_DEFAULTS = dict(add_cross_attention=False, attention_probs_dropout_prob=0.1, bos_token_id=0,
+                             classifier_dropout=None, eos_token_id=2, hidden_dropout_prob=0.1, initializer_range=0.02,
+                             is_decoder=False, tie_word_embeddings=True, use_cache=True)
 
 
 @dataclass
@@ -59,11 +64,17 @@ class XLMRobertaConfig:
     type_vocab_size: int = 2              # rows of the token-type table (segment A/B); every token here is type 0
     layer_norm_eps: float = 1e-12         # epsilon of every LayerNorm
     pad_token_id: int = 1                 # the padding id; positions are numbered from pad_token_id + 1
+    # config.json's settings minivlm does not use (dropout, init ranges, ...), written back by to_dict
+    unread: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, d: dict):
         """Build from a config dict; unknown keys are ignored, missing ones get the defaults above."""
         return _read_config(cls, d)
+
+    def to_dict(self) -> dict:
+        """The config.json dict Transformers writes (model_type "xlm-roberta"); from_dict reads it back."""
+        return to_transformers_dict(self, "xlm-roberta", TRANSFORMERS_DEFAULTS)
 
     def validate(self):
         _validate_config(self)
