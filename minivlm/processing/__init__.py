@@ -8,7 +8,8 @@ processors value for value.
 - `chat_template.py`: reading a checkpoint's chat templates and rendering them as Transformers does.
 - `base.py`: `Processor`, what the model processors share (from_pretrained, apply_chat_template, decode).
 - one processor per model, text and images -> the model's inputs: `LlavaNextProcessor` (llava_next.py),
-  `Blip2Processor` (blip2.py), `AltCLIPProcessor` (altclip.py), `IdeficsProcessor` (idefics.py).
+  `Blip2Processor` (blip2.py), `AltCLIPProcessor` (altclip.py), `IdeficsProcessor` (idefics.py),
+  `Kosmos2Processor` (kosmos2.py).
 """
 from .images import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, BlipImageProcessor, CLIPImageProcessor,
                      IdeficsImageProcessor, ImageProcessor, LlavaNextImageProcessor, idefics_image_attention_mask,
@@ -17,9 +18,10 @@ from .tokenizer import Tokenizer
 from .base import Processor
 from .altclip import AltCLIPProcessor
 from .blip2 import Blip2Processor
+from .kosmos2 import Kosmos2Processor
 from .llava_next import LlavaNextProcessor
 from .idefics import IdeficsProcessor
 
-__all__ = ["Tokenizer", "Processor", "LlavaNextProcessor", "Blip2Processor", "AltCLIPProcessor", "IdeficsProcessor", "ImageProcessor", "LlavaNextImageProcessor", "BlipImageProcessor", "CLIPImageProcessor",
+__all__ = ["Tokenizer", "Processor", "LlavaNextProcessor", "Blip2Processor", "Kosmos2Processor", "AltCLIPProcessor", "IdeficsProcessor", "ImageProcessor", "LlavaNextImageProcessor", "BlipImageProcessor", "CLIPImageProcessor",
            "image_feature_count", "IdeficsImageProcessor", "idefics_image_attention_mask", "OPENAI_CLIP_MEAN",
            "OPENAI_CLIP_STD"]
