@@ -354,8 +354,12 @@ def test_bad_input(kosmos2):
         (ValueError, "num_image_tokens must be a positive int .*got '4'", dict(text="a", num_image_tokens="4")),
         (ValueError, "first_image_token_id must be None or a non-negative int, got -1",
          dict(text="a", first_image_token_id=-1, **one)),
-        (ValueError, "padding must be False, True, 'longest' or 'max_length', got 'yes'", dict(text="a", padding="yes")),
+        (ValueError, "padding must be False, True, 'longest' or 'max_length', got 'yes'",
+         dict(text="a", padding="yes")),
         (ValueError, "padding='max_length' needs max_length", dict(text=["a"], padding="max_length", **one)),
+        (TypeError, "add_eos_token must be a bool, got 'yes'", dict(text="a", add_eos_token="yes")),
+        (TypeError, "add_special_tokens must be a bool, got 1", dict(text="a", add_special_tokens=1)),
+        (TypeError, "truncation must be a bool, got 'longest_first'", dict(text="a", truncation="longest_first")),
         (ValueError, "return_tensors must be None or 'pt', got 'np'", dict(text="a", return_tensors="np")),
         (ValueError, r"prompt 0 is 5 tokens long after truncation, which cuts into its 4 image tokens",
          dict(text="a", truncation=True, max_length=5, **one)),
@@ -380,3 +384,15 @@ def test_bad_settings(kosmos2):
         Kosmos2Processor(mv.tokenizer, mv.image_processor, num_image_token=64)
     with pytest.raises(ValueError, match="images were given and the processor has no image processor"):
         Kosmos2Processor(mv.tokenizer)(text="a", images=IMAGES[0])
+
+
+def test_a_tokenizer_without_bos_or_unk(kosmos2):
+    """The BOS starts every prompt and the image ids default to the one after <unk>: without them, say so."""
+    _, mv, _ = kosmos2
+    bare = Kosmos2Processor(Tokenizer(mv.tokenizer.backend, special_tokens={"pad_token": "<pad>"}), mv.image_processor)
+    with pytest.raises(ValueError, match="the tokenizer has no bos_token to start the prompt with"):
+        bare(text="a")
+    with pytest.raises(ValueError, match="the tokenizer has no unk_token, .*pass first_image_token_id"):
+        bare(text="a", images=IMAGES[0], add_special_tokens=False, num_image_tokens=N)
+    got = bare(text="a", images=IMAGES[0], add_special_tokens=False, num_image_tokens=N, first_image_token_id=9)
+    assert got["input_ids"][1:1 + N] == list(range(9, 9 + N))

@@ -99,6 +99,10 @@ class Kosmos2Processor(Processor):
                                                  not isinstance(first_image_token_id, int) or first_image_token_id < 0):
             raise ValueError(f"{name}: first_image_token_id must be None or a non-negative int, got "
                              f"{first_image_token_id!r}")
+        for option, value in (("add_eos_token", add_eos_token), ("add_special_tokens", add_special_tokens),
+                              ("truncation", truncation)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name}: {option} must be a bool, got {value!r:.80}")
         if padding not in (False, True, "longest", "max_length", "do_not_pad"):
             raise ValueError(f"{name}: padding must be False, True, 'longest' or 'max_length', got {padding!r}")
         if padding == "max_length" and max_length is None:
@@ -143,7 +147,12 @@ class Kosmos2Processor(Processor):
         if images is None:
             return {**out, **self.tokenizer(expanded[0] if single else expanded, padding=padding,
                                             return_tensors=return_tensors, **tokenize)}
-        first = self.tokenizer.unk_token_id + 1 if first_image_token_id is None else first_image_token_id
+        first = first_image_token_id
+        if first is None:
+            if self.tokenizer.unk_token_id is None:
+                raise ValueError(f"{name}: the tokenizer has no unk_token, whose next id the image positions "
+                                 f"take by default; pass first_image_token_id")
+            first = self.tokenizer.unk_token_id + 1
         start = 1 + int(add_special_tokens)               # the first image position: after <s> (if any), <image>
         end = start + num_image_tokens                    # where </image> stands
         image_ids = list(range(first, first + num_image_tokens))
