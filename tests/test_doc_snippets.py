@@ -102,6 +102,7 @@ def build_kosmos2(folder):
     write_tokenizer(folder, 128, {"<s>": _kosmos2.BOS, "<pad>": _kosmos2.PAD, "</s>": _kosmos2.EOS, "<unk>": 3,
                                   "<grounding>": 125, "<image>": _kosmos2.BOI, "</image>": _kosmos2.EOI},
                     template="<s> $A")
+    write_tokenizer_config(folder, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
 
 
 def build_idefics(folder):
