@@ -95,7 +95,7 @@ def test_bench_model_quick_writes_json(tmp_path, name):
         assert data["memory"][impl]["peak_kib"] >= data["memory"][impl]["after_load_kib"] > 0
 
 
-@pytest.mark.parametrize("name", ["llava_next", "blip2", "idefics", "altclip"])
+@pytest.mark.parametrize("name", ["llava_next", "blip2", "kosmos2", "idefics", "altclip"])
 def test_bench_processor_quick_writes_json(tmp_path, name):
     """The processor benchmark checks both outputs equal before timing, then writes its numbers. The exit
     status says whether the speed target held: timing, so not asserted here (docs/benchmarks.md has the
