@@ -84,6 +84,12 @@ def build_llava_next(folder):
                                   "<image>": _llava.IMAGE_TOKEN}, template="<s> $A")
     write_tokenizer_config(folder, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
                            padding_side="left")
+    # A chat template in llava-v1.6-mistral's format: [INST] ... [/INST], an <image> per image part.
+    (folder / "chat_template.jinja").write_text(
+        "{% for message in messages %}{% if message['role'] == 'user' %}[INST] {% else %} {% endif %}"
+        "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n"
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
+        "{% if message['role'] == 'user' %} [/INST]{% else %}{{ eos_token }}{% endif %}{% endfor %}")
 
 
 def build_blip2(folder):

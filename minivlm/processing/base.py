@@ -95,7 +95,7 @@ class Processor:
         template = pick_chat_template(self.chat_template if chat_template is None else chat_template, tools=tools)
         tok = self.tokenizer
         special = {name: getattr(tok, name) for name in SPECIAL_TOKEN_NAMES}
-        names = {**special, **tok.model_specific_tokens, **variables}
+        names = {**special, **variables}
         batch = isinstance(conversation, (list, tuple)) and conversation and \
             isinstance(conversation[0], (list, tuple))
         rendered = [render_chat_template(template, c, add_generation_prompt=add_generation_prompt,

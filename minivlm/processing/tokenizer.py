@@ -301,7 +301,7 @@ class Tokenizer:
         special = {name: getattr(self, name) for name in SPECIAL_TOKEN_NAMES}
         text = render_chat_template(template, messages, add_generation_prompt=add_generation_prompt,
                                     continue_final_message=continue_final_message, tools=tools,
-                                    documents=documents, **{**special, **self.model_specific_tokens, **variables})
+                                    documents=documents, **{**special, **variables})
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
     # -- saving -------------------------------------------------------------------------------------
