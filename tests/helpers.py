@@ -301,3 +301,20 @@ def edit_config(folder, edit):
     config = json.loads((folder / "config.json").read_text())
     edit(config)
     (folder / "config.json").write_text(json.dumps(config))
+
+
+def assert_same_inputs(got: dict, expected, what=""):
+    """A processor's outputs equal Transformers' processor's: the same keys, tensors of the same dtype and
+    values (torch.equal: ids and masks are integers, pixels come from the same PIL steps), lists equal.
+    Without return_tensors Transformers gives pixel arrays where minivlm gives tensors: compared as values."""
+    import numpy as np
+
+    assert set(got) == set(expected.keys()), (what, sorted(got), sorted(expected.keys()))
+    for k in expected.keys():
+        e = expected[k]
+        if isinstance(e, list) and e and isinstance(e[0], np.ndarray):
+            e = torch.from_numpy(np.stack(e))
+        if isinstance(e, torch.Tensor):
+            assert got[k].dtype == e.dtype and got[k].shape == e.shape and torch.equal(got[k], e), (what, k)
+        else:
+            assert got[k] == e, (what, k)

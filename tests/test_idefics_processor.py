@@ -14,6 +14,7 @@ from PIL import Image
 
 import _idefics
 import _tokenizers
+from helpers import assert_same_inputs
 from minivlm.processing import IdeficsImageProcessor, IdeficsProcessor
 
 # The instruct checkpoints' tokenizers also hold <end_of_utterance>; the base ones do not.
@@ -56,18 +57,10 @@ def pairs(folders):
     return {kind: (_transformers_processor(f), IdeficsProcessor.from_pretrained(f)) for kind, f in folders.items()}
 
 
-def _assert_same(got: dict, expected, what=""):
-    assert set(got) == set(expected.keys()), (what, sorted(got), sorted(expected.keys()))
-    for k in expected.keys():
-        assert got[k].dtype == expected[k].dtype, (what, k, got[k].dtype, expected[k].dtype)
-        assert got[k].shape == expected[k].shape, (what, k, got[k].shape, expected[k].shape)
-        assert torch.equal(got[k], expected[k]), (what, k)
-
-
 def _both(pair, what="", **kwargs):
     hf, mv = pair
     got = mv(**kwargs)
-    _assert_same(got, hf(**kwargs), what or kwargs)
+    assert_same_inputs(got, hf(**kwargs), what or kwargs)
     return got
 
 
@@ -147,7 +140,7 @@ def test_one_sample_forms(pairs):
     # A string alone is one sample of that text. (Transformers 5.23 reads it as a sample of characters,
     # each stripped of spaces, so that "a photo" comes out as "aphoto"; its list form is what it means.)
     hf, mv = pair
-    _assert_same(mv(text="a photo of a cat"), hf(text=["a photo of a cat"]))
+    assert_same_inputs(mv(text="a photo of a cat"), hf(text=["a photo of a cat"]))
     assert not torch.equal(hf(text="a photo of a cat")["input_ids"], hf(text=["a photo of a cat"])["input_ids"])
     got = _both(pair, text=["a photo", "of a cat"], add_end_of_utterance_token=True)
     assert got["input_ids"].shape[0] == 1
@@ -181,14 +174,14 @@ def test_instruct_prompt(pairs):
     assert mv.decode(got["input_ids"][0]).endswith("<end_of_utterance>\nAssistant:")
     added = [["User:", A, "What is this?", "\nAssistant: a cat.", "\nUser:", B, "And this?", "\nAssistant:"]]
     got_added = _both(pair, text=added, add_end_of_utterance_token=True)
-    _assert_same(got_added, got)    # the processor puts it where the instruct prompt writes it
+    assert_same_inputs(got_added, got)    # the processor puts it where the instruct prompt writes it
 
 
 def test_images_given_as_paths(pairs, tmp_path):
     """A pathlib.Path in a sample is an image, opened with PIL (strings are always text)."""
     hf, mv = pairs["base"]
     A.save(tmp_path / "a.png")
-    _assert_same(mv(text=[["User:", tmp_path / "a.png", "hi"]]), hf(text=[["User:", A, "hi"]]))
+    assert_same_inputs(mv(text=[["User:", tmp_path / "a.png", "hi"]]), hf(text=[["User:", A, "hi"]]))
 
 
 @settings(max_examples=25, deadline=None)
@@ -206,8 +199,8 @@ def test_save_pretrained_round_trips(pairs, tmp_path):
     hf, mv = pairs["instruct"]
     mv.save_pretrained(tmp_path)
     expected = hf(text=INTERLEAVED)
-    _assert_same(IdeficsProcessor.from_pretrained(tmp_path)(text=INTERLEAVED), expected)
-    _assert_same(_transformers_processor(tmp_path)(text=INTERLEAVED), expected)
+    assert_same_inputs(IdeficsProcessor.from_pretrained(tmp_path)(text=INTERLEAVED), expected)
+    assert_same_inputs(_transformers_processor(tmp_path)(text=INTERLEAVED), expected)
 
 
 def test_logits_equal_on_the_processors_inputs(pairs, tmp_path):

@@ -16,7 +16,7 @@ from PIL import Image
 
 import _kosmos2
 import _tokenizers
-from helpers import assert_close_rel, save, transformers_config
+from helpers import assert_close_rel, assert_same_inputs, save, transformers_config
 from minivlm.processing import CLIPImageProcessor, Kosmos2Processor, Tokenizer
 
 CROP = _kosmos2.IMAGE          # the tiny model's image side (16 px)
@@ -65,22 +65,9 @@ def kosmos2(request, tmp_path_factory):
     return (*_both(folder), folder)
 
 
-def _assert_same(got: dict, expected, what=""):
-    """The same outputs as Transformers', each with the same values (and dtype, for tensors)."""
-    assert set(got) == set(expected.keys()), (what, sorted(got), sorted(expected.keys()))
-    for k in expected.keys():
-        e = expected[k]
-        if isinstance(e, list) and e and isinstance(e[0], np.ndarray):
-            e = torch.from_numpy(np.stack(e))   # without return_tensors Transformers gives arrays; minivlm tensors
-        if isinstance(e, torch.Tensor):
-            assert got[k].dtype == e.dtype and torch.equal(got[k], e), (what, k, got[k], e)
-        else:
-            assert got[k] == e, (what, k, got[k], e)
-
-
 def _check(hf, mv, what="", **kwargs):
     got = mv(**kwargs)
-    _assert_same(got, hf(**kwargs), what or kwargs)
+    assert_same_inputs(got, hf(**kwargs), what or kwargs)
     return got
 
 
@@ -283,8 +270,8 @@ def test_save_pretrained_round_trips(kosmos2, tmp_path):
     kwargs = dict(text=["<grounding><phrase>a cat</phrase>", "An image of"], images=IMAGES[:2], num_image_tokens=N,
                   bboxes=[[(0.0, 0.0, 0.5, 0.5)], None], return_tensors="pt")
     expected = hf(**kwargs)
-    _assert_same(Kosmos2Processor.from_pretrained(tmp_path)(**kwargs), expected)
-    _assert_same(dict(transformers.Kosmos2Processor.from_pretrained(str(tmp_path))(**kwargs)), expected)
+    assert_same_inputs(Kosmos2Processor.from_pretrained(tmp_path)(**kwargs), expected)
+    assert_same_inputs(dict(transformers.Kosmos2Processor.from_pretrained(str(tmp_path))(**kwargs)), expected)
 
 
 # -- the model on the processor's inputs ------------------------------------------------------------------------

@@ -4,7 +4,6 @@ and masks equal (integers), pixel values equal (torch.equal: the same PIL steps 
 the model run on minivlm's inputs giving Transformers' logits on its own."""
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -12,26 +11,13 @@ from PIL import Image
 import _blip2
 import _llava
 import _tokenizers
-from helpers import transformers_config
+from helpers import assert_same_inputs, transformers_config
 from minivlm.processing import AltCLIPProcessor, Blip2Processor, LlavaNextProcessor
 
 
 def _image(h, w, seed=0, mode="RGB"):
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
-
-
-def _assert_same(got: dict, expected, what=""):
-    """Every output Transformers gives is there, with the same shape and values; and nothing more."""
-    assert set(got) == set(expected.keys()), (what, sorted(got), sorted(expected.keys()))
-    for k in expected.keys():
-        e = expected[k]
-        if isinstance(e, list) and e and isinstance(e[0], np.ndarray):
-            e = torch.from_numpy(np.stack(e))   # without return_tensors Transformers gives arrays; minivlm tensors
-        if isinstance(e, torch.Tensor):
-            assert got[k].dtype == e.dtype and torch.equal(got[k], e), (what, k)
-        else:
-            assert got[k] == e, (what, k)
 
 
 # -- LLaVA-NeXT ----------------------------------------------------------------------------------------
@@ -74,7 +60,7 @@ def test_llava_next_one_image(llava):
     for i, (h, w) in enumerate(_SIZES):
         image = _image(h, w, seed=i)
         prompt = "USER: <image>\nWhat is shown here? ASSISTANT:"
-        _assert_same(mv(text=prompt, images=image, return_tensors="pt"),
+        assert_same_inputs(mv(text=prompt, images=image, return_tensors="pt"),
                      hf(text=prompt, images=image, return_tensors="pt"), (h, w))
 
 
@@ -84,11 +70,11 @@ def test_llava_next_batches_of_prompts_with_several_images(llava, side):
     prompts = ["<image> <image> compare the two", "a photo: <image>", "no image here, only text"]
     images = [_image(20, 50, 1), _image(64, 48, 2), _image(33, 33, 3)]
     kwargs = {} if side is None else {"padding_side": side}
-    _assert_same(mv(text=prompts, images=images, padding=True, return_tensors="pt", **kwargs),
+    assert_same_inputs(mv(text=prompts, images=images, padding=True, return_tensors="pt", **kwargs),
                  hf(text=prompts, images=images, padding=True, return_tensors="pt", **kwargs), side)
     # the images may also come as one list per prompt
     per_prompt = [images[:2], images[2:], []]
-    _assert_same(mv(text=prompts, images=per_prompt, padding=True, return_tensors="pt"),
+    assert_same_inputs(mv(text=prompts, images=per_prompt, padding=True, return_tensors="pt"),
                  hf(text=prompts, images=images, padding=True, return_tensors="pt"))
 
 
@@ -99,7 +85,7 @@ def test_llava_next_random_sizes_and_prompts(llava, sizes, words):
     hf, mv = llava
     images = [_image(h, w, seed=h * 100 + w) for h, w in sizes]
     prompt = " ".join(f"{words[i % len(words)]} <image>" for i in range(len(images)))
-    _assert_same(mv(text=[prompt, words[0]], images=images, padding=True, return_tensors="pt"),
+    assert_same_inputs(mv(text=[prompt, words[0]], images=images, padding=True, return_tensors="pt"),
                  hf(text=[prompt, words[0]], images=images, padding=True, return_tensors="pt"))
 
 
@@ -111,7 +97,7 @@ def test_llava_next_token_count_settings(tmp_path, strategy, extra):
     hf, mv = transformers.LlavaNextProcessor.from_pretrained(str(folder)), LlavaNextProcessor.from_pretrained(folder)
     assert mv.tokenizer.tokenizer_class == type(hf.tokenizer).__name__ == "LlamaTokenizer"
     image = _image(20, 50)
-    _assert_same(mv(text="<image> hi", images=image, return_tensors="pt"),
+    assert_same_inputs(mv(text="<image> hi", images=image, return_tensors="pt"),
                  hf(text="<image> hi", images=image, return_tensors="pt"))
 
 
@@ -174,13 +160,13 @@ def test_blip2_query_token_expansion(blip2):
     for kwargs in ({}, {"padding": True}, {"padding": True, "padding_side": "left"},
                    {"padding": "max_length", "max_length": 20, "truncation": True}):
         tensors = {"return_tensors": "pt"} if kwargs else {}
-        _assert_same(mv(text=prompts, images=images, **kwargs, **tensors),
+        assert_same_inputs(mv(text=prompts, images=images, **kwargs, **tensors),
                      hf(text=prompts, images=images, **kwargs, **tensors), (kind, kwargs))
     # without a prompt (captioning), without images, one prompt as a string
-    _assert_same(mv(images=images, return_tensors="pt"), hf(images=images, return_tensors="pt"), kind)
-    _assert_same(mv(text=prompts, padding=True, return_tensors="pt"),
+    assert_same_inputs(mv(images=images, return_tensors="pt"), hf(images=images, return_tensors="pt"), kind)
+    assert_same_inputs(mv(text=prompts, padding=True, return_tensors="pt"),
                  hf(text=prompts, padding=True, return_tensors="pt"), kind)
-    _assert_same(mv(text="a photo of", images=images[0]), hf(text="a photo of", images=images[0]), kind)
+    assert_same_inputs(mv(text="a photo of", images=images[0]), hf(text="a photo of", images=images[0]), kind)
 
 
 def test_blip2_adds_the_image_token_where_the_tokenizer_has_none(blip2, tmp_path):
@@ -198,7 +184,7 @@ def test_blip2_adds_the_image_token_where_the_tokenizer_has_none(blip2, tmp_path
     assert tok.backend.token_to_id("<image>") is None
     mv = Blip2Processor(tok, BlipImageProcessor(), num_query_tokens=3)
     image = _image(8, 8)
-    _assert_same(mv(text="a photo", images=image), hf(text="a photo", images=image))
+    assert_same_inputs(mv(text="a photo", images=image), hf(text="a photo", images=image))
     ids = mv(text="a photo", images=image)["input_ids"][0]
     assert mv.decode(ids, skip_special_tokens=True) == hf.decode(ids, skip_special_tokens=True)
 
@@ -228,10 +214,10 @@ def test_altclip_labels_and_images(altclip):
     hf, mv = altclip
     labels = ["a photo of a cat", "a photo of two dogs", "ünïcödé"]
     images = [_image(30, 40, 1), _image(64, 20, 2)]
-    _assert_same(mv(text=labels, images=images, padding=True, return_tensors="pt"),
+    assert_same_inputs(mv(text=labels, images=images, padding=True, return_tensors="pt"),
                  hf(text=labels, images=images, padding=True, return_tensors="pt"))
-    _assert_same(mv(text=labels, padding=True, return_tensors="pt"), hf(text=labels, padding=True, return_tensors="pt"))
-    _assert_same(mv(images=images), hf(images=images, return_tensors="pt"))
+    assert_same_inputs(mv(text=labels, padding=True, return_tensors="pt"), hf(text=labels, padding=True, return_tensors="pt"))
+    assert_same_inputs(mv(images=images), hf(images=images, return_tensors="pt"))
     with pytest.raises(ValueError, match="give text, images or both"):
         mv()
 
@@ -259,8 +245,8 @@ def test_save_pretrained_round_trips(llava, blip2, altclip, tmp_path):
         assert config["processor_class"] == hf_class.__name__
         assert config["image_processor"]["image_processor_type"] == type(mv.image_processor).__name__
         expected = hf(**kwargs, return_tensors="pt")
-        _assert_same(mv_class.from_pretrained(folder)(**kwargs, return_tensors="pt"), expected, name)
-        _assert_same(dict(hf_class.from_pretrained(str(folder))(**kwargs, return_tensors="pt")), expected, name)
+        assert_same_inputs(mv_class.from_pretrained(folder)(**kwargs, return_tensors="pt"), expected, name)
+        assert_same_inputs(dict(hf_class.from_pretrained(str(folder))(**kwargs, return_tensors="pt")), expected, name)
 
 
 def test_images_given_as_paths(llava, tmp_path):
@@ -269,7 +255,7 @@ def test_images_given_as_paths(llava, tmp_path):
     hf, mv = llava
     image = _image(20, 50, 1)
     image.save(tmp_path / "photo.png")
-    _assert_same(mv(text="<image> a", images=str(tmp_path / "photo.png"), return_tensors="pt"),
+    assert_same_inputs(mv(text="<image> a", images=str(tmp_path / "photo.png"), return_tensors="pt"),
                  hf(text="<image> a", images=image, return_tensors="pt"))
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(ValueError, match=r"images\[0\] '.*broken.jpg' cannot be decoded as an image"):
