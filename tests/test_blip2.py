@@ -394,3 +394,19 @@ def test_t5_half_precision_dtypes(checkpoints, dtype):
     ids, mask = t5_prompts([5, 3])
     tokens = model.generate(ids, attention_mask=mask, pixel_values=pixel_values(2), max_new_tokens=3)
     assert tokens.shape == (2, 4)
+
+
+@pytest.mark.parametrize("lm", ["opt", "t5"])
+def test_beam_search_matches_transformers_float64(checkpoints, lm):
+    """Beam search with an image prompt, around OPT (the prefill's cache repeated per beam) and around T5
+    (the encoder states repeated per beam)."""
+    hf, folder = checkpoints(lm)
+    model = minivlm.from_pretrained(folder, dtype=torch.float64)
+    ids, mask = opt_prompts([6, 2]) if lm == "opt" else t5_prompts([6, 2], seed=2)
+    pv = pixel_values(2, seed=1)
+    beams = dict(num_beams=3, num_return_sequences=2, max_new_tokens=8, length_penalty=0.5)
+    hf64 = copy.deepcopy(hf).double()
+    with torch.no_grad():
+        ref = hf64.generate(pixel_values=pv, input_ids=ids, attention_mask=mask, do_sample=False, **beams)
+    ours = model.generate(ids, attention_mask=mask, pixel_values=pv, **beams)
+    assert ours.shape[0] == 4 and torch.equal(ours, ref), f"\nours {ours}\nref  {ref}"

@@ -83,14 +83,17 @@ def test_bench_model_quick_writes_json(tmp_path, name):
     data = json.loads(path.read_text())
     # Same weights in both libraries: the float32 logits agree to float32 rounding (the parity tests).
     assert data["max_abs_logit_diff"] < 1e-4 * max(1.0, data["max_abs_logit"])
-    assert set(data["results"]) == ({"forward"} if name == "altclip" else {"prefill", "decode / token"})
+    assert set(data["results"]) == ({"forward"} if name == "altclip" else {"prefill", "decode / token", "beam x4 / token"})
+    if name != "altclip":    # beam search per token, against Transformers' and against minivlm's greedy step
+        beam = data["results"]["beam x4 / token"]
+        assert beam["ratio"] > 0 and beam["over_greedy"]["minivlm"] > 0 and beam["result"] in ("PASS", "MISS")
     # The work counted on minivlm's model: FLOPs of the first call, weights and cache read per decode step.
     first = "forward" if name == "altclip" else "prefill"
     assert data["work"][first]["matmul_flops"] > 0 and data["work"][first]["attention_flops"] > 0
     if name != "altclip":
         assert data["work"]["decode / token"]["weight_bytes"] > 0 and data["work"]["decode / token"]["kv_bytes"] > 0
     check_ceilings_and_rates(result.stdout, data,
-                             [r for what in data["results"].values() for r in what["rates"].values()])
+                             [r for what in data["results"].values() for r in what.get("rates", {}).values()])
     for impl in ("minivlm", "transformers"):
         assert data["memory"][impl]["peak_kib"] >= data["memory"][impl]["after_load_kib"] > 0
 

@@ -168,7 +168,7 @@ def small_model(tmp_path_factory):
     (dict(temperature=-1.0), "temperature"),
     (dict(top_p=0.0), "top_p"),
     (dict(top_p=1.5), "top_p"),
-    (dict(top_k=0), "top_k"),
+    (dict(top_k=-1), "top_k"),
     (dict(attention_mask=torch.ones(2, 5, dtype=torch.long)), "attention_mask"),
     (dict(attention_mask=torch.tensor([[1, 1, 1, 1, 0]])), "left padding"),
     (dict(attention_mask=torch.tensor([[0, 2, 1, 1, 1]])), "0 \\(pad\\) and 1"),

@@ -299,3 +299,18 @@ def test_bad_inputs_raise(checkpoints):
         assert cache.length == ids.shape[1]
         out = model(torch.full((2, 1), BOS), cache=cache, logits_to_keep=1)
         assert out.logits.shape == (2, 1, VOCAB + EXTRA) and cache.length == ids.shape[1] + 1
+
+
+def test_beam_search_matches_transformers_float64(checkpoints):
+    """Beam search: the image states and the image mask row in the cache are repeated for the beams."""
+    hf, folder = checkpoints(**CASES["resampler-qknorm-vector"])
+    model = minivlm.from_pretrained(folder, dtype=torch.float64)
+    ids, mask, image_mask = prompts(LAYOUT)
+    pv = pixel_values(2, 2)
+    beams = dict(num_beams=3, num_return_sequences=2, max_new_tokens=8, eos_token_id=EOS, pad_token_id=0)
+    with torch.no_grad():
+        ref = hf.double().generate(input_ids=ids, attention_mask=mask, pixel_values=pv,
+                                   image_attention_mask=image_mask, do_sample=False, **beams)
+    hf.float()
+    ours = model.generate(ids, attention_mask=mask, pixel_values=pv, image_attention_mask=image_mask, **beams)
+    assert ours.shape[0] == 4 and torch.equal(ours, ref), f"\nours {ours[:, ids.shape[1]:]}\nref  {ref[:, ids.shape[1]:]}"

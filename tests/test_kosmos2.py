@@ -329,3 +329,17 @@ def test_bad_inputs_raise(model):
         model.generate(pv)
     with pytest.raises(ValueError, match="left padding"):
         model.generate(ids, attention_mask=mask.flip(1), pixel_values=pv, image_embeds_position_mask=image_mask)
+
+
+def test_beam_search_matches_transformers(checkpoint, model):
+    """Beam search over left-padded image prompts: Kosmos-2 numbers its positions from the mask and the
+    cache, both repeated per beam."""
+    hf, _ = checkpoint
+    pv = pixel_values(3, seed=2)
+    ids, mask, image_mask = prompts([5, 9, 3], seed=2)
+    beams = dict(num_beams=3, num_return_sequences=2, max_new_tokens=8)
+    with torch.no_grad():
+        ref = hf.generate(pixel_values=pv, input_ids=ids, attention_mask=mask, image_embeds_position_mask=image_mask,
+                          do_sample=False, **beams)
+    ours = model.generate(ids, attention_mask=mask, pixel_values=pv, image_embeds_position_mask=image_mask, **beams)
+    assert ours.shape[0] == 6 and torch.equal(ours, ref), f"\nours {ours}\nref  {ref}"

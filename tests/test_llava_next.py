@@ -334,3 +334,19 @@ def test_bad_inputs_raise(checkpoints):
         model(ids, pixel_values=pv, image_sizes=sizes[:1])
     with pytest.raises(ValueError, match="input_ids"):
         model(ids[0], pixel_values=pv, image_sizes=sizes)
+
+
+def test_beam_search_matches_transformers_float64(checkpoints):
+    """Beam search over the image prompt: the prefill runs once per prompt and its cache rows are repeated
+    for the beams; the tokens equal Transformers' (which prefills every beam)."""
+    hf, folder = checkpoints(text="mistral", sliding_window=16, feature_layer=-2)
+    model = minivlm.from_pretrained(folder, dtype=torch.float64)
+    ids, mask = prompts(SIZES_PAIR, [60, 7], hf.config)
+    pv, sizes = pixel_values(SIZES_PAIR), torch.tensor(SIZES_PAIR)
+    beams = dict(num_beams=3, num_return_sequences=2, max_new_tokens=8, eos_token_id=EOS, pad_token_id=0)
+    with torch.no_grad():
+        ref = hf.double().generate(input_ids=ids, attention_mask=mask, pixel_values=pv, image_sizes=sizes,
+                                   do_sample=False, **beams)
+    hf.float()
+    ours = model.generate(ids, attention_mask=mask, pixel_values=pv, image_sizes=sizes, **beams)
+    assert ours.shape[0] == 4 and torch.equal(ours, ref), f"\nours {ours[:, ids.shape[1]:]}\nref  {ref[:, ids.shape[1]:]}"

@@ -257,7 +257,10 @@ def test_generate_names_unknown_keywords_and_what_it_takes(name):
     assert set(options) <= set(takes) and set(c.image_inputs) <= set(takes), message
     assert not {"cache", "position_ids", "logits_to_keep", "labels"} & set(takes), message
     with pytest.raises(TypeError, match=rf"^{cls}\.generate\(\) got an unexpected keyword argument "
-                                        r"'output_attentions'; it takes input_ids, "):
+                                        r"'output_router_logits'; it takes input_ids, "):
+        c.model.generate(c.inputs["input_ids"], **c.image_inputs, max_new_tokens=2, output_router_logits=True)
+    # A Transformers generation setting minivlm does not implement: a ValueError that names it.
+    with pytest.raises(ValueError, match=r"output_attentions=True is a Transformers generation setting"):
         c.model.generate(c.inputs["input_ids"], **c.image_inputs, max_new_tokens=2, output_attentions=True)
 
 
@@ -268,6 +271,7 @@ def test_generate_lists_the_options_of_the_generate_called():
             return super().generate(input_ids, **kwargs)
 
     model = WithOption(case("llama").model.config)
-    with pytest.raises(TypeError, match=r"^WithOption\.generate\(\) got an unexpected keyword argument 'num_beams'; "
-                                        r"it takes input_ids, new_option, attention_mask, max_new_tokens, "):
-        model.generate(text(4), num_beams=4)
+    with pytest.raises(TypeError, match=r"^WithOption\.generate\(\) got an unexpected keyword argument 'assistant_model'; "
+                                        r"it takes input_ids, new_option, attention_mask, generation_config, "
+                                        r"max_new_tokens, "):
+        model.generate(text(4), assistant_model=4)

@@ -5,7 +5,7 @@ validators, per file and in all.
 
 Counted as validation: every line of a `raise` statement; the lines of an `if` (its condition and body)
 whose body only raises; every line of a function whose name starts with `check`, `_check`, `validate` or
-`_validate`. Counted over minivlm/models/*.py, generation.py, processing/*.py and loading.py (the library's
+`_validate`. Counted over minivlm/models/*.py, generation/*.py, processing/*.py and loading.py (the library's
 model code, not the kernels' argument checks in _checks.py, which are the ops' contract).
 """
 import ast
@@ -41,7 +41,7 @@ def validation_lines(source: str) -> tuple[set, int]:
 def main(root: Path) -> None:
     pkg = root / "minivlm"
     files = (sorted((pkg / "models").glob("*.py")) + sorted((pkg / "processing").glob("*.py"))
-             + [pkg / n for n in ("generation.py", "loading.py")])
+             + sorted((pkg / "generation").glob("*.py")) + [pkg / "loading.py"])
     total_v = total_n = 0
     for f in files:
         v, n = validation_lines(f.read_text())

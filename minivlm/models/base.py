@@ -1,5 +1,5 @@
 """The contract every minivlm model follows: what `minivlm.from_pretrained` (minivlm/loading.py),
-`save_pretrained` (minivlm/saving.py) and `generate` (minivlm/generation.py) rely on, and nothing more. docs/adding_a_model.md walks through it.
+`save_pretrained` (minivlm/saving.py) and `generate` (minivlm/generation/) rely on, and nothing more. docs/adding_a_model.md walks through it.
 
 A model is an `nn.Module` subclass of `Model` (a tower or encoder: built and loaded) or of
 `GenerativeModel` (a model with a language head: also generates text). Each says, as class attributes:

@@ -511,7 +511,7 @@ class Blip2ForConditionalGeneration(GenerativeModel):
     # -- generation ------------------------------------------------------------------------------------
 
     def generate(self, input_ids=None, *, pixel_values=None, attention_mask=None, **kwargs) -> torch.LongTensor:
-        """Greedy decoding or sampling conditioned on an image (minivlm.generation; kwargs as there).
+        """Greedy search, sampling or beam search conditioned on an image (minivlm.generation; kwargs as there).
 
         input_ids: the prompt with num_query_tokens image tokens per row, as Transformers' Blip2Processor
         makes it; None = a caption from scratch: the image tokens then the language model's BOS, as

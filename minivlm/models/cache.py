@@ -55,6 +55,21 @@ class KVCache:
             self.length = end
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]   # (B, Hkv, length + T, D)
 
+    def select_rows(self, rows: torch.Tensor):
+        """Keep the batch rows `rows` (R,), in that order, R may differ from batch_size: new buffers, e.g.
+        each prompt's row repeated once per beam after the prefill. Everything stored per row follows."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        self.batch_size = rows.numel()
+
+    def reorder(self, rows: torch.Tensor):
+        """Beam search: row i now continues beam rows[i] (rows: (batch_size,), each within its prompt's
+        group of beams). Only the stored tokens of the self-attention move, in place."""
+        n = self.length
+        for cache in (self.keys, self.values):
+            for t in cache:
+                t[:, :, :n] = t[:, :, :n].index_select(0, rows)
+
 
 class CrossAttentionCache(KVCache):
     """A KVCache plus each cross-attention layer's keys and values of a fixed source: `cross[i]` is None
@@ -64,6 +79,13 @@ class CrossAttentionCache(KVCache):
     def __init__(self, *args, num_cross_layers: Optional[int] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.cross = [None] * (self.num_layers if num_cross_layers is None else num_cross_layers)
+
+    def select_rows(self, rows: torch.Tensor):
+        super().select_rows(rows)
+        self.cross = [None if kv is None else tuple(t.index_select(0, rows) for t in kv) for kv in self.cross]
+
+    # reorder() leaves `cross` alone: the beams of one prompt attend to the same source, so their
+    # cross-attention keys and values are equal and moving rows within a group changes nothing.
 
 
 class ImageCache(CrossAttentionCache):
@@ -75,6 +97,12 @@ class ImageCache(CrossAttentionCache):
         super().__init__(*args, **kwargs)
         self.image_states = None
         self.image_mask = None
+
+    def select_rows(self, rows: torch.Tensor):
+        super().select_rows(rows)
+        if self.image_states is not None:
+            self.image_states = self.image_states.index_select(0, rows)
+            self.image_mask = self.image_mask.index_select(0, rows)
 
 
 def cached_tokens(cache: Optional[KVCache], batch_size: int, new_tokens: int, dtype: torch.dtype,

@@ -371,7 +371,7 @@ class Kosmos2ForConditionalGeneration(GenerativeModel):
 
     def generate(self, input_ids: torch.Tensor, *, pixel_values=None, image_embeds_position_mask=None,
                  attention_mask=None, **kwargs) -> torch.LongTensor:
-        """Greedy decoding or sampling (minivlm.generation; kwargs as there): the prompt (B, T) followed by
+        """Greedy search, sampling or beam search (minivlm.generation; kwargs as there): the prompt (B, T) followed by
         the new tokens. pixel_values and image_embeds_position_mask (B, T) go to the prefill only; prompts are
         left-padded with pad_token_id. Positions are numbered by the model from the padding and the cache
         length, as Transformers does (`positions_from_generate = False`)."""

@@ -8,6 +8,9 @@ it to a temporary folder, and loads that folder into both libraries, so both run
               logits_to_keep=1); Transformers: model(..., use_cache=True, logits_to_keep=1).
     decode    the time per generated token of greedy generation: the time between the model's forward
               calls inside one generate call, over N steps after the first (see StepClock).
+    beam      the same for beam search with BEAMS beams (a step then runs BEAMS rows per prompt and
+              moves the cache rows to the beams they continue), against Transformers' beam search and
+              against minivlm's own greedy step.
     memory    the peak resident memory of loading the checkpoint and generating, each library in a
               fresh process (a process's peak only grows; see minivlm.tools.bench.memory).
 
@@ -47,6 +50,10 @@ from .memory import child_main, current_rss_kib, peak_rss_kib, run_probe
 # decode per token at most 0.9x.
 PREFILL_TARGET = 1.05
 DECODE_TARGET = 0.9
+# Beam search with BEAMS beams: per token at most Transformers' beam search, and at most 4.5x greedy.
+BEAMS = 4
+BEAM_TARGET = 1.0
+BEAM_OVER_GREEDY_TARGET = 4.5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -438,16 +445,16 @@ def prefill_fn(spec, impl: str, model, inputs: dict):
     return call
 
 
-def generate_fn(impl: str, model, inputs: dict, n: int):
-    """Greedy generation of exactly n tokens (no end-of-sequence stop)."""
+def generate_fn(impl: str, model, inputs: dict, n: int, beams: int = 1):
+    """Greedy generation (or beam search with `beams` beams) of exactly n tokens (no end-of-sequence stop)."""
     if impl == "minivlm":
         def call():
-            return model.generate(**inputs, max_new_tokens=n, eos_token_id=[])
+            return model.generate(**inputs, max_new_tokens=n, eos_token_id=[], num_beams=beams)
     else:
         def call():
             with torch.inference_mode():
                 return model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                      eos_token_id=None, pad_token_id=0)
+                                      eos_token_id=None, pad_token_id=0, num_beams=beams)
     return call
 
 
@@ -497,11 +504,11 @@ def count_decode_work(spec, model, inputs: dict, steps: int):
     return mean_segment(counter.segments[2:-1])      # calls 1 .. n-2: the intervals StepClock divides by
 
 
-def time_decode(spec, models: dict, inputs: dict, steps: int, reps: int, warmup: int) -> dict:
+def time_decode(spec, models: dict, inputs: dict, steps: int, reps: int, warmup: int, beams: int = 1) -> dict:
     """Per-token decode time of each library, alternating within every repetition (see StepClock)."""
     n = decode_calls(steps)
     clocks = {impl: StepClock(spec.step_module(impl, m)) for impl, m in models.items()}
-    calls = {impl: generate_fn(impl, m, inputs, n) for impl, m in models.items()}
+    calls = {impl: generate_fn(impl, m, inputs, n, beams) for impl, m in models.items()}
     timings = {impl: Timing([]) for impl in models}
     for rep in range(warmup + reps):
         for impl in models:
@@ -590,6 +597,7 @@ def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[
 
         prefill = time_side_by_side(fns, s["reps"], s["warmup"], 0.0)
         decode = time_decode(spec, models, inputs, s["new_tokens"], s["reps"], s["warmup"]) if generates else None
+        beam = time_decode(spec, models, inputs, s["new_tokens"], s["reps"], s["warmup"], BEAMS) if generates else None
         if decode:
             work["decode / token"] = count_decode_work(spec, models["minivlm"], inputs, s["new_tokens"])
         del models
@@ -610,9 +618,25 @@ def run(json_path: Optional[str] = None, quick: bool = False, threads: Optional[
         rows.append([what, fmt_timing(times["minivlm"]), fmt_timing(times["transformers"]),
                      fmt_fraction(rates["minivlm"]), fmt_fraction(rates["transformers"]),
                      f"{med:.2f}x [{min(r):.2f}-{max(r):.2f}]", f"<= {target}x", results[what]["result"]])
+    if beam:
+        r = _ratios(beam["minivlm"], beam["transformers"])
+        over = {impl: _ratios(beam[impl], decode[impl]) for impl in beam}
+        med, med_over = statistics.median(r), statistics.median(over["minivlm"])
+        ok = med <= BEAM_TARGET and med_over <= BEAM_OVER_GREEDY_TARGET
+        results[f"beam x{BEAMS} / token"] = {
+            "minivlm": beam["minivlm"].to_json(), "transformers": beam["transformers"].to_json(), "ratio": med,
+            "ratio_min": min(r), "ratio_max": max(r), "target": BEAM_TARGET,
+            "over_greedy": {impl: statistics.median(v) for impl, v in over.items()},
+            "over_greedy_target": BEAM_OVER_GREEDY_TARGET, "result": "PASS" if ok else "MISS"}
+        rows.append([f"beam x{BEAMS} / token", fmt_timing(beam["minivlm"]), fmt_timing(beam["transformers"]), "", "",
+                     f"{med:.2f}x [{min(r):.2f}-{max(r):.2f}]", f"<= {BEAM_TARGET}x", "PASS" if med <= BEAM_TARGET else "MISS"])
     print("\nmedian [min-max] of the repetitions; ratio = minivlm / transformers, per repetition; "
           "rate = the work / the median time, % = of the ceiling")
     print_table(rows, [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))])
+    if beam:
+        o = results[f"beam x{BEAMS} / token"]["over_greedy"]
+        print(f"beam x{BEAMS} / greedy per token: minivlm {o['minivlm']:.2f}x (target <= {BEAM_OVER_GREEDY_TARGET}x: "
+              f"{'PASS' if o['minivlm'] <= BEAM_OVER_GREEDY_TARGET else 'MISS'}), transformers {o['transformers']:.2f}x")
     tps = {impl: 1e3 / decode[impl].median for impl in decode} if decode else None
     if tps:
         print(f"decode tokens/s: minivlm {tps['minivlm']:.1f}, transformers {tps['transformers']:.1f}")
