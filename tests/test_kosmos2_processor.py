@@ -54,7 +54,7 @@ def _folder(root, *, num_patch_index_tokens=1024, padding_side=None, model_type=
 def _both(folder):
     import transformers
 
-    return transformers.Kosmos2Processor.from_pretrained(str(folder)), Kosmos2Processor.from_pretrained(folder)
+    return transformers.Kosmos2Processor.from_pretrained(str(folder), backend="pil"), Kosmos2Processor.from_pretrained(folder)
 
 
 # right: the XLM-R tokenizer class; left: a kosmos-2 folder (the tokenizer.json as it is) padding on the left
@@ -271,7 +271,7 @@ def test_save_pretrained_round_trips(kosmos2, tmp_path):
                   bboxes=[[(0.0, 0.0, 0.5, 0.5)], None], return_tensors="pt")
     expected = hf(**kwargs)
     assert_same_inputs(Kosmos2Processor.from_pretrained(tmp_path)(**kwargs), expected)
-    assert_same_inputs(dict(transformers.Kosmos2Processor.from_pretrained(str(tmp_path))(**kwargs)), expected)
+    assert_same_inputs(dict(transformers.Kosmos2Processor.from_pretrained(str(tmp_path), backend="pil")(**kwargs)), expected)
 
 
 # -- the model on the processor's inputs ------------------------------------------------------------------------

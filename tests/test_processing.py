@@ -561,7 +561,7 @@ def test_from_pretrained_reads_transformers_processor_folders(family, tmp_path):
     assert (tmp_path / "processor_config.json").is_file() and not (tmp_path / "preprocessor_config.json").exists()
     ours = ours_class.from_pretrained(tmp_path)
     assert ours.resample == 2
-    assert_same_pixels(ours, AutoProcessor.from_pretrained(tmp_path).image_processor)
+    assert_same_pixels(ours, AutoProcessor.from_pretrained(tmp_path, backend="pil").image_processor)
 
 
 @pytest.mark.parametrize("family", SAVED_PROCESSORS)
@@ -578,14 +578,14 @@ def test_from_pretrained_prefers_processor_config_as_transformers_does(family, t
     processor_file.write_text(json.dumps(saved))
     ours = ours_class.from_pretrained(tmp_path)
     assert ours.resample == 3 and ours.do_normalize
-    assert_same_pixels(ours, AutoProcessor.from_pretrained(tmp_path).image_processor)
+    assert_same_pixels(ours, AutoProcessor.from_pretrained(tmp_path, backend="pil").image_processor)
 
     # A processor_config.json without image settings (older Transformers): preprocessor_config.json's are read.
     del saved["image_processor"]
     processor_file.write_text(json.dumps(saved))
     ours = ours_class.from_pretrained(tmp_path)
     assert ours.resample == 0 and not ours.do_normalize
-    assert_same_pixels(ours, AutoProcessor.from_pretrained(tmp_path).image_processor)
+    assert_same_pixels(ours, AutoProcessor.from_pretrained(tmp_path, backend="pil").image_processor)
 
 
 @pytest.mark.parametrize("ours_class", [LlavaNextImageProcessor, BlipImageProcessor, CLIPImageProcessor,

@@ -90,7 +90,7 @@ def build(name: str, folder: str):
         kwargs = dict(text=[["User:", photo(), "What is shown in this image?<end_of_utterance>\nAssistant:"]])
     else:
         raise ValueError(f"minivlm bench processor: NAME must be one of {', '.join(PROCESSORS)}, got {name!r}")
-    return ours.from_pretrained(folder), theirs.from_pretrained(folder), kwargs
+    return ours.from_pretrained(folder), theirs.from_pretrained(folder, backend="pil"), kwargs
 
 
 def _check_equal(ours: dict, theirs) -> None:
