@@ -8,10 +8,9 @@
 """
 from .config import DEFAULTS, UNSUPPORTED, GenerationConfig
 from .logits import filter_scores
-from .search import GenerateOutput, GenerationMixin, generate_arguments, infer_attention_mask, sample
+from .search import GenerateOutput, GenerationMixin, generate_arguments, infer_attention_mask
 from .stopping import StopStrings
 from .streamers import TextIteratorStreamer, TextStreamer
 
 __all__ = ["DEFAULTS", "UNSUPPORTED", "GenerateOutput", "GenerationConfig", "GenerationMixin", "StopStrings",
-           "TextIteratorStreamer", "TextStreamer", "filter_scores", "generate_arguments", "infer_attention_mask",
-           "sample"]
+           "TextIteratorStreamer", "TextStreamer", "filter_scores", "generate_arguments", "infer_attention_mask"]

@@ -59,7 +59,7 @@ import torch
 
 from .._checks import decode_step, unknown_kwargs_error
 from .config import UNSUPPORTED, GenerationConfig, check_int
-from .logits import apply, filter_scores, score_processors
+from .logits import apply, score_processors
 from .stopping import StopStrings
 
 # Forward arguments generate fills in itself (or that contradict it): not model inputs a caller may pass.
@@ -275,11 +275,6 @@ class _Runner:
             self.logits = self.model(next_tokens[:, None], attention_mask=mask, position_ids=self.positions,
                                      cache=self.cache, logits_to_keep=1).logits[:, -1]
 
-    def reorder(self, rows):
-        """Beam search: row i continues the sequence of row rows[i]."""
-        self.tokens[:, :self.length] = self.tokens[:, :self.length].index_select(0, rows)
-        self.cache.reorder(rows)
-
 
 def _greedy_or_sample(run, settings, steps, *, eos, pad, stops, streamer, generator):
     R = run.tokens.shape[0]
@@ -297,8 +292,10 @@ def _greedy_or_sample(run, settings, steps, *, eos, pad, stops, streamer, genera
         if eos_ids is not None:
             next_tokens = torch.where(unfinished, next_tokens, pad)        # finished rows get the pad id
         if keep:
-            scores_out.append(scores) if settings.output_scores else None
-            logits_out.append(raw) if settings.output_logits else None
+            if settings.output_scores:
+                scores_out.append(scores)
+            if settings.output_logits:
+                logits_out.append(raw)
             logprobs.append(scores.log_softmax(-1).gather(1, next_tokens[:, None])[:, 0])
         if streamer is not None:
             streamer.put(next_tokens.cpu())
@@ -353,9 +350,10 @@ def _beam_search(run, settings, steps, *, eos, pad, stops, streamer, generator):
         cur = run.length
         raw = run.logits.float()
         logp = apply(steps, run.tokens[:, :cur], raw.log_softmax(-1))                    # (R, V)
-        if keep:
-            scores_out.append(logp) if settings.output_scores else None
-            logits_out.append(raw) if settings.output_logits else None
+        if keep and settings.output_scores:
+            scores_out.append(logp)
+        if keep and settings.output_logits:
+            logits_out.append(raw)
         total = (logp.view(B, K, V) + run_scores[:, :, None]).view(B, K * V)
         if settings.do_sample:
             index = torch.multinomial(total.softmax(-1), C, generator=generator)          # (B, C)
@@ -391,10 +389,10 @@ def _beam_search(run, settings, steps, *, eos, pad, stops, streamer, generator):
         done_src = pick(torch.cat((done_src, cand_src), 1), top)
         done_lp = pick(torch.cat((done_lp, cand_lp), 1), top)
 
-        # Move each row's sequence and cache to the beam it continues, then append its token.
-        rows = run_src[:, :, cur - T0].reshape(-1)
-        run.reorder(rows)
-        run.step(pick(cand_tokens[:, :, cur], best).reshape(-1))
+        # Each row takes the sequence (with its new token) and the cache of the beam it continues.
+        run.tokens.copy_(pick(cand_tokens, best).view(R, L))
+        run.cache.reorder(run_src[:, :, cur - T0].reshape(-1))
+        run.step(run.tokens[:, cur].clone())
         # Can a running beam still beat the worst finished hypothesis? Judged at the current length
         # (early_stopping False or True), or at the longest possible one ("never" with length_penalty > 0).
         length = (L - T0) if (early == "never" and lp > 0.0) else (run.length - T0)
@@ -451,13 +449,6 @@ def infer_attention_mask(input_ids, pad, eos):
         return None
     is_pad = input_ids == pad
     return (~is_pad).long() if bool(is_pad.any()) else None
-
-
-def sample(scores: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
-           top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """One token per row of scores (B, vocab), drawn from softmax of the filtered scores."""
-    probs = filter_scores(scores, temperature, top_k, top_p).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]                       # (B,)
 
 
 def _check_inputs(input_ids, attention_mask, generator, left_padded=True):
