@@ -166,8 +166,11 @@ setup(
     python_requires=">=3.10",
     # torch is deliberately unpinned: install it first (pip install torch==2.13.0 takes the CPU build), then
     # build with --no-build-isolation so this requirement is already met and nothing is downloaded.
-    install_requires=["torch>=2.13", "numpy", "pillow", "ninja", "safetensors", "tokenizers", "tqdm"],
+    # jinja2 renders chat templates (torch depends on it too; named here because minivlm imports it).
+    install_requires=["torch>=2.13", "numpy", "pillow", "ninja", "safetensors", "tokenizers", "tqdm", "jinja2"],
     extras_require={
+        # `minivlm parity` compares with Transformers; nothing else in minivlm imports it
+        "parity": [f"transformers=={TRANSFORMERS_VERSION}"],
         "test": ["pytest", "hypothesis", f"transformers=={TRANSFORMERS_VERSION}"],
     },
     entry_points={"console_scripts": ["minivlm=minivlm.tools.cli:main"]},

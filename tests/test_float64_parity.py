@@ -24,6 +24,7 @@ import _llava
 import _opt
 import _t5
 from helpers import assert_close_rel, left_padded_mask
+from minivlm.tools.parity import default_dtype
 
 # float64 tolerance, relative to the largest value compared. Both sides run the same float64 math in
 # different orders (minivlm's attention kernel against SDPA, other GEMM blockings). A dot product of n
@@ -151,14 +152,6 @@ PER_POSITION = {"logits"}
 DEFAULT_FLOAT64 = {"kosmos2"}
 
 
-@contextlib.contextmanager
-def default_dtype(dtype):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -25,3 +25,30 @@ from .idefics import IdeficsProcessor
 __all__ = ["Tokenizer", "Processor", "LlavaNextProcessor", "Blip2Processor", "Kosmos2Processor", "AltCLIPProcessor", "IdeficsProcessor", "ImageProcessor", "LlavaNextImageProcessor", "BlipImageProcessor", "CLIPImageProcessor",
            "image_feature_count", "IdeficsImageProcessor", "idefics_image_attention_mask", "OPENAI_CLIP_MEAN",
            "OPENAI_CLIP_STD"]
+
+
+#: model_type (config.json) -> the processor of its checkpoints; the towers on their own read a
+#: Tokenizer (the language models) or an image processor (the CLIP vision tower).
+PROCESSORS = {"llava_next": LlavaNextProcessor, "blip-2": Blip2Processor, "kosmos-2": Kosmos2Processor,
+              "idefics": IdeficsProcessor, "altclip": AltCLIPProcessor, "clip_vision_model": CLIPImageProcessor,
+              "llama": Tokenizer, "mistral": Tokenizer, "opt": Tokenizer, "t5": Tokenizer}
+
+
+def load_processor(path):
+    """The processor of a local checkpoint folder, picked by its config.json's model_type (PROCESSORS):
+    a model processor, a Tokenizer or an image processor. Nothing is downloaded."""
+    import json
+    from pathlib import Path
+
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"load_processor: no config.json in {str(path)!r}: the model_type there picks "
+                                f"the processor")
+    model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    if model_type not in PROCESSORS:
+        raise ValueError(f"load_processor: config.json has model_type {model_type!r}; minivlm has processors "
+                         f"for {', '.join(PROCESSORS)}")
+    return PROCESSORS[model_type].from_pretrained(path)
+
+
+__all__ += ["PROCESSORS", "load_processor"]

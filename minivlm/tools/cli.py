@@ -5,7 +5,14 @@
     minivlm bench model NAME [--json PATH] [--quick] [--threads N] [--reps N]
     minivlm bench processor NAME [--json PATH] [--quick] [--threads N] [--reps N]
     minivlm demo [--threads N]
+    minivlm generate --model DIR --image PATH --prompt TEXT [...]     (minivlm/tools/run.py)
+    minivlm classify --model DIR --image PATH --labels "a cat,a dog"  (minivlm/tools/run.py)
+    minivlm parity DIR|ARCH [--image PATH] [--prompt TEXT] [...]      (minivlm/tools/parity/)
     minivlm --version
+
+Errors of the checkpoint commands (generate, classify, parity) print one line, `minivlm COMMAND: error:
+...`, and exit with 1; `--debug` shows the traceback instead. Usage errors (an unknown option, a missing
+argument) are argparse's: its message and exit status 2.
 
 Each subcommand imports its module (and with it torch, the compiled extension and Transformers) only
 when it runs, so `minivlm --help` and `minivlm --version` answer at once. A bare `minivlm` prints the
@@ -97,6 +104,21 @@ def add_demo_parser(subparsers) -> None:
     p.set_defaults(func=run_demo)
 
 
+def common_options() -> argparse.ArgumentParser:
+    """The options every checkpoint command takes (an argparse parent parser)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return common
+
+
+def error_line(error: BaseException) -> str:
+    """An exception as one line: its first line, with a note of how many more lines --debug shows."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    more = f" (and {len(lines) - 1} more lines: --debug shows them)" if len(lines) > 1 else ""
+    return lines[0] + more
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minivlm", description="minivlm: a minimal, educational PyTorch reference of vision-language models")
@@ -104,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_bench_parser(subparsers)
     add_demo_parser(subparsers)
+    from . import parity, run       # parser builders only: these modules import torch when they run
+    common = common_options()
+    run.add_generate_parser(subparsers, common)
+    run.add_classify_parser(subparsers, common)
+    parity.add_parser(subparsers, common)
     return parser
 
 
@@ -114,7 +141,17 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return args.func(args)
+    if not hasattr(args, "debug"):
+        return args.func(args)
+    try:
+        return args.func(args)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as error:
+        if args.debug:
+            raise
+        print(f"minivlm {args.command}: error: {error_line(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
