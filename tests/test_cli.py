@@ -165,8 +165,11 @@ def run_entry(how, *args):
 
 
 @pytest.mark.parametrize("how", ["script", "module"])
-@pytest.mark.parametrize("args", [["--help"], ["--version"], [], ["bench", "--help"], ["demo", "--help"]],
-                         ids=["help", "version", "bare", "bench-help", "demo-help"])
+@pytest.mark.parametrize("args", [["--help"], ["--version"], [], ["bench", "--help"], ["demo", "--help"],
+                                  ["generate", "--help"], ["classify", "--help"], ["parity", "--help"],
+                                  ["tiny", "--help"]],
+                         ids=["help", "version", "bare", "bench-help", "demo-help", "generate-help", "classify-help",
+                              "parity-help", "tiny-help"])
 def test_help_and_version_load_neither_torch_nor_the_extension(how, args):
     result = run_entry(how, *args)
     assert result["heavy"] == [], f"minivlm {' '.join(args)} imported {result['heavy'][:5]}"
@@ -175,7 +178,9 @@ def test_help_and_version_load_neither_torch_nor_the_extension(how, args):
     elif args == []:
         # No command is a usage error (status 2, as argparse's own), answered with the whole help.
         assert result["code"] == 2
-        assert "usage: minivlm" in result["output"] and "bench" in result["output"] and "demo" in result["output"]
+        assert "usage: minivlm" in result["output"]
+        for command in ("bench", "demo", "generate", "classify", "parity", "tiny"):
+            assert command in result["output"], command
     else:
         assert result["code"] == 0 and "usage: minivlm" in result["output"]
 

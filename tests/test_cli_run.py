@@ -440,11 +440,16 @@ def test_bad_input_is_one_line(name, command, arch, change, images, text, option
         assert part in err, (part, err)
 
 
-def test_labels_is_not_an_option_of_generate(folders, pictures, capsys):
-    with pytest.raises(SystemExit) as exit:
-        cli.main(["generate", "--model", str(folders["blip-2"]), "--image", pictures["a.png"], "--prompt", PROMPT,
-                  "--labels", "a cat"])
-    assert exit.value.code == 2 and "unrecognized arguments: --labels" in capsys.readouterr().err
+@pytest.mark.parametrize("command, arch, option, value, message", [
+    ("generate", "blip-2", "--labels", "a cat", "--labels: generate continues a prompt and ranks no labels"),
+    ("classify", "altclip", "--prompt", PROMPT, "--prompt: classify (AltCLIP) reads no prompt"),
+])
+def test_the_other_commands_option_is_one_line(command, arch, option, value, message, folders, pictures, capsys):
+    """--labels given to generate, --prompt given to classify: one line saying which command takes it."""
+    required = ["--prompt", PROMPT] if command == "generate" else ["--labels", "a cat,a dog"]
+    status, out, err = cli_run(capsys, command, "--model", str(folders[arch]), "--image", pictures["a.png"],
+                               *required, option, value)
+    assert status == 1 and out == "" and err.count("\n") == 1 and message in err, err
 
 
 def test_debug_shows_the_exception(pictures):

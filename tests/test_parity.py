@@ -177,6 +177,19 @@ def test_a_folder_that_is_not_a_checkpoint(tmp_path, capsys):
     assert "has no config.json" in capsys.readouterr().err
 
 
+def test_a_truncated_checkpoint_fails_before_loading(folders, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    copy = shutil.copytree(folders["opt"], tmp_path / "opt")
+    weights = copy / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    monkeypatch.setattr(parity, "load_theirs", lambda *a: pytest.fail("Transformers was asked to load it"))
+    assert cli.main(["parity", str(copy), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.safetensors is truncated" in err, err
+
+
 def test_compare_rows():
     import torch
 
@@ -226,3 +239,14 @@ def test_tiny_checkpoints_hold_what_a_hub_folder_holds(folders):
         if arch in ("llava_next", "blip-2", "kosmos-2", "idefics"):
             assert {"chat_template.jinja", "generation_config.json", "processor_config.json"} <= files, (arch, files)
         assert ".tokenizer" not in files
+
+
+def test_minivlm_tiny_writes_a_folder(tmp_path, capsys):
+    import minivlm
+
+    assert cli.main(["tiny", "opt", str(tmp_path / "opt"), "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote a tiny random opt checkpoint to {tmp_path / 'opt'}: config.json")
+    assert type(minivlm.from_pretrained(tmp_path / "opt")).__name__ == "OPTForCausalLM"
+    assert cli.main(["tiny", "opt", str(tmp_path / "opt"), "--quiet"]) == 1        # not empty any more
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "exists and is not an empty folder" in err

@@ -1,15 +1,22 @@
 """The peak memory of `minivlm parity` on a large synthetic checkpoint, against the size of its weights.
 
-    python tools/parity_memory.py [--folder DIR] [--hidden 2048] [--layers 16] [--dtype float32]
+    python tools/parity_memory.py [--folder DIR] [--hidden 2048] [--layers 22] [--dtype float32]
+    python tools/parity_memory.py --sparse --hidden 4096 --layers 32 --intermediate 11008   # a 7B's shape
 
 Writes a random-weight Llama checkpoint (TinyLlama's shape by default: 1.1B parameters, 4.4 GB in
 float32, in 1 GB shards with their index, as the hub stores large models) with a tokenizer, then runs
 `minivlm parity DIR` in a fresh interpreter and reads the peak resident memory it reports. The two
 libraries run one after the other, so the peak should be about one copy of the weights (plus the
 interpreter, Transformers and the recorded stage outputs), not two. Needs Transformers.
+
+--sparse writes the checkpoint as sparse files (valid headers, zero bytes that take no disk space) of
+whatever size, to see the command refuse up front, with its estimate, a model whose weights exceed the
+memory available (a 7B model in float32 is 25 GiB).
 """
 import argparse
 import json
+import math
+import struct
 import subprocess
 import sys
 import tempfile
@@ -17,8 +24,10 @@ import time
 from pathlib import Path
 
 
-def write_checkpoint(folder: Path, hidden: int, layers: int, intermediate: int, vocab: int, shard_bytes=2**30):
-    """A Llama checkpoint of random float32 weights, written shard by shard (never all in memory)."""
+def write_checkpoint(folder: Path, hidden: int, layers: int, intermediate: int, vocab: int, shard_bytes=2**30,
+                     sparse: bool = False):
+    """A Llama checkpoint of random float32 weights, written shard by shard (never all in memory); with
+    sparse, each shard is a header followed by a hole of the tensors' size (read back as zeros)."""
     import torch
     from safetensors.torch import save_file
 
@@ -46,27 +55,49 @@ def write_checkpoint(folder: Path, hidden: int, layers: int, intermediate: int, 
                        p + "mlp.gate_proj.weight": (intermediate, hidden), p + "mlp.up_proj.weight": (intermediate, hidden),
                        p + "mlp.down_proj.weight": (hidden, intermediate),
                        p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,)})
-    g = torch.Generator().manual_seed(0)
-    shards, current, size = [], {}, 0
-    for name, shape in shapes.items():
-        t = torch.ones(shape) if len(shape) == 1 else torch.randn(shape, generator=g) * 0.02
-        current[name] = t
-        size += t.numel() * 4
-        if size >= shard_bytes:
-            shards.append(current)
-            current, size = {}, 0
-    if current:
-        shards.append(current)
+    shards = split_into_shards(shapes, shard_bytes)
     weight_map, total = {}, 0
+    g = torch.Generator().manual_seed(0)
     for k, shard in enumerate(shards):
         name = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(folder / name))
-        for key, t in shard.items():
-            weight_map[key] = name
-            total += t.numel() * 4
+        if sparse:
+            total += write_sparse(folder / name, shard)
+        else:           # one shard's random tensors at a time
+            save_file({key: torch.ones(shape) if len(shape) == 1 else torch.randn(shape, generator=g) * 0.02
+                       for key, shape in shard.items()}, str(folder / name))
+            total += sum(math.prod(shape) * 4 for shape in shard.values())
+        weight_map.update({key: name for key in shard})
     (folder / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
     return total
+
+
+def split_into_shards(shapes: dict, shard_bytes: int) -> list:
+    """{name: shape} -> [{name: shape}, ...], each shard closed once it holds shard_bytes of float32."""
+    shards, current, size = [], {}, 0
+    for name, shape in shapes.items():
+        current[name] = shape
+        size += math.prod(shape) * 4
+        if size >= shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+    return shards + ([current] if current else [])
+
+
+def write_sparse(file: Path, shard: dict) -> int:
+    """The safetensors format by hand: 8 bytes of header length, the JSON header, then the tensors' bytes,
+    here a hole (the file is extended with truncate, which allocates nothing). Returns the tensors' bytes."""
+    header, offset = {}, 0
+    for key, shape in shard.items():
+        n = math.prod(shape) * 4
+        header[key] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    data = json.dumps(header).encode()
+    data += b" " * (-len(data) % 8)
+    with open(file, "wb") as f:
+        f.write(struct.pack("<Q", len(data)) + data)
+        f.truncate(8 + len(data) + offset)
+    return offset
 
 
 def main():
@@ -77,11 +108,12 @@ def main():
     p.add_argument("--intermediate", type=int, default=5632)
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--sparse", action="store_true", help="zero weights in sparse files (no disk space)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="parity-memory-") as tmp:
         folder = Path(args.folder or Path(tmp) / "llama")
         start = time.time()
-        total = write_checkpoint(folder, args.hidden, args.layers, args.intermediate, args.vocab)
+        total = write_checkpoint(folder, args.hidden, args.layers, args.intermediate, args.vocab, sparse=args.sparse)
         print(f"wrote {total / 2**30:.2f} GiB of float32 weights in {time.time() - start:.0f} s to {folder}")
         report = Path(tmp) / "report.json"
         start = time.time()
@@ -89,6 +121,9 @@ def main():
                               "--quiet", "--json", str(report)], capture_output=True, text=True)
         wall = time.time() - start
         print(run.stdout[-3000:], run.stderr[-3000:])
+        if not report.exists():
+            print(f"parity exited with {run.returncode} after {wall:.1f} s without a report")
+            return
         data = json.loads(report.read_text())
         peak, weights = data["peak_rss_bytes"], data["model_bytes"]
         print(f"parity {'passed' if data['passed'] else 'FAILED'} in {wall:.0f} s; peak memory {peak / 2**30:.2f} GiB "

@@ -8,6 +8,7 @@
     minivlm generate --model DIR --image PATH --prompt TEXT [...]     (minivlm/tools/run.py)
     minivlm classify --model DIR --image PATH --labels "a cat,a dog"  (minivlm/tools/run.py)
     minivlm parity DIR|ARCH [--image PATH] [--prompt TEXT] [...]      (minivlm/tools/parity/)
+    minivlm tiny ARCH DIR          a tiny random checkpoint folder, as Transformers saves one (checkpoints.py)
     minivlm --version
 
 Errors of the checkpoint commands (generate, classify, parity) print one line, `minivlm COMMAND: error:
@@ -104,6 +105,32 @@ def add_demo_parser(subparsers) -> None:
     p.set_defaults(func=run_demo)
 
 
+def run_tiny(args) -> int:
+    from .checkpoints import tiny_checkpoint
+    from .parity import require_transformers
+
+    require_transformers()
+    folder = tiny_checkpoint(args.arch, args.folder, seed=args.seed)
+    print(f"wrote a tiny random {args.arch} checkpoint to {folder}: "
+          f"{', '.join(sorted(p.name for p in folder.iterdir()))}")
+    return 0
+
+
+def add_tiny_parser(subparsers, common) -> None:
+    from .checkpoints import ARCHS
+
+    p = subparsers.add_parser(
+        "tiny", parents=[common], help="write a tiny random checkpoint folder to try the other commands on",
+        description="Write a tiny random-weight checkpoint of ARCH to DIR as Transformers saves one (config.json, "
+                    "model.safetensors, generation_config.json, the tokenizer, the processor settings, a chat "
+                    "template): what the tests and the README's tour run on. Needs Transformers: pip install "
+                    "'minivlm[parity]'.")
+    p.add_argument("arch", choices=ARCHS, metavar="ARCH", help=f"one of {', '.join(ARCHS)}")
+    p.add_argument("folder", metavar="DIR", help="the folder to write (absent or empty)")
+    p.add_argument("--seed", type=int, default=0, help="the seed of the random weights (default 0)")
+    p.set_defaults(func=run_tiny)
+
+
 def common_options() -> argparse.ArgumentParser:
     """The options every checkpoint command takes (an argparse parent parser)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -131,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_generate_parser(subparsers, common)
     run.add_classify_parser(subparsers, common)
     parity.add_parser(subparsers, common)
+    add_tiny_parser(subparsers, common)
     return parser
 
 

@@ -35,6 +35,7 @@ answers at once.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -79,6 +80,8 @@ def add_generate_parser(subparsers, common) -> None:
                    help="beam search with N beams (N > 1: the text is printed at the end)")
     p.add_argument("--json", metavar="PATH", help="also write the prompt, token ids and text to PATH as JSON")
     p.add_argument("--boxes-out", metavar="PNG", help="Kosmos-2: draw the entities' boxes on the image, save as PNG")
+    # classify's option, taken only to say in one line where it belongs
+    p.add_argument("--labels", help=argparse.SUPPRESS)
     p.set_defaults(func=run_generate)
 
 
@@ -90,6 +93,7 @@ def add_classify_parser(subparsers, common) -> None:
     _add_model_options(p)
     p.add_argument("--labels", required=True, help='comma-separated labels, e.g. "a cat,a dog"')
     p.add_argument("--json", metavar="PATH", help="also write the probabilities and logits to PATH as JSON")
+    p.add_argument("--prompt", help=argparse.SUPPRESS)      # generate's option: see run_classify
     p.set_defaults(func=run_classify)
 
 
@@ -104,8 +108,6 @@ def _add_model_options(p) -> None:
 
 
 def _positive_int(text: str) -> int:
-    import argparse
-
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
@@ -113,8 +115,6 @@ def _positive_int(text: str) -> int:
 
 
 def _positive_float(text: str) -> float:
-    import argparse
-
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
@@ -122,8 +122,6 @@ def _positive_float(text: str) -> float:
 
 
 def _probability(text: str) -> float:
-    import argparse
-
     value = float(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
@@ -139,6 +137,10 @@ def run_generate(args) -> int:
     from minivlm.generation.search import generated_length
     from minivlm.processing import load_processor
 
+    if args.labels is not None:
+        raise ValueError("--labels: generate continues a prompt and ranks no labels; to rank labels for a "
+                         "picture, use `minivlm classify --model DIR --image PATH --labels \"a cat,a dog\"` with "
+                         "an AltCLIP checkpoint")
     folder, model_type = check_model_folder(args.model, "generate")
     if model_type == "altclip":
         raise ValueError(f"--model: {str(folder)!r} is an AltCLIP checkpoint, which ranks labels and writes no "
@@ -334,6 +336,9 @@ def run_classify(args) -> int:
     import minivlm
     from minivlm.processing import load_processor
 
+    if args.prompt is not None:
+        raise ValueError("--prompt: classify (AltCLIP) reads no prompt: give the texts to rank as --labels "
+                         "\"a cat,a dog\"; to continue a prompt, use `minivlm generate` with a generative checkpoint")
     folder, model_type = check_model_folder(args.model, "classify")
     if model_type in GENERATIVE:
         raise ValueError(f"--model: {str(folder)!r} is a {GENERATIVE[model_type]} checkpoint, which writes text: "

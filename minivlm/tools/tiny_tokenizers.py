@@ -74,7 +74,13 @@ def _unigram_vocab(specials):
     uni.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()])
     uni.train_from_iterator(CORPUS, trainers.UnigramTrainer(vocab_size=200, special_tokens=specials,
                                                             unk_token="<unk>", show_progress=False))
-    return [tuple(v) for v in json.loads(uni.to_str())["model"]["vocab"]]
+    vocab = [tuple(v) for v in json.loads(uni.to_str())["model"]["vocab"]]
+    assert [piece for piece, _ in vocab[:len(specials)]] == specials, vocab[:len(specials)]
+    # The trainer sums the scores in parallel, so their last bits (and with them the order of pieces of
+    # equal score, i.e. the ids) change from run to run; rounded and sorted, the vocabulary is the same
+    # every time, and so are the ids a tiny checkpoint's model is built for.
+    pieces = sorted(((piece, round(score, 6)) for piece, score in vocab[len(specials):]), key=lambda v: (-v[1], v[0]))
+    return vocab[:len(specials)] + pieces
 
 
 def t5(folder, extra_ids=4, **options):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,27 +193,16 @@ def model_inputs(model_type: str, config: dict, inputs: dict, dtype) -> tuple:
 
 
 def model_bytes(folder: Path, dtype) -> int:
-    """The memory one copy of the checkpoint's floating-point weights takes in `dtype` (other tensors as
-    stored), from the safetensors headers alone."""
-    import struct
-
-    import torch
-
-    from ...loading import SAFETENSORS_DTYPES, checkpoint_files
+    """The memory one copy of the checkpoint's weights takes in `dtype` (floating-point tensors converted,
+    the others as stored), from the safetensors headers alone. minivlm's loader reads the headers, so a
+    damaged file (a header cut short, a truncated file) fails here, naming the file, before either
+    library loads anything."""
+    from ...loading import _SafetensorsFiles, checkpoint_files
 
     total = 0
-    for file in checkpoint_files(folder):
-        with open(file, "rb") as f:
-            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            stored = SAFETENSORS_DTYPES.get(info["dtype"], torch.float32)
-            size = (torch.empty((), dtype=dtype) if stored.is_floating_point else torch.empty((), dtype=stored)).element_size()
-            n = 1
-            for d in info["shape"]:
-                n *= d
-            total += n * size
+    for header in _SafetensorsFiles(checkpoint_files(folder)).headers:
+        for stored, shape, _, nbytes in header.values():
+            total += nbytes if not stored.is_floating_point else math.prod(shape) * dtype.itemsize
     return total
 
 
@@ -356,17 +346,17 @@ def format_report(report: Report) -> str:
     lines = [f"minivlm parity: {report.target} ({report.model_type}, {report.dtype}, tolerance "
              f"{compare_tol(report):.1e} of each stage's "
              f"largest |value|)",
-             f"{'stage':<{name_width}}{'shape':<18}{'max |diff|':>11}{'rel':>10}{'tol':>9}  result"]
+             f"{'stage':<{name_width}}{'shape':<18}{'max |diff|':>11}{'rel':>10}{'tol':>10}  result"]
     for r in report.rows:
         shape = "x".join(map(str, r.shape)) if r.shape is not None else "-"
         diff = f"{r.max_abs:.2e}" if r.max_abs is not None else "-"
         rel = f"{r.max_rel:.2e}" if r.max_rel is not None else "-"
-        tol = f"{r.tolerance:.0e}" if r.tolerance else "exact"
+        tol = f"{r.tolerance:.1e}" if r.tolerance else "exact"
         result = {True: "pass", False: "FAIL", None: "-"}[r.passed]
         if r.stage == first:
             result += "  <- first divergence"
         note = f"  {r.note}" if r.note else ""
-        lines.append(f"{r.stage:<{name_width}}{shape:<18}{diff:>11}{rel:>10}{tol:>9}  {result}{note}")
+        lines.append(f"{r.stage:<{name_width}}{shape:<18}{diff:>11}{rel:>10}{tol:>10}  {result}{note}")
     if first is None:
         lines.append(f"all {sum(r.passed is True for r in report.rows)} compared stages agree")
     else:
@@ -375,9 +365,13 @@ def format_report(report: Report) -> str:
         lines.append(f"{n_fail} stage(s) fail; the first is {first!r}: minivlm module {row.ours!r}, Transformers "
                      f"module {row.theirs!r}")
     if report.peak_rss_bytes:
-        lines.append(f"peak memory {report.peak_rss_bytes / 2**30:.2f} GiB (one copy of the weights in "
-                     f"{report.dtype}: {report.model_bytes / 2**30:.2f} GiB)")
+        lines.append(f"peak memory {_size(report.peak_rss_bytes)} (one copy of the weights in {report.dtype}: "
+                     f"{_size(report.model_bytes)})")
     return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def compare_tol(report: Report) -> float:

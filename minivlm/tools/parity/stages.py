@@ -38,33 +38,33 @@ def vision_tower(config: dict, ours: str, theirs: str, *, pre_norm: bool = True,
     return s
 
 
-def llama_decoder(config: dict, ours: str, theirs: str, head_ours: str, head_theirs: str,
-                  cross: dict | None = None) -> list:
-    """A Llama/Mistral decoder: token embedding, every layer, the final RMSNorm, the LM head. cross:
-    {layer index: (our path, their path)} of gated cross-attention blocks run before that layer (IDEFICS)."""
+def llama_decoder(config: dict, ours: str, theirs: str, cross: dict | None = None) -> list:
+    """A Llama/Mistral decoder: token embedding, every layer, the final RMSNorm (the LM head's output is
+    the model's logits, compared as an output). cross: {layer index: (our path, their path)} of gated
+    cross-attention blocks run before that layer (IDEFICS)."""
     s = [Stage("token embedding", _join(ours, "embed_tokens"), _join(theirs, "embed_tokens"))]
     for i in range(config["num_hidden_layers"]):
         if cross and i in cross:
             s.append(Stage(f"gated cross-attention before layer {i}", *cross[i]))
         s.append(Stage(f"decoder layer {i}", _join(ours, f"layers.{i}"), _join(theirs, f"layers.{i}")))
-    return s + [Stage("final norm", _join(ours, "norm"), _join(theirs, "norm")),
-                Stage("LM head", head_ours, head_theirs)]
+    return s + [Stage("final norm", _join(ours, "norm"), _join(theirs, "norm"))]
 
 
 def opt_decoder(config: dict, prefix: str) -> list:
-    """An OPT decoder under `prefix` (the same path on both sides): embeddings, layers, final LayerNorm."""
+    """An OPT decoder under `prefix` (the same path on both sides): embeddings, layers, final LayerNorm
+    (where the layers normalise first; OPT-350m's post-norm layers have none)."""
     d = _join(prefix, "model.decoder")
     s = [Stage("token embedding", f"{d}.embed_tokens", f"{d}.embed_tokens"),
          Stage("position embedding", f"{d}.embed_positions", f"{d}.embed_positions")]
     s += [Stage(f"decoder layer {i}", f"{d}.layers.{i}", f"{d}.layers.{i}") for i in range(config["num_hidden_layers"])]
     if config.get("do_layer_norm_before", True):
         s.append(Stage("final norm", f"{d}.final_layer_norm", f"{d}.final_layer_norm"))
-    return s + [Stage("LM head", _join(prefix, "lm_head"), _join(prefix, "lm_head"))]
+    return s
 
 
 def t5(config: dict, prefix: str) -> list:
     """A T5 encoder-decoder under `prefix` (the same path on both sides): every encoder block, the
-    encoder's final norm, every decoder block, the decoder's final norm, the LM head."""
+    encoder's final norm, every decoder block, the decoder's final norm."""
     p = lambda name: _join(prefix, name)   # noqa: E731
     n_enc = config["num_layers"]
     n_dec = config.get("num_decoder_layers") or n_enc
@@ -72,8 +72,7 @@ def t5(config: dict, prefix: str) -> list:
     s += [Stage(f"encoder block {i}", p(f"encoder.block.{i}"), p(f"encoder.block.{i}")) for i in range(n_enc)]
     s.append(Stage("encoder final norm", p("encoder.final_layer_norm"), p("encoder.final_layer_norm")))
     s += [Stage(f"decoder block {i}", p(f"decoder.block.{i}"), p(f"decoder.block.{i}")) for i in range(n_dec)]
-    return s + [Stage("decoder final norm", p("decoder.final_layer_norm"), p("decoder.final_layer_norm")),
-                Stage("LM head", p("lm_head"), p("lm_head"))]
+    return s + [Stage("decoder final norm", p("decoder.final_layer_norm"), p("decoder.final_layer_norm"))]
 
 
 def _language_model(text: dict, prefix: str) -> list:
@@ -95,7 +94,7 @@ def llava_next(c: dict) -> list:
     used = max(k if k >= 0 else n + 1 + k for k in wanted)
     return (vision_tower(v, "vision_tower", "model.vision_tower", post_norm=False, layers=used)
             + [Stage("projector", "multi_modal_projector", "model.multi_modal_projector")]
-            + llama_decoder(t, "language_model.model", "model.language_model", "language_model.lm_head", "lm_head"))
+            + llama_decoder(t, "language_model.model", "model.language_model"))
 
 
 def blip2(c: dict) -> list:
@@ -115,8 +114,7 @@ def kosmos2(c: dict) -> list:
     s.append(Stage("token embedding", "text_model.model.embed_tokens", "text_model.model.embed_tokens"))
     s += [Stage(f"decoder layer {i}", f"text_model.model.layers.{i}", f"text_model.model.layers.{i}")
           for i in range(t["layers"])]
-    return s + [Stage("final norm", "text_model.model.layer_norm", "text_model.model.layer_norm"),
-                Stage("LM head", "text_model.lm_head", "text_model.lm_head")]
+    return s + [Stage("final norm", "text_model.model.layer_norm", "text_model.model.layer_norm")]
 
 
 def idefics(c: dict) -> list:
@@ -133,7 +131,7 @@ def idefics(c: dict) -> list:
     interval = c.get("cross_layer_interval", 1)
     cross = {j * interval: (f"model.gated_cross_attn_layers.{j}",) * 2
              for j in range(c["num_hidden_layers"] // interval)}
-    return s + llama_decoder(c, "model", "model", "lm_head", "lm_head", cross=cross)
+    return s + llama_decoder(c, "model", "model", cross=cross)
 
 
 def altclip(c: dict) -> list:
@@ -153,7 +151,7 @@ def clip_vision(c: dict) -> list:
 
 
 def llama(c: dict) -> list:
-    return llama_decoder(c, "model", "model", "lm_head", "lm_head")
+    return llama_decoder(c, "model", "model")
 
 
 #: model_type -> the function that lists its stages from its config.json dict
