@@ -218,6 +218,10 @@ def test_every_stage_map_names_modules_that_exist(folders):
         for s in stages.stages(config):
             assert s.ours in ours, (arch, s)
             assert s.theirs in theirs, (arch, s)
+            # the image side's rows are not the prompt's positions: no attention mask applies to them
+            image_side = s.name.startswith(("vision", "Q-Former", "resampler", "latent", "projector", "visual",
+                                            "language projection"))
+            assert s.text is not image_side, (arch, s)
 
 
 def test_tiny_checkpoint_refuses_bad_arguments(tmp_path):

@@ -322,7 +322,8 @@ def check(target, *, image=None, prompt: Optional[str] = None, dtype: str = "flo
     for s in stage_list:
         a, b = ours.stages[s.ours], theirs.stages[s.theirs]
         mask = None
-        if text_mask is not None and b is not None and b.dim() >= 2 and tuple(b.shape[:2]) == tuple(text_mask.shape):
+        if (s.text and text_mask is not None and b is not None and b.dim() >= 2
+                and tuple(b.shape[:2]) == tuple(text_mask.shape)):
             mask = text_mask     # compare real positions only: pad positions are never read
         rows.append(compare.compare_tensors(s.name, s.ours, s.theirs, a, b, tol, mask))
     for name in outputs:

@@ -18,6 +18,8 @@ class Stage(NamedTuple):
     name: str      # what the row says, e.g. "vision layer 3"
     ours: str      # the module's path in the minivlm model
     theirs: str    # the module's path in the Transformers model
+    text: bool = True   # its rows are the prompt's positions (compared where the attention mask is 1);
+                        # False for the image side (the tower, the projector, the queries)
 
 
 def _join(prefix: str, name: str) -> str:
@@ -28,13 +30,14 @@ def vision_tower(config: dict, ours: str, theirs: str, *, pre_norm: bool = True,
                  layers: int | None = None, label: str = "vision") -> list:
     """A ViT (CLIP's, EVA's, IDEFICS's): the patch + position embeddings, the pre-LayerNorm (CLIP only),
     the first `layers` encoder layers (default all), the post-LayerNorm. `config`: the vision config dict."""
-    s = [Stage(f"{label} embeddings", _join(ours, "embeddings"), _join(theirs, "embeddings"))]
+    s = [Stage(f"{label} embeddings", _join(ours, "embeddings"), _join(theirs, "embeddings"), False)]
     if pre_norm:
-        s.append(Stage(f"{label} pre-norm", _join(ours, "pre_layrnorm"), _join(theirs, "pre_layrnorm")))
+        s.append(Stage(f"{label} pre-norm", _join(ours, "pre_layrnorm"), _join(theirs, "pre_layrnorm"), False))
     for i in range(config["num_hidden_layers"] if layers is None else layers):
-        s.append(Stage(f"{label} layer {i}", _join(ours, f"encoder.layers.{i}"), _join(theirs, f"encoder.layers.{i}")))
+        s.append(Stage(f"{label} layer {i}", _join(ours, f"encoder.layers.{i}"), _join(theirs, f"encoder.layers.{i}"),
+                       False))
     if post_norm:
-        s.append(Stage(f"{label} post-norm", _join(ours, "post_layernorm"), _join(theirs, "post_layernorm")))
+        s.append(Stage(f"{label} post-norm", _join(ours, "post_layernorm"), _join(theirs, "post_layernorm"), False))
     return s
 
 
@@ -93,24 +96,25 @@ def llava_next(c: dict) -> list:
     wanted = [wanted] if isinstance(wanted, int) else wanted
     used = max(k if k >= 0 else n + 1 + k for k in wanted)
     return (vision_tower(v, "vision_tower", "model.vision_tower", post_norm=False, layers=used)
-            + [Stage("projector", "multi_modal_projector", "model.multi_modal_projector")]
+            + [Stage("projector", "multi_modal_projector", "model.multi_modal_projector", False)]
             + llama_decoder(t, "language_model.model", "model.language_model"))
 
 
 def blip2(c: dict) -> list:
     q = c["qformer_config"]
     s = vision_tower(c["vision_config"], "vision_model", "vision_model", pre_norm=False)
-    s.append(Stage("Q-Former query norm", "qformer.layernorm", "qformer.layernorm"))
-    s += [Stage(f"Q-Former layer {i}", f"qformer.encoder.layer.{i}", f"qformer.encoder.layer.{i}")
+    s.append(Stage("Q-Former query norm", "qformer.layernorm", "qformer.layernorm", False))
+    s += [Stage(f"Q-Former layer {i}", f"qformer.encoder.layer.{i}", f"qformer.encoder.layer.{i}", False)
           for i in range(q["num_hidden_layers"])]
-    s.append(Stage("language projection", "language_projection", "language_projection"))
+    s.append(Stage("language projection", "language_projection", "language_projection", False))
     return s + _language_model(c["text_config"], "language_model")
 
 
 def kosmos2(c: dict) -> list:
     t = c["text_config"]
     s = vision_tower(c["vision_config"], "vision_model.model", "vision_model.model")
-    s.append(Stage("latent queries (image-to-text projection)", "image_to_text_projection", "image_to_text_projection"))
+    s.append(Stage("latent queries (image-to-text projection)", "image_to_text_projection", "image_to_text_projection",
+                   False))
     s.append(Stage("token embedding", "text_model.model.embed_tokens", "text_model.model.embed_tokens"))
     s += [Stage(f"decoder layer {i}", f"text_model.model.layers.{i}", f"text_model.model.layers.{i}")
           for i in range(t["layers"])]
@@ -123,11 +127,11 @@ def idefics(c: dict) -> list:
         depth = c.get("perceiver_config", {}).get("resampler_depth", 6)
         for i in range(depth):
             s += [Stage(f"resampler block {i} attention", f"model.perceiver_resampler.blocks.{i}.0",
-                        f"model.perceiver_resampler.blocks.{i}.0"),
+                        f"model.perceiver_resampler.blocks.{i}.0", False),
                   Stage(f"resampler block {i} MLP", f"model.perceiver_resampler.blocks.{i}.1",
-                        f"model.perceiver_resampler.blocks.{i}.1")]
+                        f"model.perceiver_resampler.blocks.{i}.1", False)]
         s.append(Stage("resampler norm (the latents)", "model.perceiver_resampler.layer_norm",
-                       "model.perceiver_resampler.layer_norm"))
+                       "model.perceiver_resampler.layer_norm", False))
     interval = c.get("cross_layer_interval", 1)
     cross = {j * interval: (f"model.gated_cross_attn_layers.{j}",) * 2
              for j in range(c["num_hidden_layers"] // interval)}
@@ -137,7 +141,7 @@ def idefics(c: dict) -> list:
 def altclip(c: dict) -> list:
     t = c["text_config"]
     s = vision_tower(c["vision_config"], "vision_model", "vision_model")
-    s.append(Stage("visual projection", "visual_projection", "visual_projection"))
+    s.append(Stage("visual projection", "visual_projection", "visual_projection", False))
     s.append(Stage("text embeddings", "text_model.roberta.embeddings", "text_model.roberta.embeddings"))
     s += [Stage(f"text layer {i}", f"text_model.roberta.encoder.layer.{i}", f"text_model.roberta.encoder.layers.{i}")
           for i in range(t["num_hidden_layers"])]
