@@ -163,11 +163,15 @@ setup(
     version=VERSION,
     description="A minimal, from-scratch, educational PyTorch reference of five vision-language models",
     packages=find_packages(include=["minivlm", "minivlm.*"]),
+    # the trained tiny VLM (a checkpoint folder of about 4 MB) and the pictures it is tested on
+    package_data={"minivlm.tinyvlm": ["weights/*", "pictures/*"]},
     python_requires=">=3.10",
     # torch is deliberately unpinned: install it first (pip install torch==2.13.0 takes the CPU build), then
     # build with --no-build-isolation so this requirement is already met and nothing is downloaded.
     # jinja2 renders chat templates (torch depends on it too; named here because minivlm imports it).
-    install_requires=["torch>=2.13", "numpy", "pillow", "ninja", "safetensors", "tokenizers", "tqdm", "jinja2"],
+    # matplotlib draws the training loss curve and the tutorials' figures (attention maps, projections).
+    install_requires=["torch>=2.13", "numpy", "pillow", "ninja", "safetensors", "tokenizers", "tqdm", "jinja2",
+                      "matplotlib"],
     extras_require={
         # `minivlm parity` compares with Transformers; nothing else in minivlm imports it
         "parity": [f"transformers=={TRANSFORMERS_VERSION}"],

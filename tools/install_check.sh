@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The install check: the README's install works whether or not the `wheel` package is present, a second
-# install of an unchanged tree recompiles nothing, and an isolated `pip install .` stops at once with a
-# message saying what to run. Run it in the virtual environment the README's commands made:
+# install of an unchanged tree recompiles nothing, a regular install holds the package data (the shipped
+# tiny VLM), and an isolated `pip install .` stops at once with a message saying what to run. Run it in the virtual environment the README's commands made:
 #
 #   bash tools/install_check.sh
 #
@@ -29,6 +29,16 @@ for target in "-e ." "."; do
   [ "$compiled" -eq 0 ] || fail "pip install --no-build-isolation $target recompiled $compiled files of an unchanged tree"
   (cd /tmp && python -c "import torch, minivlm; minivlm.attention; print('install_check: imports, CPU kernels for', torch.ops.minivlm.cpu_isa())") \
     || fail "minivlm does not import after pip install $target"
+  # the trained tiny VLM and its test pictures are package data: a regular install copies them into
+  # site-packages, and the model loads from there
+  (cd /tmp && python -c "
+import minivlm, minivlm.tinyvlm as t
+folder = t.shipped_folder()
+assert ('$target' == '-e .') != ('site-packages' in str(folder)), folder
+assert len(list((folder.parent / 'pictures').glob('*.png'))) == 12
+minivlm.from_pretrained(folder, progress=False)
+print('install_check: the shipped tiny VLM loads from', folder)") \
+    || fail "the shipped tiny VLM is missing or does not load after pip install $target"
   echo "install_check: pip install --no-build-isolation $target with wheel present: $((SECONDS - start)) s, nothing recompiled"
 done
 

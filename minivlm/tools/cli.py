@@ -4,11 +4,13 @@
     minivlm bench kernels --device cuda [--json PATH] [--quick] [--reps N]
     minivlm bench model NAME [--json PATH] [--quick] [--threads N] [--reps N]
     minivlm bench processor NAME [--json PATH] [--quick] [--threads N] [--reps N]
-    minivlm demo [--threads N]
+    minivlm demo [--threads N] [--seed S]
     minivlm generate --model DIR --image PATH --prompt TEXT [...]     (minivlm/tools/run.py)
     minivlm classify --model DIR --image PATH --labels "a cat,a dog"  (minivlm/tools/run.py)
     minivlm parity DIR|ARCH [--image PATH] [--prompt TEXT] [...]      (minivlm/tools/parity/)
     minivlm tiny ARCH DIR          a tiny random checkpoint folder, as Transformers saves one (checkpoints.py)
+    minivlm train tiny-vlm --out DIR [...]   train the tiny VLM from scratch (minivlm/tools/train_cli.py)
+    minivlm eval tiny-vlm [--model DIR] [...]   score it on freshly drawn pictures
     minivlm --version
 
 Errors of the checkpoint commands (generate, classify, parity) print one line, `minivlm COMMAND: error:
@@ -74,7 +76,7 @@ def run_bench(args) -> int:
 def run_demo(args) -> int:
     from . import demo
 
-    return demo.run(threads=args.threads)
+    return demo.run(threads=args.threads, seed=args.seed)
 
 
 def add_bench_parser(subparsers) -> None:
@@ -102,6 +104,8 @@ def add_demo_parser(subparsers) -> None:
         description="Run each kernel on a small random example and print its difference from the "
                     "reference math and its timing.")
     p.add_argument("--threads", type=positive_int, metavar="N", help="torch.set_num_threads(N) first")
+    p.add_argument("--seed", type=int, metavar="S",
+                   help="the seed of the tiny VLM's picture (default: a new picture each run)")
     p.set_defaults(func=run_demo)
 
 
@@ -159,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_classify_parser(subparsers, common)
     parity.add_parser(subparsers, common)
     add_tiny_parser(subparsers, common)
+    from . import train_cli
+    train_cli.add_parsers(subparsers, common)
     return parser
 
 
