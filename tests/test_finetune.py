@@ -2,6 +2,7 @@
 `minivlm train tiny-vlm --init DIR`): the tiny random checkpoint of each of the four generative models on
 the shapes captions, with parts frozen, and IDEFICS's own freeze_* options."""
 import json
+import math
 
 import pytest
 import torch
@@ -113,3 +114,11 @@ def test_bad_fine_tuning_options_are_one_line_errors(argv, message, checkpoints,
                  "--quiet"] + argv)
     assert code == 1
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", GENERATIVE)
+def test_finetune_on_the_questions_fits_every_model(arch, checkpoints, tmp_path):
+    """Stage 2's mix (one question per row) through each model's own processor and prompt format."""
+    record = train.finetune(checkpoints[arch], tmp_path / "out", steps=3, batch_size=4, lr=1e-3, questions=True,
+                            progress=False)
+    assert len(record["log"]) == 3 and all(math.isfinite(r["loss"]) for r in record["log"])

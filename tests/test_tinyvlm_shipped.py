@@ -115,3 +115,7 @@ def test_the_eval_command_scores_the_shipped_model_and_writes_json(tmp_path, cap
     scores = json.loads((tmp_path / "s.json").read_text())
     assert scores["n"] == 30 and scores["seed"] == 77 and scores["model"] == str(shipped_folder())
     assert sum(scores["counts"][f"caption/{k}"] for k in "123") == 30
+
+    assert main(["eval", "tiny-vlm", "--n", "5", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)        # only the JSON on stdout
+    assert printed["n"] == 5 and "all" in printed["caption"] and "all" in printed["questions"]

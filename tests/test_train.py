@@ -55,15 +55,18 @@ def test_a_batch_labels_the_answer_and_the_end_token_only(processor):
     assert batch.n_tokens == int((labels != IGNORE).sum())
 
 
-def test_answer_tokens_refuses_a_tokenizer_that_merges_across_the_boundary(processor):
+def test_answer_tokens_are_the_tokens_the_answer_adds_after_the_prompt(processor):
+    tok = processor.tokenizer
+    assert answer_tokens(tok, data.prompt("x"), "red") == [tok.convert_tokens_to_ids("red"), tok.eos_token_id]
+
     class Merging:
+        """A tokenizer that merges the prompt's end with the answer: one token per text."""
         eos_token_id = 2
 
-        def __call__(self, text):
-            return {"input_ids": [len(text)]}      # one token for the whole text
-    with pytest.raises(ValueError, match="do not extend"):
-        answer_tokens(Merging(), "user: <image> a? assistant:", "red")
-    assert answer_tokens(processor.tokenizer, data.prompt("x"), "red")[-1] == 2
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [100 + len(text)]}
+    # the answer is then tokenized on its own, after a space
+    assert answer_tokens(Merging(), "user: <image> a? assistant:", "red") == [104, 2]
 
 
 def test_learning_rate_warms_up_then_decays_by_half_a_cosine():

@@ -243,19 +243,24 @@ def _stack_images(values):
 
 def answer_tokens(tokenizer, prompt: str, answer: str) -> list:
     """The ids the answer adds after the prompt, then end-of-sequence: the tokens of prompt + " " + answer
-    past those of the prompt alone. (Tokenizing the answer on its own would not do for every tokenizer:
-    sentencepiece and byte-level BPE spell a word differently at the start of a text.)"""
+    past those of the prompt alone, which is how the answer is spelled after that prompt. (Tokenizing the
+    answer on its own would not do for every tokenizer: sentencepiece and byte-level BPE spell a word
+    differently at the start of a text.) Where the tokenizer merges a token across the boundary (a
+    subword tokenizer may join the prompt's last ":" with the answer), the answer is tokenized on its
+    own after a space instead."""
     eos = tokenizer.eos_token_id
 
-    def tokens(text):     # a tokenizer that ends every text with eos (XLM-R's, Kosmos-2's) has it cut here
-        ids = list(tokenizer(text)["input_ids"])
+    def tokens(text, special=True):   # a tokenizer that ends every text with eos (XLM-R's) has it cut here
+        ids = list(tokenizer(text, add_special_tokens=special)["input_ids"])
         return ids[:-1] if ids and ids[-1] == eos else ids
 
     prompt_ids, full = tokens(prompt), tokens(prompt + " " + answer)
-    if full[:len(prompt_ids)] != prompt_ids or len(full) == len(prompt_ids):
-        raise ValueError(f"answer_tokens: the tokens of {prompt + ' ' + answer!r} do not extend those of the "
-                         f"prompt {prompt!r}; this tokenizer merges across the boundary")
-    return full[len(prompt_ids):] + [eos]
+    if full[:len(prompt_ids)] == prompt_ids and len(full) > len(prompt_ids):
+        return full[len(prompt_ids):] + [eos]
+    ids = tokens(" " + answer, special=False)
+    if not ids:
+        raise ValueError(f"answer_tokens: the answer {answer!r} has no tokens")
+    return ids + [eos]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """`minivlm demo`: a tour in a few seconds, one stage at a time.
 
-Each stage runs one piece of minivlm on a small random example, compares it with the naive math of
-`minivlm.reference`, and prints one line: the largest absolute difference, whether it is within the
-stage's tolerance, and how long the compiled and the reference version take.
+It opens with the tiny VLM that ships with minivlm (`stage_tiny_vlm`): a new picture, the caption the
+trained model writes and two answers. Then each stage runs one piece of minivlm on a small random
+example. Every stage compares its numbers with the naive math of `minivlm.reference` and prints one
+line: the largest absolute difference, whether it is within the stage's tolerance, and how long the
+compiled and the reference version take.
 
 A stage is a function that takes no argument and returns a `StageResult`; `STAGES` lists them in the
 order they run, so adding a stage (a model, say) is one function and one line in that list.

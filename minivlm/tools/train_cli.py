@@ -3,7 +3,7 @@
     minivlm train tiny-vlm --out DIR [--steps S1,S2] [--batch-size B] [--seed S] [--threads N] [--workers N]
                            [--reference]
     minivlm train tiny-vlm --out DIR --init CHECKPOINT [--steps S] [--freeze vision,decoder] [--questions]
-    minivlm eval tiny-vlm [--model DIR] [--n N] [--seed S] [--json PATH] [--threads N]
+    minivlm eval tiny-vlm [--model DIR] [--n N] [--seed S] [--json [PATH]] [--threads N]
 
 The loop and the recipe are minivlm/train.py; the data minivlm/tinyvlm/data.py; the scores
 minivlm/tinyvlm/evaluate.py. Without --model, eval scores the model that ships with minivlm.
@@ -99,6 +99,9 @@ def run_eval(args) -> int:
     processor = load_processor(folder)
     scores = evaluate(model, processor, args.n, split=args.split, seed=args.seed)
     scores.update(model=str(folder), split=args.split, seed=args.seed)
+    if args.json == "-":                     # --json alone: the scores as JSON on stdout, nothing else
+        print(json.dumps(scores, indent=2))
+        return 0
     print(f"{args.split} pictures from seed {args.seed}, model {folder}:")
     print(format_scores(scores))
     if args.json:
@@ -146,6 +149,7 @@ def add_parsers(subparsers, common) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="the split's first seed to use (default 0)")
     p.add_argument("--split", choices=("heldout", "validation"), default="heldout",
                    help="which pictures (default heldout)")
-    p.add_argument("--json", metavar="PATH", help="also write the scores to PATH as JSON")
+    p.add_argument("--json", metavar="PATH", nargs="?", const="-",
+                   help="also write the scores to PATH as JSON; --json alone prints only the JSON")
     p.add_argument("--threads", type=_positive, metavar="N", help="torch.set_num_threads(N) first")
     p.set_defaults(func=run_eval)
