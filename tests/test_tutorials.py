@@ -13,7 +13,8 @@ def test_there_are_tutorials():
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.name)
-def test_tutorial_runs(path):
+def test_tutorial_runs(path, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVLM_TUTORIAL_OUT", str(tmp_path))     # where a tutorial writes its figures
     runpy.run_path(str(path), run_name="__main__")
 
 

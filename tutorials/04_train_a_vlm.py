@@ -170,7 +170,7 @@ fig, axes = plt.subplots(1, 1 + len(recorded), figsize=(2.2 * (1 + len(recorded)
 axes[0].imshow(np.asarray(picture.image))
 axes[0].set_title(f"{question}\n-> {reply}", fontsize=7)
 for layer, ax in enumerate(axes[1:]):
-    ax.imshow(base[layer], cmap="magma")
+    ax.imshow(base[layer].numpy(), cmap="magma")
     ax.set_title(f"decoder layer {layer}", fontsize=7)
 for ax in axes:
     ax.axis("off")
