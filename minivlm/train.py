@@ -369,20 +369,18 @@ def finetune(init, out, *, steps: int = 200, batch_size: int = 16, lr: float = 1
              freeze=(), questions: bool = False, settings: Optional[TrainSettings] = None,
              progress: bool = True) -> dict:
     """Fine-tune the generative checkpoint folder `init` (any of LLaVA-NeXT, BLIP-2, Kosmos-2, IDEFICS) on
-    the shapes captions (questions=True: stage 2's mix, one question per row) with its own processor and prompt format (its chat
-    template), freezing the parts named in freeze (and what its config's freeze_* options freeze); write
-    the model and processor to `out`. Returns the run's record, as train_tiny_vlm."""
-    from .loading import from_pretrained
+    the shapes captions (questions=True: stage 2's mix, one question per row) with its own processor and
+    prompt format (its chat template), freezing the parts named in freeze (and what its config's freeze_*
+    options freeze); write the model and processor to `out`. Returns the run's record, as train_tiny_vlm."""
+    from .loading import from_pretrained, read_config
     from .processing import load_processor
+    from .tools.run import GENERATIVE, build_inputs
 
     settings = settings or TrainSettings()
     out = _output_folder(out)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
-    from .loading import read_config
-    from .tools.run import GENERATIVE, build_inputs
-
     model_type = read_config(Path(init)).get("model_type")
     if model_type not in GENERATIVE:
         raise ValueError(f"finetune: --init must be a generative checkpoint ({', '.join(GENERATIVE)}); "
@@ -394,6 +392,7 @@ def finetune(init, out, *, steps: int = 200, batch_size: int = 16, lr: float = 1
 
     def make_inputs(prompt, image):          # as `minivlm generate` calls each model's processor
         return build_inputs(processor, model, model_type, prompt, [image])
+
     # one question per row: a conversation of several may not fit a small checkpoint's positions
     rows = question_rows(max_turns=1) if questions else caption_rows()
     stage = Stage("finetune", steps, batch_size, lr, min(warmup, max(1, steps // 4)), rows, tuple(freeze))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from . import data
-from .model import answer
+from .model import MAX_NEW_TOKENS, answer
 
 
 def evaluate(model, processor, n: int = 500, *, split: str = "heldout", seed: int = 0, batch_size: int = 64,
@@ -32,7 +32,7 @@ def evaluate(model, processor, n: int = 500, *, split: str = "heldout", seed: in
         for start in range(0, n, batch_size):
             examples = [data.make_example(s) for s in seeds[start:start + batch_size]]
             captions = answer(model, processor, [e.image for e in examples],
-                              [data.CAPTION_QUESTION] * len(examples), max_new_tokens=40)
+                              [data.CAPTION_QUESTION] * len(examples), max_new_tokens=MAX_NEW_TOKENS)
             for e, text in zip(examples, captions):
                 key = f"caption/{len(e.scene.shapes)}"
                 total[key] += 1

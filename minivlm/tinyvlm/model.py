@@ -267,7 +267,7 @@ def answer_tokens(tokenizer, prompt: str, answer: str) -> list:
 # Answers
 # --------------------------------------------------------------------------------------------------
 
-def answer(model, processor, images, questions, max_new_tokens: int = 32) -> list:
+def answer(model, processor, images, questions, max_new_tokens: int = MAX_NEW_TOKENS) -> list:
     """Greedy answers, one per (image, question) pair, generated in one left-padded batch."""
     import torch
 
@@ -280,4 +280,4 @@ def answer(model, processor, images, questions, max_new_tokens: int = 32) -> lis
 
 
 __all__ = ["CONFIG", "CHAT_TEMPLATE", "IGNORE", "Batch", "new_config", "new_model", "init_weights",
-           "new_processor", "save", "prompt_text", "encode_batch", "answer_tokens", "answer"]
+           "MAX_NEW_TOKENS", "new_processor", "save", "prompt_text", "encode_batch", "answer_tokens", "answer"]

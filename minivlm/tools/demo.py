@@ -543,16 +543,17 @@ def stage_tiny_vlm(seed: Optional[int] = None) -> StageResult:
     from minivlm.loading import from_pretrained
     from minivlm.processing import load_processor
     from minivlm.tinyvlm import data, shipped_folder
-    from minivlm.tinyvlm.model import answer, prompt_text
+    from minivlm.tinyvlm.model import MAX_NEW_TOKENS, answer, prompt_text
 
     seed = random.SystemRandom().randrange(data.SPLIT_SIZE) if seed is None else seed
     folder = shipped_folder()
     model, processor = from_pretrained(folder, progress=False), load_processor(folder)
     example = data.make_example(data.SPLIT_OFFSETS["heldout"] + seed)        # never a training picture
     rng = random.Random(seed)
-    asked = [data.CAPTION_QUESTION] + [q.question for q in rng.sample(example.questions, 2)]
-    truths = [example.caption] + [next(q.answer for q in example.questions if q.question == a) for a in asked[1:]]
-    replies = answer(model, processor, [example.image] * 3, asked, max_new_tokens=40)
+    picked = rng.sample(example.questions, 2)
+    asked = [data.CAPTION_QUESTION] + [q.question for q in picked]
+    truths = [example.caption] + [q.answer for q in picked]
+    replies = answer(model, processor, [example.image] * 3, asked, max_new_tokens=MAX_NEW_TOKENS)
     width, height = example.image.size
     lines = [f"trained from scratch on this kind of CPU, shipped with minivlm ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
              f"parameters; docs/tiny_vlm.md); a new held-out picture, seed {seed}, {width}x{height} px:"]
